@@ -1,0 +1,18 @@
+"""Azure Functions app (Python v2 programming model): wiring only.
+
+Stages (see README.md): webhook intake (HTTP) -> intent stage (queue) ->
+branch handlers (one queue each) -> reply sender (queue). Settings are loaded
+and validated here, at start-up, so a missing or bad app setting fails the
+host's indexing with a message naming it.
+"""
+
+import azure.functions as func
+
+from functions import handlers, intake, intent, reply
+from shared.settings import get_config
+
+get_config()
+
+app = func.FunctionApp()
+for blueprint in (intake.bp, intent.bp, handlers.bp, reply.bp):
+    app.register_functions(blueprint)

@@ -1,0 +1,103 @@
+"""Cosmos DB client: user state documents with ETag optimistic concurrency.
+
+SDK: ``azure-cosmos`` 4.x (sync), SQL API. One document per user in the
+container ``COSMOS_STATE_CONTAINER`` (partition key ``/user_id``). Writes use
+``If-Match`` on the ETag (``MatchConditions.IfNotModified``); a 412 means
+another writer won, so the read-modify-write is retried with fresh state.
+Throttling (429) is retried by the SDK itself (``x-ms-retry-after-ms``); what
+still fails is raised as :class:`~shared.errors.TransientError`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Callable, TypeVar
+
+from azure.core import MatchConditions
+from azure.cosmos import ContainerProxy, CosmosClient, PartitionKey
+from azure.cosmos import exceptions as cosmos_errors
+from azure.core.exceptions import AzureError
+
+from shared.errors import TransientError
+from shared.models import now_ms
+from shared.settings import Settings
+from shared.state import UserState, document_id
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: Read-modify-write attempts before giving up on a hot document (each conflict is one HTTP 412/409).
+MAX_CONFLICT_ATTEMPTS = 8
+
+
+def connect(settings: Settings) -> ContainerProxy:
+    """Create the SDK client (once per worker) and return the state container.
+
+    With ``COSMOS_CREATE_IF_MISSING=true`` (local stack only) the database and
+    container are created; on Azure the infrastructure creates them.
+    """
+    client = CosmosClient(
+        str(settings.cosmos_endpoint),
+        credential=settings.cosmos_key,
+        connection_verify=settings.cosmos_verify_tls,
+        connection_timeout=settings.cosmos_timeout_seconds,
+    )
+    if settings.cosmos_create_if_missing:
+        db = client.create_database_if_not_exists(settings.cosmos_database)
+        return db.create_container_if_not_exists(settings.cosmos_state_container,
+                                                  partition_key=PartitionKey(path="/user_id"))
+    return client.get_database_client(settings.cosmos_database).get_container_client(settings.cosmos_state_container)
+
+
+def _body(state: UserState) -> dict[str, Any]:
+    return state.model_dump(mode="json")
+
+
+class CosmosStateStore:
+    """:class:`~shared.state.StateStore` on a Cosmos DB container."""
+
+    def __init__(self, container: ContainerProxy, max_attempts: int = MAX_CONFLICT_ATTEMPTS):
+        self._container = container
+        self._max_attempts = max_attempts
+
+    def _read(self, user_id: str) -> tuple[UserState, str] | None:
+        try:
+            doc = self._container.read_item(document_id(user_id), partition_key=user_id)
+        except cosmos_errors.CosmosResourceNotFoundError:
+            return None
+        return UserState.model_validate(doc), doc["_etag"]
+
+    def get_or_create(self, user_id: str, channel_url: str | None) -> UserState:
+        try:
+            found = self._read(user_id)
+            if found:
+                return found[0]
+            state = UserState.new(user_id, channel_url, now_ms())
+            try:
+                self._container.create_item(_body(state))
+            except cosmos_errors.CosmosResourceExistsError:
+                found = self._read(user_id)
+                if found:
+                    return found[0]
+            return state
+        except AzureError as exc:
+            raise TransientError(f"cosmos state read failed: {type(exc).__name__}: {exc}") from exc
+
+    def update(self, user_id: str, channel_url: str | None, mutate: Callable[[UserState], T]) -> T:
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                found = self._read(user_id)
+                state, etag = found if found else (UserState.new(user_id, channel_url, now_ms()), None)
+                result = mutate(state)
+                state.updated_at_ms = now_ms()
+                if etag is None:
+                    self._container.create_item(_body(state))
+                else:
+                    self._container.replace_item(state.id, _body(state), etag=etag,
+                                                 match_condition=MatchConditions.IfNotModified)
+                return result
+            except (cosmos_errors.CosmosAccessConditionFailedError, cosmos_errors.CosmosResourceExistsError):
+                log.info("state of %s changed concurrently (attempt %d); retrying", user_id, attempt)
+            except AzureError as exc:
+                raise TransientError(f"cosmos state update failed: {type(exc).__name__}: {exc}") from exc
+        raise TransientError(f"state of {user_id} kept changing: {self._max_attempts} ETag conflicts in a row")

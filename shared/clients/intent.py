@@ -1,0 +1,116 @@
+"""Intent service client: Azure AI Language CLU ``analyze-conversations`` protocol.
+
+Spec: Microsoft docs, "Query your deployed CLU model", REST api-version
+2023-04-01 (``../shared/reference/clu.md``). The same client calls Azure CLU or
+the project's own ``intent_service`` by configuration (``INTENT_ENDPOINT``,
+``INTENT_API_KEY`` sent as ``Ocp-Apim-Subscription-Key``).
+
+Time budget: connect timeout 1 s, read timeout ``INTENT_TIMEOUT_SECONDS``;
+``INTENT_RETRIES`` in-process retries with back-off (0.1 s, 0.2 s, ...) on
+connection errors, read timeouts and 502/503/504 (urllib3 ``Retry``). Then:
+
+- timeouts, connection errors, 429 and 5xx -> :class:`~shared.errors.TransientError`
+  (the queue trigger retries the message later; 503 while the model loads is one of these);
+- other 4xx (bad key, bad request) -> :class:`~shared.errors.PermanentError`;
+- a 2xx body that is not a CLU conversation result -> :class:`~shared.errors.TransientError`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import requests
+from pydantic import BaseModel, ValidationError
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
+
+from shared.errors import PermanentError, TransientError
+from shared.models import Entity, IntentScore
+from shared.settings import Settings
+
+PATH = "/language/:analyze-conversations"
+
+
+class IntentPrediction(BaseModel):
+    """The parts of a CLU prediction the gateway uses. Scores 0..1, intents sorted best first."""
+
+    query: str
+    top_intent: str | None
+    intents: list[IntentScore]
+    entities: list[Entity]
+
+    @property
+    def confidence_score(self) -> float:
+        """Confidence score of the top intent (0 when there is none)."""
+        return next((i.confidence_score for i in self.intents if i.category == self.top_intent), 0.0)
+
+
+def parse_clu_response(body: Any) -> IntentPrediction:
+    """Map a CLU ``ConversationResult`` JSON body to :class:`IntentPrediction`.
+
+    List entities' canonical value (``extraInformation`` of kind ``ListKey``) becomes ``Entity.key``.
+    Raises ``ValueError`` / ``KeyError`` / ``TypeError`` / ``ValidationError`` on another shape.
+    """
+    prediction = body["result"]["prediction"]
+    entities = []
+    for e in prediction.get("entities", []):
+        key = next((x.get("key") for x in e.get("extraInformation", []) or []
+                    if x.get("extraInformationKind") == "ListKey"), None)
+        entities.append(Entity(category=e["category"], text=e["text"], offset=e["offset"], length=e["length"],
+                               confidence_score=e.get("confidenceScore", 1.0), key=key))
+    intents = sorted((IntentScore(category=i["category"], confidence_score=i["confidenceScore"])
+                      for i in prediction.get("intents", [])), key=lambda i: -i.confidence_score)
+    return IntentPrediction(query=body["result"].get("query", ""), top_intent=prediction.get("topIntent"),
+                            intents=intents, entities=entities)
+
+
+class IntentClient:
+    """Calls the intent service. One instance (one HTTP connection pool) per worker."""
+
+    def __init__(self, settings: Settings):
+        self._url = str(settings.intent_endpoint).rstrip("/") + PATH
+        self._params = {"api-version": settings.intent_api_version}
+        self._project = settings.intent_project_name
+        self._deployment = settings.intent_deployment_name
+        self._timeout = (min(1.0, settings.intent_timeout_seconds), settings.intent_timeout_seconds)
+        self._session = requests.Session()
+        retry = Retry(total=settings.intent_retries, connect=settings.intent_retries, read=settings.intent_retries,
+                      status=settings.intent_retries, status_forcelist=(502, 503, 504),
+                      allowed_methods=frozenset({"POST"}), backoff_factor=0.1,
+                      respect_retry_after_header=False, raise_on_status=False)
+        self._session.mount("http://", HTTPAdapter(max_retries=retry, pool_maxsize=32))
+        self._session.mount("https://", HTTPAdapter(max_retries=retry, pool_maxsize=32))
+        self._session.headers["Content-Type"] = "application/json"
+        if settings.intent_api_key:
+            self._session.headers["Ocp-Apim-Subscription-Key"] = settings.intent_api_key
+
+    def analyze(self, text: str, language: str, participant_id: str, item_id: str,
+                request_id: str | None = None) -> IntentPrediction:
+        """Classify one utterance.
+
+        ``language`` is a BCP-47 code (``ko``/``en``); ``participant_id`` the
+        SendBird user id; ``item_id`` the SendBird message id; ``request_id``
+        is sent as ``Apim-Request-Id`` (the correlation id). Offsets of returned
+        entities are in text elements (``stringIndexType=TextElement_V8``).
+        """
+        body = {
+            "kind": "Conversation",
+            "analysisInput": {"conversationItem": {"id": item_id, "participantId": participant_id,
+                                                   "text": text, "language": language}},
+            "parameters": {"projectName": self._project, "deploymentName": self._deployment,
+                           "stringIndexType": "TextElement_V8"},
+        }
+        headers = {"Apim-Request-Id": request_id} if request_id else None
+        try:
+            resp = self._session.post(self._url, params=self._params, json=body, headers=headers,
+                                      timeout=self._timeout)
+        except requests.RequestException as exc:
+            raise TransientError(f"intent service unreachable: {type(exc).__name__}: {exc}") from exc
+        if resp.status_code == 429 or resp.status_code >= 500:
+            raise TransientError(f"intent service answered {resp.status_code}: {resp.text[:200]}")
+        if resp.status_code >= 400:
+            raise PermanentError(f"intent service rejected the request ({resp.status_code}): {resp.text[:200]}")
+        try:
+            return parse_clu_response(resp.json())
+        except (ValueError, KeyError, TypeError, ValidationError) as exc:
+            raise TransientError(f"intent service answered an unexpected body: {exc}") from exc

@@ -1,0 +1,152 @@
+"""Branch handlers: the business logic of each route.
+
+Each handler is a pure function ``(message, state, context) -> Outcome`` that
+may change the user's state (slots, handoff) and names the catalog text to
+answer with. :func:`handle` runs the route's handler inside one optimistic
+state update (ETag), records the turn in the bounded history and returns the
+:class:`~shared.models.ReplyMessage` for the reply queue (None: stay silent).
+
+A message already in the history (a queue redelivery) gets the recorded reply
+again without running the handler twice; the reply sender's ``dedup_id`` then
+keeps SendBird from showing it twice.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import quote
+
+from shared.catalog import ResponseCatalog
+from shared.language import detect_language
+from shared.models import InboundMessage, ReplyMessage, Route, RoutedMessage, now_ms
+from shared.settings import Settings
+from shared.state import StateStore, Turn, UserState
+
+#: How many intents a fallback reply offers, and the least confidence score (0..1) worth offering.
+MAX_SUGGESTIONS, MIN_SUGGESTION_SCORE = 3, 0.05
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """Which catalog text to answer with, and its parameters."""
+
+    reply_key: str
+    params: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Context:
+    settings: Settings
+    catalog: ResponseCatalog
+    now_ms: int
+
+
+def reply_dedup_id(message_id: int) -> str:
+    """SendBird ``dedup_id`` of the bot's reply to user message ``message_id``."""
+    return f"reply-{message_id}"
+
+
+def greeting(msg: RoutedMessage, state: UserState, ctx: Context) -> Outcome:
+    return Outcome("greeting.hello")
+
+
+def help_(msg: RoutedMessage, state: UserState, ctx: Context) -> Outcome:
+    return Outcome("help.capabilities")
+
+
+def order_status(msg: RoutedMessage, state: UserState, ctx: Context) -> Outcome:
+    number = msg.entity("OrderNumber")
+    if number is None:
+        state.pending_slot = "order_number"
+        return Outcome("order_status.ask_number")
+    state.pending_slot = None
+    url = ctx.settings.order_tracking_url.format(order_number=quote(number.text, safe=""))
+    return Outcome("order_status.found", {"order_number": number.text, "tracking_url": url})
+
+
+def product_search(msg: RoutedMessage, state: UserState, ctx: Context) -> Outcome:
+    category = msg.entity("ProductCategory")
+    if category is None:
+        state.pending_slot = "product_category"
+        return Outcome("product_search.ask_category")
+    state.pending_slot = None
+    key = category.key or category.text
+    url = ctx.settings.product_search_url.format(category=quote(key, safe=""))
+    return Outcome("product_search.results", {"category": category.text, "search_url": url})
+
+
+def handoff(msg: RoutedMessage, state: UserState, ctx: Context) -> Outcome:
+    state.pending_slot = None
+    state.handoff_until_ms = ctx.now_ms + ctx.settings.handoff_reset_seconds * 1000
+    return Outcome("handoff.connecting")
+
+
+def goodbye(msg: RoutedMessage, state: UserState, ctx: Context) -> Outcome:
+    state.pending_slot = None
+    return Outcome("goodbye.thanks")
+
+
+def fallback(msg: RoutedMessage, state: UserState, ctx: Context) -> Outcome:
+    """A clarifying question offering the best-scoring intents the bot can handle."""
+    names = [ctx.catalog.render(f"intent.{i.category}", msg.language)
+             for i in msg.intents
+             if i.confidence_score >= MIN_SUGGESTION_SCORE and ctx.catalog.has(f"intent.{i.category}")]
+    if not names:
+        return Outcome("fallback.generic")
+    return Outcome("fallback.suggest", {"suggestions": ", ".join(names[:MAX_SUGGESTIONS])})
+
+
+def unsupported(msg: RoutedMessage, state: UserState, ctx: Context) -> Outcome:
+    return Outcome("unsupported.file")
+
+
+HANDLERS: dict[Route, Callable[[RoutedMessage, UserState, Context], Outcome]] = {
+    Route.GREETING: greeting,
+    Route.HELP: help_,
+    Route.ORDER_STATUS: order_status,
+    Route.PRODUCT_SEARCH: product_search,
+    Route.HANDOFF: handoff,
+    Route.GOODBYE: goodbye,
+    Route.FALLBACK: fallback,
+    Route.UNSUPPORTED: unsupported,
+}
+
+
+def handle(msg: RoutedMessage, *, state_store: StateStore, catalog: ResponseCatalog, settings: Settings,
+           clock: Callable[[], int] = now_ms) -> ReplyMessage | None:
+    """Run ``msg.route``'s handler in one state update; return the reply to enqueue, or None.
+
+    Errors: :class:`~shared.errors.TransientError` from the state store (after ETag retries).
+    """
+
+    def mutate(state: UserState) -> ReplyMessage | None:
+        now = clock()
+        turn = state.turn_for(msg.message_id)
+        if turn is None:
+            if state.is_handed_off(now):
+                return None  # handed off after the intent stage looked: stay silent
+            outcome = HANDLERS[msg.route](msg, state, Context(settings, catalog, now))
+            text = catalog.render(outcome.reply_key, msg.language, **outcome.params)
+            turn = Turn(message_id=msg.message_id, at_ms=now, route=msg.route.value, intent=msg.top_intent,
+                        confidence_score=msg.confidence_score, reply_key=outcome.reply_key, reply_text=text)
+            state.language = msg.language
+            state.channel_url = msg.channel_url
+            state.record_turn(turn, settings.state_history_limit)
+        if not turn.reply_text or not turn.reply_key:
+            return None
+        return ReplyMessage(**msg.next_hop(), text=turn.reply_text, language=msg.language, route=msg.route,
+                            reply_key=turn.reply_key, dedup_id=reply_dedup_id(msg.message_id))
+
+    return state_store.update(msg.user_id, msg.channel_url, mutate)
+
+
+def apology_reply(msg: InboundMessage | RoutedMessage, catalog: ResponseCatalog, settings: Settings) -> ReplyMessage:
+    """The reply a user gets when their message could not be processed (it was poisoned): never silence.
+
+    It shares the ``dedup_id`` of the normal reply, so SendBird shows at most one of the two.
+    """
+    language = getattr(msg, "language", None) or detect_language(msg.text) or settings.default_language
+    return ReplyMessage(**msg.next_hop(), text=catalog.render("apology.error", language), language=language,
+                        route=getattr(msg, "route", None), reply_key="apology.error",
+                        dedup_id=reply_dedup_id(msg.message_id))

@@ -1,0 +1,139 @@
+"""Webhook intake: decide what to do with one SendBird webhook POST.
+
+Spec: SendBird Platform API v3 webhooks, event ``group_channel:message_send``
+(see ``../shared/reference/sendbird.md``). This module is plain code: it takes
+the raw body and headers and returns an :class:`IntakeDecision` (HTTP status,
+JSON body, and at most one :class:`~shared.models.InboundMessage` to enqueue).
+It never calls any later stage, so the webhook is answered in milliseconds.
+
+Answers (every non-2xx carries ``{"error": {"code", "message"}}``):
+
+=====  =========================================================================
+413    body larger than ``WEBHOOK_MAX_BODY_BYTES`` (checked before anything else)
+401    ``x-sendbird-signature`` missing or not the HMAC of the raw body
+400    body not UTF-8 JSON, or a ``message_send`` event missing required fields
+200    ``{"status": "ignored", "reason": ...}``: other categories, messages from
+       the bot itself or an ignored sender, admin messages (``ADMM``), empty text
+200    ``{"status": "accepted", ...}``: one inbound message enqueued (text or file)
+=====  =========================================================================
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared import signature
+from shared.models import MAX_UTTERANCE_CHARS, InboundMessage, now_ms
+from shared.settings import Settings
+
+MESSAGE_SEND = "group_channel:message_send"
+
+
+class _Sender(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    user_id: str = Field(min_length=1, max_length=256)
+
+
+class _Channel(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    channel_url: str = Field(min_length=1, max_length=512)
+
+
+class _Payload(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    message_id: int = Field(ge=0)
+    created_at: int = Field(ge=0, description="epoch ms")
+    message: str | None = None
+    filename: str | None = Field(default=None, max_length=1024)
+
+
+class MessageSendEvent(BaseModel):
+    """The fields of ``group_channel:message_send`` the gateway uses; others are ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+    category: Literal["group_channel:message_send"]
+    type: Literal["MESG", "FILE", "ADMM"]
+    sender: _Sender
+    channel: _Channel
+    payload: _Payload
+
+
+@dataclass(frozen=True)
+class IntakeDecision:
+    """What the HTTP trigger answers, and the message to enqueue (None: enqueue nothing)."""
+
+    status: int
+    body: dict[str, Any]
+    inbound: InboundMessage | None = field(default=None)
+
+
+def _error(status: int, code: str, message: str) -> IntakeDecision:
+    return IntakeDecision(status, {"error": {"code": code, "message": message}})
+
+
+def _ignored(reason: str, **extra: Any) -> IntakeDecision:
+    return IntakeDecision(200, {"status": "ignored", "reason": reason, **extra})
+
+
+def handle_webhook(body: bytes, headers: Mapping[str, str], settings: Settings) -> IntakeDecision:
+    """Validate and classify one webhook delivery.
+
+    ``body`` is the raw request body (bytes, exactly as received: the signature
+    covers these bytes); ``headers`` is case-insensitive or lower-cased.
+    """
+    if len(body) > settings.webhook_max_body_bytes:
+        return _error(413, "payload_too_large",
+                      f"body is {len(body)} bytes; the limit is {settings.webhook_max_body_bytes} bytes")
+    sig = headers.get(signature.SIGNATURE_HEADER)
+    if not sig:
+        return _error(401, "missing_signature", f"header {signature.SIGNATURE_HEADER} is required")
+    if not signature.verify(body, sig, settings.sendbird_api_token):
+        return _error(401, "invalid_signature",
+                      f"{signature.SIGNATURE_HEADER} is not the HMAC-SHA256 of the body with the API token")
+    try:
+        event = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as exc:
+        return _error(400, "invalid_json", f"body is not UTF-8 JSON: {exc}")
+    if not isinstance(event, dict):
+        return _error(400, "invalid_payload", "body must be a JSON object")
+    category = event.get("category")
+    if not isinstance(category, str):
+        return _error(400, "invalid_payload", "field 'category' (string) is required")
+    if category != MESSAGE_SEND:
+        return _ignored("category_not_handled", category=category)
+    try:
+        msg = MessageSendEvent.model_validate(event)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        return _error(400, "invalid_payload", f"{MESSAGE_SEND} event is invalid: {problems}")
+
+    ids = {"message_id": msg.payload.message_id, "channel_url": msg.channel.channel_url}
+    if msg.sender.user_id in settings.ignored_sender_ids:
+        reason = "sent_by_bot" if msg.sender.user_id == settings.sendbird_bot_user_id else "sender_ignored"
+        return _ignored(reason, **ids)
+    if msg.type == "ADMM":
+        return _ignored("admin_message", **ids)
+    text = (msg.payload.message or "").strip() if msg.type == "MESG" else ""
+    if msg.type == "MESG" and not text:
+        return _ignored("empty_text", **ids)
+
+    received = now_ms()
+    inbound = InboundMessage(
+        correlation_id=uuid.uuid4().hex,
+        message_id=msg.payload.message_id,
+        channel_url=msg.channel.channel_url,
+        user_id=msg.sender.user_id,
+        sendbird_created_at_ms=msg.payload.created_at,
+        received_at_ms=received,
+        enqueued_at_ms=received,
+        message_type=msg.type,
+        text=text[:MAX_UTTERANCE_CHARS],
+        file_name=msg.payload.filename if msg.type == "FILE" else None,
+    )
+    return IntakeDecision(200, {"status": "accepted", "correlation_id": inbound.correlation_id, **ids}, inbound)

@@ -1,0 +1,218 @@
+"""Versioned queue message models (pydantic v2): the only shapes that travel between stages.
+
+Every message carries the SendBird ``message_id``, ``channel_url``, ``user_id``
+(SendBird ``sender.user_id``), a ``correlation_id`` for the whole conversation
+turn, a W3C ``traceparent`` (when telemetry is on) and timestamps in epoch
+milliseconds. Each message type has a ``type`` tag and an integer ``version``;
+:func:`decode` refuses a message of another type or an unknown version with a
+:class:`~shared.errors.PermanentError` that says which, so that it is poisoned
+with a reason rather than half-processed.
+
+Queue flow::
+
+    webhook -> chat-inbound (InboundMessage) -> route-<route> (RoutedMessage)
+            -> chat-reply (ReplyMessage) -> SendBird
+    any stage -> <queue>-poison (PoisonRecord)
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from enum import Enum
+from typing import Any, ClassVar, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from shared.errors import PermanentError
+
+# ---------------------------------------------------------------------------
+# Queue names (lowercase letters, digits, single hyphens; 3-63 chars)
+# ---------------------------------------------------------------------------
+INBOUND_QUEUE = "chat-inbound"
+REPLY_QUEUE = "chat-reply"
+#: The storage connection app setting every trigger and binding uses.
+STORAGE_CONNECTION = "AzureWebJobsStorage"
+
+
+#: Longest utterance carried between stages (characters); longer texts are cut by the intake.
+#: Keeps every queue message far below the 64 KiB (after base64) Storage queue limit.
+MAX_UTTERANCE_CHARS = 4_000
+
+
+def poison_queue_name(queue: str) -> str:
+    """The host's poison queue for ``queue``: ``<queue>-poison``."""
+    return f"{queue}-poison"
+
+
+class Route(str, Enum):
+    """Branch handlers: one queue and one function each."""
+
+    GREETING = "greeting"
+    HELP = "help"
+    ORDER_STATUS = "order_status"
+    PRODUCT_SEARCH = "product_search"
+    HANDOFF = "handoff"
+    GOODBYE = "goodbye"
+    FALLBACK = "fallback"
+    UNSUPPORTED = "unsupported"  # non-text content (files, images)
+
+    @property
+    def queue(self) -> str:
+        """The route's queue name, e.g. ``route-order-status``."""
+        return "route-" + self.value.replace("_", "-")
+
+
+def now_ms() -> int:
+    """Current time, epoch milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+class QueueMessageBase(BaseModel):
+    """Fields every queue message carries. Subclasses fix ``type`` and ``version``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    TYPE: ClassVar[str]
+    VERSION: ClassVar[int]
+
+    type: str
+    version: int
+    correlation_id: str = Field(min_length=1, max_length=64)
+    traceparent: str | None = Field(default=None, max_length=55)
+    message_id: int = Field(description="SendBird payload.message_id of the user's message")
+    channel_url: str = Field(min_length=1, max_length=512)
+    user_id: str = Field(min_length=1, max_length=256, description="SendBird sender.user_id")
+    sendbird_created_at_ms: int = Field(ge=0, description="SendBird payload.created_at, epoch ms")
+    received_at_ms: int = Field(ge=0, description="when the webhook intake accepted it, epoch ms")
+    enqueued_at_ms: int = Field(ge=0, description="when this message was put on its queue, epoch ms")
+
+    def to_queue_text(self) -> str:
+        """JSON text for a queue (output binding value or SDK message body); UTF-8, not ASCII-escaped."""
+        return self.model_dump_json()
+
+    def next_hop(self, **changes: Any) -> dict[str, Any]:
+        """The common fields for the next stage's message, with ``enqueued_at_ms`` set to now."""
+        common = {k: getattr(self, k) for k in QueueMessageBase.model_fields if k not in ("type", "version")}
+        common["enqueued_at_ms"] = now_ms()
+        common.update(changes)
+        return common
+
+
+class InboundMessage(QueueMessageBase):
+    """A user's chat message accepted by the webhook intake (queue ``chat-inbound``)."""
+
+    TYPE: ClassVar[str] = "inbound"
+    VERSION: ClassVar[int] = 1
+    type: Literal["inbound"] = "inbound"
+    version: Literal[1] = 1
+
+    message_type: Literal["MESG", "FILE"] = Field(description="SendBird message type")
+    text: str = Field(default="", max_length=MAX_UTTERANCE_CHARS, description="the utterance (MESG); empty for FILE")
+    file_name: str | None = Field(default=None, max_length=1024)
+
+
+class IntentScore(BaseModel):
+    """One intent and its confidence score (0..1), CLU ``intents[]``."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    category: str
+    confidence_score: float = Field(ge=0, le=1)
+
+
+class Entity(BaseModel):
+    """One entity found in the utterance, CLU ``entities[]`` (offset/length in text elements)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    category: str
+    text: str
+    offset: int = Field(ge=0)
+    length: int = Field(ge=0)
+    confidence_score: float = Field(default=1.0, ge=0, le=1)
+    key: str | None = Field(default=None, description="canonical value of a list entity (CLU ListKey)")
+
+
+class RoutedMessage(QueueMessageBase):
+    """A message classified by the intent stage, on its route's queue (``route-<route>``)."""
+
+    TYPE: ClassVar[str] = "routed"
+    VERSION: ClassVar[int] = 1
+    type: Literal["routed"] = "routed"
+    version: Literal[1] = 1
+
+    route: Route
+    text: str = Field(default="", max_length=MAX_UTTERANCE_CHARS)
+    language: Literal["ko", "en"]
+    top_intent: str | None = Field(description="CLU topIntent; None when not classified (e.g. a file)")
+    confidence_score: float = Field(default=0.0, ge=0, le=1)
+    intents: list[IntentScore] = Field(default_factory=list, max_length=50)
+    entities: list[Entity] = Field(default_factory=list, max_length=100)
+    slot_filled: str | None = Field(default=None, description="the pending slot this message filled, if any")
+
+    def entity(self, category: str) -> Entity | None:
+        """The first entity of ``category``, or None."""
+        return next((e for e in self.entities if e.category == category), None)
+
+
+class ReplyMessage(QueueMessageBase):
+    """The bot's answer to one user message, for the reply sender (queue ``chat-reply``)."""
+
+    TYPE: ClassVar[str] = "reply"
+    VERSION: ClassVar[int] = 1
+    type: Literal["reply"] = "reply"
+    version: Literal[1] = 1
+
+    text: str = Field(min_length=1, max_length=5_000)
+    language: Literal["ko", "en"]
+    route: Route | None = None
+    reply_key: str = Field(description="response catalog key the text came from")
+    dedup_id: str = Field(min_length=1, max_length=128, description="SendBird dedup_id for this reply")
+    reschedules: int = Field(default=0, ge=0, description="times rescheduled after a SendBird 429")
+
+
+class PoisonRecord(BaseModel):
+    """What the app writes to ``<queue>-poison``: the original message plus why it failed."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    TYPE: ClassVar[str] = "poison"
+    VERSION: ClassVar[int] = 1
+    type: Literal["poison"] = "poison"
+    version: Literal[1] = 1
+
+    source_queue: str
+    reason: str
+    error_type: str
+    dequeue_count: int
+    poisoned_at_ms: int
+    correlation_id: str | None = None
+    message_id: int | None = None
+    original: str = Field(description="the original message body as text (undecodable bytes replaced)")
+
+
+M = TypeVar("M", bound=QueueMessageBase)
+
+
+def decode(body: bytes | str, model: type[M]) -> M:
+    """Parse a queue message body into ``model``.
+
+    Raises :class:`PermanentError` when the body is not UTF-8 JSON, is another
+    message type, has a version this build does not read, or fails validation.
+    """
+    try:
+        text = body.decode("utf-8") if isinstance(body, bytes) else body
+        data = json.loads(text)
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise PermanentError(f"undecodable {model.TYPE} message: {exc}") from exc
+    if not isinstance(data, dict):
+        raise PermanentError(f"undecodable {model.TYPE} message: expected a JSON object, got {type(data).__name__}")
+    if data.get("type") != model.TYPE:
+        raise PermanentError(f"wrong message type {data.get('type')!r}, expected {model.TYPE!r}")
+    if data.get("version") != model.VERSION:
+        raise PermanentError(
+            f"unknown {model.TYPE} message version {data.get('version')!r}; this build reads version {model.VERSION}"
+        )
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
+        raise PermanentError(f"invalid {model.TYPE} message: {problems}") from exc

@@ -1,0 +1,64 @@
+"""How every queue-triggered stage treats failures: retry, or poison with a reason.
+
+:func:`run_queue_stage` decodes the message body into its model and runs the
+stage's work. On failure:
+
+- :class:`~shared.errors.PermanentError` (including an undecodable message or an
+  unknown version): a :class:`~shared.models.PoisonRecord` with the reason goes to
+  ``<queue>-poison`` at once and the original message is completed.
+- any other exception, before the last attempt: logged and re-raised, so the
+  host makes the message visible again after ``visibilityTimeout``.
+- on the last attempt (dequeue count >= ``maxDequeueCount`` of host.json): poisoned
+  with the last error as the reason, instead of the host moving it without one.
+
+``on_poison`` (e.g. send the user an apology) runs after a decodable message is poisoned.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Callable, TypeVar
+
+from shared.clients.queues import QueueSender
+from shared.errors import GatewayError, PermanentError
+from shared.models import PoisonRecord, QueueMessageBase, decode, now_ms
+
+log = logging.getLogger(__name__)
+M = TypeVar("M", bound=QueueMessageBase)
+R = TypeVar("R")
+
+
+def run_queue_stage(body: bytes, *, dequeue_count: int, queue: str, model: type[M], work: Callable[[M], R],
+                    queues: QueueSender, max_dequeue_count: int,
+                    on_poison: Callable[[M, str], None] | None = None) -> R | None:
+    """Run ``work(decode(body, model))``; returns its result, or None when the message was poisoned.
+
+    ``dequeue_count`` is 1 on the first attempt. Re-raises transient failures before the last attempt.
+    """
+    msg: M | None = None
+    try:
+        msg = decode(body, model)
+        return work(msg)
+    except PermanentError as exc:
+        reason, error_type = exc.reason, type(exc).__name__
+    except Exception as exc:  # noqa: BLE001 - every failure is either retried or poisoned
+        reason = exc.reason if isinstance(exc, GatewayError) else f"{type(exc).__name__}: {exc}"
+        if dequeue_count < max_dequeue_count:
+            logger = log.warning if isinstance(exc, GatewayError) else log.exception
+            logger("%s attempt %d/%d failed (message_id=%s, correlation_id=%s): %s; will retry", queue,
+                   dequeue_count, max_dequeue_count, getattr(msg, "message_id", None),
+                   getattr(msg, "correlation_id", None), reason)
+            raise
+        reason, error_type = f"failed {dequeue_count} times; last error: {reason}", type(exc).__name__
+    queues.send_poison(PoisonRecord(
+        source_queue=queue, reason=reason, error_type=error_type, dequeue_count=dequeue_count,
+        poisoned_at_ms=now_ms(), correlation_id=getattr(msg, "correlation_id", None),
+        message_id=getattr(msg, "message_id", None),
+        original=body.decode("utf-8", errors="replace") if isinstance(body, bytes) else str(body),
+    ))
+    if msg is not None and on_poison is not None:
+        try:
+            on_poison(msg, reason)
+        except Exception:  # noqa: BLE001 - the poison record is written; an apology failure must not undo it
+            log.exception("on_poison handler failed for message_id=%s", msg.message_id)
+    return None

@@ -1,0 +1,89 @@
+"""Per-user conversation state: one document per SendBird user.
+
+The store interface (:class:`StateStore`) has two adapters held to the same
+contract test (``tests/test_state_contract.py``): the Cosmos DB client
+(:mod:`shared.clients.cosmos`) and an in-memory fake for unit tests.
+
+Concurrency: :meth:`StateStore.update` is an optimistic read-modify-write. The
+``mutate`` callback may run more than once (after an ETag conflict, HTTP 412) and
+must therefore be a pure function of the state it is given.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Literal, Protocol, TypeVar
+from urllib.parse import quote
+
+from pydantic import BaseModel, ConfigDict, Field
+
+T = TypeVar("T")
+
+#: Slots a handler can ask the next message to fill, and the entity category that fills each.
+SLOT_ENTITIES = {"order_number": "OrderNumber", "product_category": "ProductCategory"}
+
+
+class Turn(BaseModel):
+    """One handled user message: what it was routed to and what the bot answered."""
+
+    model_config = ConfigDict(extra="ignore")
+    message_id: int
+    at_ms: int
+    route: str
+    intent: str | None = None
+    confidence_score: float = 0.0
+    reply_key: str | None = None
+    reply_text: str | None = None
+
+
+class UserState(BaseModel):
+    """The Cosmos DB document of one user (partition key ``/user_id``)."""
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+    id: str
+    user_id: str
+    schema_version: Literal[1] = 1
+    channel_url: str | None = None
+    language: Literal["ko", "en"] | None = None
+    pending_slot: Literal["order_number", "product_category"] | None = None
+    handoff_until_ms: int | None = Field(default=None, description="bot stays silent until this epoch ms")
+    turns: list[Turn] = Field(default_factory=list, description="most recent last, bounded")
+    created_at_ms: int = 0
+    updated_at_ms: int = 0
+
+    @classmethod
+    def new(cls, user_id: str, channel_url: str | None, now_ms: int) -> "UserState":
+        return cls(id=document_id(user_id), user_id=user_id, channel_url=channel_url,
+                   created_at_ms=now_ms, updated_at_ms=now_ms)
+
+    def is_handed_off(self, now_ms: int) -> bool:
+        """True while a human agent owns the conversation (the bot stays silent)."""
+        return self.handoff_until_ms is not None and now_ms < self.handoff_until_ms
+
+    def turn_for(self, message_id: int) -> Turn | None:
+        """The recorded turn of SendBird ``message_id``, if this message was already handled."""
+        return next((t for t in self.turns if t.message_id == message_id), None)
+
+    def record_turn(self, turn: Turn, limit: int) -> None:
+        """Append ``turn`` and keep only the ``limit`` most recent turns."""
+        self.turns = [*self.turns, turn][-limit:]
+
+
+def document_id(user_id: str) -> str:
+    """Cosmos DB item id for ``user_id`` (ids may not contain ``/ \\ ? #``; those are %-escaped)."""
+    return quote(user_id, safe="") if any(c in user_id for c in "/\\?#%") else user_id
+
+
+class StateStore(Protocol):
+    """Where user state lives. Errors: :class:`~shared.errors.TransientError` when the store is unavailable."""
+
+    def get_or_create(self, user_id: str, channel_url: str | None) -> UserState:
+        """The user's state, created (and stored) if it does not exist yet."""
+        ...
+
+    def update(self, user_id: str, channel_url: str | None, mutate: Callable[[UserState], T]) -> T:
+        """Apply ``mutate`` to the current state and store it atomically (ETag); returns mutate's result.
+
+        ``mutate`` may be called several times (once per conflict). Raises
+        :class:`~shared.errors.TransientError` after too many conflicts.
+        """
+        ...
