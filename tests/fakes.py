@@ -1,0 +1,143 @@
+"""In-memory fakes of the external systems, for unit tests only.
+
+Each fake passes the same contract test as its real adapter
+(``test_state_contract.py``, ``test_queue_contract.py``,
+``test_intent_client_contract.py``, ``test_sendbird_client_contract.py``).
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+from typing import Callable, TypeVar
+
+from shared.clients.intent import IntentPrediction, parse_clu_response
+from shared.errors import PermanentError, RateLimited, TransientError
+from shared.models import PoisonRecord, now_ms, poison_queue_name
+from shared.state import UserState
+
+T = TypeVar("T")
+
+
+class InMemoryStateStore:
+    """StateStore with real optimistic concurrency: a version counter plays the ETag."""
+
+    def __init__(self, max_attempts: int = 8):
+        self._docs: dict[str, tuple[dict, int]] = {}
+        self._lock = threading.Lock()
+        self._max_attempts = max_attempts
+        self.conflicts = 0
+        #: Called between read and write of an update (tests use it to inject a concurrent writer).
+        self.before_write: Callable[[str], None] | None = None
+
+    def _read(self, user_id: str) -> tuple[UserState, int] | None:
+        with self._lock:
+            found = self._docs.get(user_id)
+        if found is None:
+            return None
+        return UserState.model_validate(copy.deepcopy(found[0])), found[1]
+
+    def get_or_create(self, user_id: str, channel_url: str | None) -> UserState:
+        found = self._read(user_id)
+        if found:
+            return found[0]
+        state = UserState.new(user_id, channel_url, now_ms())
+        with self._lock:
+            self._docs.setdefault(user_id, (state.model_dump(mode="json"), 1))
+        return self._read(user_id)[0]
+
+    def update(self, user_id: str, channel_url: str | None, mutate: Callable[[UserState], T]) -> T:
+        for _ in range(self._max_attempts):
+            found = self._read(user_id)
+            state, version = found if found else (UserState.new(user_id, channel_url, now_ms()), 0)
+            result = mutate(state)
+            state.updated_at_ms = now_ms()
+            if self.before_write:
+                self.before_write(user_id)
+            with self._lock:
+                current = self._docs.get(user_id, (None, 0))[1]
+                if current == version:
+                    self._docs[user_id] = (state.model_dump(mode="json"), version + 1)
+                    return result
+                self.conflicts += 1
+        raise TransientError(f"state of {user_id} kept changing: {self._max_attempts} conflicts in a row")
+
+
+class RecordingQueueSender:
+    """QueueSender that keeps messages in lists: ``sent[queue] -> [(text, delay_seconds)]``."""
+
+    def __init__(self):
+        self.sent: dict[str, list[tuple[str, float]]] = {}
+        self.fail_with: Exception | None = None
+
+    def send(self, queue: str, text: str, delay_seconds: float = 0) -> None:
+        if self.fail_with:
+            raise self.fail_with
+        self.sent.setdefault(queue, []).append((text, delay_seconds))
+
+    def send_poison(self, record: PoisonRecord) -> None:
+        self.send(poison_queue_name(record.source_queue), record.model_dump_json())
+
+    def texts(self, queue: str) -> list[str]:
+        return [t for t, _ in self.sent.get(queue, [])]
+
+    def poison_records(self, queue: str) -> list[PoisonRecord]:
+        return [PoisonRecord.model_validate_json(t) for t in self.texts(poison_queue_name(queue))]
+
+
+class ScriptedIntentClient:
+    """IntentClient answering from a dict ``utterance -> CLU prediction`` (or raising a scripted error)."""
+
+    def __init__(self, predictions: dict[str, dict] | None = None, default: dict | None = None):
+        self.predictions = predictions or {}
+        self.default = default or clu_prediction("None", 0.9)
+        self.calls: list[dict] = []
+        self.fail_with: Exception | None = None
+
+    def analyze(self, text: str, language: str, participant_id: str, item_id: str,
+                request_id: str | None = None) -> IntentPrediction:
+        self.calls.append({"text": text, "language": language, "participant_id": participant_id,
+                           "item_id": item_id, "request_id": request_id})
+        if self.fail_with:
+            raise self.fail_with
+        body = self.predictions.get(text, self.default)
+        body = copy.deepcopy(body)
+        body["result"]["query"] = text
+        return parse_clu_response(body)
+
+
+def clu_prediction(top: str, score: float, others: dict[str, float] | None = None,
+                   entities: list[dict] | None = None) -> dict:
+    """A CLU ``ConversationResult`` body with ``top`` at ``score`` and ``others`` below it."""
+    intents = [{"category": top, "confidenceScore": score}]
+    intents += [{"category": c, "confidenceScore": s} for c, s in (others or {}).items()]
+    intents.sort(key=lambda i: -i["confidenceScore"])
+    return {"kind": "ConversationResult",
+            "result": {"query": "", "prediction": {"projectKind": "Conversation", "topIntent": top,
+                                                   "intents": intents, "entities": entities or []}}}
+
+
+class FakeSendBird:
+    """SendBirdClient that records messages, de-duplicates by (channel_url, dedup_id), and can be told to fail."""
+
+    def __init__(self):
+        self.messages: list[dict] = []
+        self.attempts = 0
+        self.script: list[Exception] = []
+
+    def send_bot_message(self, channel_url: str, message: str, dedup_id: str, data: str = "") -> int:
+        self.attempts += 1
+        if self.script:
+            raise self.script.pop(0)
+        for m in self.messages:
+            if m["channel_url"] == channel_url and m["dedup_id"] == dedup_id:
+                return m["message_id"]
+        if not message:
+            raise PermanentError("SendBird rejected the message (400): message is required")
+        self.messages.append({"message_id": len(self.messages) + 1, "channel_url": channel_url,
+                              "message": message, "dedup_id": dedup_id, "data": data})
+        return len(self.messages)
+
+
+__all__ = ["InMemoryStateStore", "RecordingQueueSender", "ScriptedIntentClient", "FakeSendBird", "clu_prediction",
+           "RateLimited", "TransientError", "PermanentError"]

@@ -1,0 +1,84 @@
+"""Index function_app.py the way the Python worker does and check every binding."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import json
+import re
+import sys
+
+import pytest
+
+from tests.conftest import ROOT, sample_values
+
+QUEUE_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
+KNOWN_TYPES = {"httpTrigger", "http", "queueTrigger", "queue"}
+
+
+@pytest.fixture(scope="module")
+def functions():
+    values = sample_values()
+    saved = dict(os.environ)
+    os.environ.update(values)
+    try:
+        for name in [m for m in sys.modules if m == "function_app" or m.startswith("functions.")]:
+            del sys.modules[name]
+        module = importlib.import_module("function_app")
+        yield [json.loads(f.get_function_json())
+               | {"name": f.get_function_name(),
+                  "params": set(inspect.signature(inspect.unwrap(f.get_user_function())).parameters)}
+               for f in module.app.get_functions()]
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def resolve(value: str, settings: dict[str, str]) -> str:
+    for name in re.findall(r"%([^%]+)%", value):
+        assert name in settings, f"binding expression %{name}% is not in local.settings.sample.json"
+        value = value.replace(f"%{name}%", settings[name])
+    return value
+
+
+def test_every_stage_is_registered(functions):
+    names = {f["name"] for f in functions}
+    assert {"sendbird_webhook", "intent_stage", "reply_sender"} <= names
+    assert {f"route_{r}" for r in ("greeting", "help", "order_status", "product_search", "handoff", "goodbye",
+                                   "fallback", "unsupported")} <= names
+    assert len(names) == len(functions), "function names must be unique"
+
+
+def test_bindings_are_known_and_valid(functions):
+    settings = sample_values()
+    for f in functions:
+        triggers = [b for b in f["bindings"] if b["type"].endswith("Trigger")]
+        assert len(triggers) == 1, f["name"]
+        for b in f["bindings"]:
+            assert b["type"] in KNOWN_TYPES, (f["name"], b["type"])
+            if b["type"].startswith("queue"):
+                assert QUEUE_NAME.match(resolve(b["queueName"], settings)), (f["name"], b["queueName"])
+                assert b["connection"] in settings, (f["name"], b["connection"])
+
+
+def test_webhook_route_and_auth(functions):
+    [hook] = [f for f in functions if f["name"] == "sendbird_webhook"]
+    trigger = next(b for b in hook["bindings"] if b["type"] == "httpTrigger")
+    assert trigger["route"] == "sendbird/webhook" and trigger["methods"] == ["POST"]
+    assert trigger["authLevel"].lower() == "anonymous"
+
+
+def test_every_output_queue_has_a_consumer(functions):
+    consumed = {b["queueName"] for f in functions for b in f["bindings"] if b["type"] == "queueTrigger"}
+    produced = {b["queueName"] for f in functions for b in f["bindings"] if b["type"] == "queue"}
+    assert produced <= consumed, produced - consumed
+    [intent] = [f for f in functions if f["name"] == "intent_stage"]
+    assert len([b for b in intent["bindings"] if b["type"] == "queue"]) == 8  # one per route
+
+
+def test_binding_names_match_the_python_parameters(functions):
+    """The worker refuses a function whose parameters and binding names differ."""
+    for f in functions:
+        bound = {b["name"] for b in f["bindings"] if b["name"] != "$return"}
+        assert bound == f["params"], (f["name"], bound ^ f["params"])

@@ -1,0 +1,111 @@
+"""Queue message versioning and the retry/poison policy of every queue stage."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared.errors import PermanentError, TransientError
+from shared.models import INBOUND_QUEUE, InboundMessage, ReplyMessage, decode, now_ms
+from shared.processing import run_queue_stage
+
+
+def inbound(**changes) -> InboundMessage:
+    t = now_ms()
+    base = dict(correlation_id="c0ffee", message_id=42, channel_url="ch-1", user_id="u-1",
+                sendbird_created_at_ms=t, received_at_ms=t, enqueued_at_ms=t, message_type="MESG", text="hi")
+    return InboundMessage(**{**base, **changes})
+
+
+def test_round_trip_keeps_every_field():
+    m = inbound(text="배송 조회 😀")
+    assert decode(m.to_queue_text().encode("utf-8"), InboundMessage) == m
+
+
+@pytest.mark.parametrize("body, fragment", [
+    (b"\xff\xfe", "undecodable"),
+    (b"not json", "undecodable"),
+    (b"[]", "expected a JSON object"),
+    (json.dumps({"type": "reply", "version": 1}).encode(), "wrong message type"),
+    (json.dumps({"type": "inbound", "version": 2}).encode(), "unknown inbound message version 2"),
+    (json.dumps({"type": "inbound", "version": 1, "message_id": "x"}).encode(), "invalid inbound message"),
+])
+def test_decode_refuses_with_a_reason(body, fragment):
+    with pytest.raises(PermanentError) as err:
+        decode(body, InboundMessage)
+    assert fragment in err.value.reason
+
+
+def test_unknown_fields_are_refused():
+    data = json.loads(inbound().to_queue_text())
+    data["surprise"] = 1
+    with pytest.raises(PermanentError, match="surprise"):
+        decode(json.dumps(data), InboundMessage)
+
+
+def test_next_hop_carries_ids_and_stamps_enqueue_time():
+    m = inbound(enqueued_at_ms=1)
+    r = ReplyMessage(**m.next_hop(), text="hello", language="en", reply_key="greeting.hello", dedup_id="reply-42")
+    assert (r.message_id, r.channel_url, r.user_id, r.correlation_id) == (42, "ch-1", "u-1", "c0ffee")
+    assert r.enqueued_at_ms > 1 and r.received_at_ms == m.received_at_ms
+
+
+def run(body, queues, work, dequeue_count=1, on_poison=None):
+    return run_queue_stage(body, dequeue_count=dequeue_count, queue=INBOUND_QUEUE, model=InboundMessage, work=work,
+                           queues=queues, max_dequeue_count=5, on_poison=on_poison)
+
+
+def test_success_returns_the_work_result(queues):
+    assert run(inbound().to_queue_text().encode(), queues, lambda m: m.text) == "hi"
+    assert queues.sent == {}
+
+
+def test_undecodable_message_is_poisoned_at_once_with_reason(queues):
+    assert run(b'{"type": "inbound", "version": 9}', queues, lambda m: pytest.fail("must not run")) is None
+    [record] = queues.poison_records(INBOUND_QUEUE)
+    assert "version 9" in record.reason and record.dequeue_count == 1
+    assert record.original == '{"type": "inbound", "version": 9}' and record.correlation_id is None
+
+
+def test_permanent_error_poisons_and_calls_on_poison(queues):
+    seen = []
+
+    def work(m):
+        raise PermanentError("intent service rejected the request (401)")
+
+    run(inbound().to_queue_text().encode(), queues, work, on_poison=lambda m, r: seen.append((m.message_id, r)))
+    [record] = queues.poison_records(INBOUND_QUEUE)
+    assert record.reason == "intent service rejected the request (401)"
+    assert record.correlation_id == "c0ffee" and record.message_id == 42
+    assert seen == [(42, "intent service rejected the request (401)")]
+
+
+@pytest.mark.parametrize("error", [TransientError("timeout"), RuntimeError("bug")])
+def test_failures_before_the_last_attempt_are_reraised_for_the_host(queues, error):
+    def work(m):
+        raise error
+
+    for attempt in range(1, 5):
+        with pytest.raises(type(error)):
+            run(inbound().to_queue_text().encode(), queues, work, dequeue_count=attempt)
+    assert queues.sent == {}
+
+
+def test_last_attempt_poisons_with_the_last_error(queues):
+    def work(m):
+        raise TransientError("intent service answered 503")
+
+    assert run(inbound().to_queue_text().encode(), queues, work, dequeue_count=5) is None
+    [record] = queues.poison_records(INBOUND_QUEUE)
+    assert record.reason == "failed 5 times; last error: intent service answered 503"
+    assert record.error_type == "TransientError"
+
+
+def test_failing_apology_does_not_undo_the_poison_record(queues):
+    def boom(m, r):
+        raise RuntimeError("reply queue down")
+
+    run(inbound().to_queue_text().encode(), queues, lambda m: (_ for _ in ()).throw(PermanentError("x")),
+        on_poison=boom)
+    assert len(queues.poison_records(INBOUND_QUEUE)) == 1

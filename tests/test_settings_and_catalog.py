@@ -1,0 +1,86 @@
+"""Settings validation, host.json consistency, and the response catalog."""
+
+from __future__ import annotations
+
+import json
+import re
+import string
+
+import pytest
+
+from shared.catalog import LANGUAGES, CatalogError, ResponseCatalog
+from shared.settings import SettingsError, load_settings, setting_names
+from tests.conftest import ROOT, sample_values
+
+
+def test_sample_settings_load(settings):
+    assert settings.sendbird_bot_user_id == "ssg_bot"
+    assert settings.cosmos_verify_tls is False and settings.intent_confidence_threshold == 0.5
+
+
+def test_sample_lists_every_setting_the_app_reads():
+    assert set(setting_names()) <= set(sample_values())
+
+
+@pytest.mark.parametrize("name", ["SENDBIRD_API_TOKEN", "AzureWebJobsStorage", "COSMOS_ENDPOINT", "INTENT_ENDPOINT"])
+def test_missing_required_setting_is_named(name):
+    values = sample_values()
+    del values[name]
+    with pytest.raises(SettingsError, match=name):
+        load_settings(values)
+
+
+@pytest.mark.parametrize("name, value", [("INTENT_CONFIDENCE_THRESHOLD", "1.5"), ("INTENT_ENDPOINT", "not a url"),
+                                         ("COSMOS_VERIFY_TLS", "maybe"), ("ORDER_TRACKING_URL", "https://x/"),
+                                         ("DEFAULT_LANGUAGE", "fr"), ("WEBHOOK_MAX_BODY_BYTES", "100000")])
+def test_bad_setting_is_named(name, value):
+    with pytest.raises(SettingsError, match=name):
+        load_settings({**sample_values(), name: value})
+
+
+def test_setting_names_are_case_insensitive():
+    values = {k.lower(): v for k, v in sample_values().items()}
+    assert load_settings(values).settings.sendbird_bot_user_id == "ssg_bot"
+
+
+def test_host_json_queue_settings_are_read(tmp_path):
+    host = json.loads((ROOT / "host.json").read_text())
+    cfg = load_settings(sample_values())
+    assert cfg.host.message_encoding == host["extensions"]["queues"]["messageEncoding"]
+    assert cfg.host.max_dequeue_count == host["extensions"]["queues"]["maxDequeueCount"]
+    bad = tmp_path / "host.json"
+    bad.write_text(json.dumps({"extensions": {"queues": {"messageEncoding": "utf16"}}}))
+    with pytest.raises(SettingsError, match="messageEncoding|message_encoding"):
+        load_settings(sample_values(), host_json=bad)
+
+
+def test_host_json_is_tuned_for_chat_latency():
+    queues = json.loads((ROOT / "host.json").read_text())["extensions"]["queues"]
+    h, m, s = queues["maxPollingInterval"].split(":")
+    assert int(h) * 3600 + int(m) * 60 + float(s) <= 2, "a quiet bot must not wait more than ~2 s per hop"
+
+
+def placeholders(text: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
+
+
+def test_catalog_has_both_languages_with_the_same_placeholders(catalog):
+    raw = json.loads((ROOT / "shared" / "responses.json").read_text(encoding="utf-8"))
+    for key, texts in raw.items():
+        assert set(texts) == set(LANGUAGES), key
+        assert placeholders(texts["ko"]) == placeholders(texts["en"]), key
+        assert re.search("[가-힣]", texts["ko"]), f"{key}: Korean text has no Hangul"
+
+
+def test_catalog_covers_every_reply_key_the_handlers_use(catalog):
+    source = (ROOT / "shared" / "handlers.py").read_text(encoding="utf-8")
+    used = set(re.findall(r'"([a-z_]+\.[a-z_]+)"', source))
+    assert used and all(catalog.has(k) for k in used), used - set(catalog.keys())
+
+
+def test_catalog_errors_name_the_problem():
+    cat = ResponseCatalog({"a.b": {"ko": "{x}", "en": "{x}"}})
+    with pytest.raises(CatalogError, match="fr"):
+        cat.render("a.b", "fr", x="1")
+    with pytest.raises(CatalogError, match="x"):
+        cat.render("a.b", "en")

@@ -1,0 +1,254 @@
+"""Intent stage, branch handlers and reply sender against in-memory fakes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shared.errors import PermanentError, RateLimited, TransientError
+from shared.handlers import apology_reply, handle
+from shared.intent_stage import classify
+from shared.language import detect_language
+from shared.models import REPLY_QUEUE, InboundMessage, ReplyMessage, Route, RoutedMessage, decode, now_ms
+from shared.reply_stage import deliver
+from shared.routing import choose_route
+from shared.clients.intent import parse_clu_response
+from tests.fakes import clu_prediction
+
+ORDER = {"category": "OrderNumber", "text": "20261119-0042", "offset": 22, "length": 13, "confidenceScore": 1.0}
+SHOES = {"category": "ProductCategory", "text": "운동화", "offset": 0, "length": 3, "confidenceScore": 1.0,
+         "extraInformation": [{"extraInformationKind": "ListKey", "key": "shoes"}]}
+
+
+def inbound(text="hi", message_id=1, user="u-1", message_type="MESG") -> InboundMessage:
+    t = now_ms()
+    return InboundMessage(correlation_id=f"corr-{message_id}", message_id=message_id, channel_url="ch-1",
+                          user_id=user, sendbird_created_at_ms=t, received_at_ms=t, enqueued_at_ms=t,
+                          message_type=message_type, text=text)
+
+
+class Bot:
+    """Drives one message through intent stage -> handler, as the queues would."""
+
+    def __init__(self, store, intent, settings, catalog):
+        self.store, self.intent, self.settings, self.catalog = store, intent, settings, catalog
+        self.next_id = 100
+
+    def say(self, text, message_type="MESG", clock=now_ms):
+        self.next_id += 1
+        routed = classify(inbound(text, self.next_id, message_type=message_type), state_store=self.store,
+                          intent_client=self.intent, settings=self.settings, clock=clock)
+        if routed is None:
+            return None, None
+        # through the queue encoding, as in production
+        routed = decode(routed.to_queue_text().encode(), RoutedMessage)
+        reply = handle(routed, state_store=self.store, catalog=self.catalog, settings=self.settings, clock=clock)
+        return routed, reply
+
+
+@pytest.fixture
+def bot(store, intent, settings, catalog):
+    return Bot(store, intent, settings, catalog)
+
+
+# ---------------------------------------------------------------- routing
+@pytest.mark.parametrize("top, score, route", [
+    ("Greeting", 0.9, Route.GREETING), ("Help", 0.6, Route.HELP), ("OrderStatus", 0.5, Route.ORDER_STATUS),
+    ("ProductSearch", 0.99, Route.PRODUCT_SEARCH), ("HumanHandoff", 0.7, Route.HANDOFF),
+    ("ThanksGoodbye", 0.8, Route.GOODBYE), ("OrderStatus", 0.49, Route.FALLBACK), ("None", 0.95, Route.FALLBACK),
+    ("SomethingNew", 0.99, Route.FALLBACK),
+])
+def test_route_by_top_intent_and_threshold(top, score, route):
+    assert choose_route(parse_clu_response(clu_prediction(top, score)), None, 0.5) == (route, None)
+
+
+def test_pending_slot_entity_wins_over_the_intent():
+    p = parse_clu_response(clu_prediction("None", 0.9, entities=[ORDER]))
+    assert choose_route(p, "order_number", 0.5) == (Route.ORDER_STATUS, "order_number")
+    assert choose_route(p, None, 0.5) == (Route.FALLBACK, None)
+
+
+@pytest.mark.parametrize("text, lang", [("Hi there", "en"), ("안녕하세요", "ko"), ("나이키 sneakers 있어요?", "ko"),
+                                        ("Nike 신발", "ko"), ("20261119-0042", None), ("", None)])
+def test_language_detection(text, lang):
+    assert detect_language(text) == lang
+
+
+# ---------------------------------------------------------------- conversations
+def test_greeting_in_english(bot, intent, catalog):
+    intent.predictions["Hello!"] = clu_prediction("Greeting", 0.93)
+    routed, reply = bot.say("Hello!")
+    assert routed.route == Route.GREETING and routed.language == "en" and routed.confidence_score == 0.93
+    assert reply.text == catalog.render("greeting.hello", "en") and reply.route == Route.GREETING
+    assert reply.dedup_id == f"reply-{routed.message_id}" and reply.correlation_id == routed.correlation_id
+    assert intent.calls[-1]["language"] == "en" and intent.calls[-1]["participant_id"] == "u-1"
+
+
+def test_order_status_asks_for_the_number_then_uses_the_next_message(bot, intent, store, catalog):
+    intent.predictions["주문 조회해 주세요"] = clu_prediction("OrderStatus", 0.88)
+    intent.predictions["20261119-0042"] = clu_prediction("None", 0.7, entities=[ORDER])
+    _, ask = bot.say("주문 조회해 주세요")
+    assert ask.reply_key == "order_status.ask_number" and ask.language == "ko"
+    assert store.get_or_create("u-1", "ch-1").pending_slot == "order_number"
+    routed, found = bot.say("20261119-0042")
+    assert routed.route == Route.ORDER_STATUS and routed.slot_filled == "order_number"
+    assert routed.language == "ko"  # no letters: the language of the conversation so far
+    assert found.reply_key == "order_status.found" and "20261119-0042" in found.text
+    assert "https://shop.example.com/orders/20261119-0042" in found.text
+    assert store.get_or_create("u-1", "ch-1").pending_slot is None
+
+
+def test_order_number_in_the_first_message_answers_at_once(bot, intent):
+    intent.predictions["Hi, where is my order 20261119-0042?"] = clu_prediction("OrderStatus", 0.9, entities=[ORDER])
+    _, reply = bot.say("Hi, where is my order 20261119-0042?")
+    assert reply.reply_key == "order_status.found" and reply.language == "en"
+
+
+def test_product_search_uses_the_list_entity_key(bot, intent):
+    intent.predictions["운동화 보여줘"] = clu_prediction("ProductSearch", 0.9, entities=[SHOES])
+    _, reply = bot.say("운동화 보여줘")
+    assert reply.reply_key == "product_search.results"
+    assert "운동화" in reply.text and "category=shoes" in reply.text
+
+
+def test_product_search_without_category_asks_and_fills_the_slot(bot, intent, store):
+    intent.predictions["I want to buy something"] = clu_prediction("ProductSearch", 0.8)
+    intent.predictions["운동화"] = clu_prediction("None", 0.6, entities=[SHOES])
+    assert bot.say("I want to buy something")[1].reply_key == "product_search.ask_category"
+    routed, reply = bot.say("운동화")
+    assert routed.slot_filled == "product_category" and reply.reply_key == "product_search.results"
+
+
+def test_handoff_silences_the_bot_until_the_reset(bot, intent, store, settings):
+    intent.predictions["상담원 연결해 주세요"] = clu_prediction("HumanHandoff", 0.95)
+    intent.predictions["hello?"] = clu_prediction("Greeting", 0.95)
+    t0 = now_ms()
+    _, reply = bot.say("상담원 연결해 주세요", clock=lambda: t0)
+    assert reply.reply_key == "handoff.connecting"
+    calls = len(intent.calls)
+    assert bot.say("hello?", clock=lambda: t0 + 1000) == (None, None)
+    assert len(intent.calls) == calls  # silent: not even classified
+    after = t0 + settings.handoff_reset_seconds * 1000 + 1
+    _, reply = bot.say("hello?", clock=lambda: after)
+    assert reply.reply_key == "greeting.hello"
+
+
+def test_fallback_offers_the_top_suggestions(bot, intent, catalog):
+    intent.predictions["hmm about my stuff"] = clu_prediction(
+        "OrderStatus", 0.41, {"ProductSearch": 0.3, "None": 0.2, "Help": 0.02})
+    routed, reply = bot.say("hmm about my stuff")
+    assert routed.route == Route.FALLBACK and reply.reply_key == "fallback.suggest"
+    assert catalog.render("intent.OrderStatus", "en") in reply.text
+    assert catalog.render("intent.ProductSearch", "en") in reply.text
+    assert catalog.render("intent.Help", "en") not in reply.text  # below the minimum score
+
+
+def test_fallback_without_suggestions_is_generic(bot, intent):
+    intent.predictions["asdf qwer"] = clu_prediction("None", 0.97)
+    assert bot.say("asdf qwer")[1].reply_key == "fallback.generic"
+
+
+def test_file_gets_a_text_only_reply_without_calling_the_intent_service(bot, intent):
+    routed, reply = bot.say("", message_type="FILE")
+    assert routed.route == Route.UNSUPPORTED and reply.reply_key == "unsupported.file"
+    assert reply.language == "ko"  # DEFAULT_LANGUAGE for a new user
+    assert intent.calls == []
+
+
+def test_goodbye_clears_a_pending_slot(bot, intent, store):
+    intent.predictions["order status"] = clu_prediction("OrderStatus", 0.8)
+    intent.predictions["thanks, bye"] = clu_prediction("ThanksGoodbye", 0.9)
+    bot.say("order status")
+    assert bot.say("thanks, bye")[1].reply_key == "goodbye.thanks"
+    assert store.get_or_create("u-1", "ch-1").pending_slot is None
+
+
+def test_history_is_bounded(bot, intent, store, settings):
+    intent.default = clu_prediction("Greeting", 0.9)
+    for _ in range(settings.state_history_limit + 5):
+        bot.say("hi")
+    turns = store.get_or_create("u-1", "ch-1").turns
+    assert len(turns) == settings.state_history_limit and turns[-1].message_id == bot.next_id
+
+
+def test_redelivered_routed_message_gets_the_recorded_reply_once(store, intent, settings, catalog):
+    intent.predictions["hi"] = clu_prediction("Greeting", 0.9)
+    routed = classify(inbound("hi", 7), state_store=store, intent_client=intent, settings=settings)
+    first = handle(routed, state_store=store, catalog=catalog, settings=settings)
+    again = handle(routed, state_store=store, catalog=catalog, settings=settings)
+    assert again.text == first.text and again.dedup_id == first.dedup_id
+    assert [t.message_id for t in store.get_or_create("u-1", "ch-1").turns] == [7]
+
+
+def test_concurrent_writer_causes_a_retry_not_a_lost_update(store, settings, catalog):
+    state_user = "u-9"
+    store.get_or_create(state_user, "ch-1")
+    injected = []
+
+    def other_writer(user_id):
+        if not injected:
+            injected.append(1)
+            store.before_write = None
+            store.update(user_id, "ch-1", lambda s: setattr(s, "language", "en"))
+
+    store.before_write = other_writer
+    routed = RoutedMessage(**inbound("주문", 8, user=state_user).next_hop(), route=Route.ORDER_STATUS, text="주문",
+                           language="ko", top_intent="OrderStatus", confidence_score=0.9)
+    handle(routed, state_store=store, catalog=catalog, settings=settings)
+    state = store.get_or_create(state_user, "ch-1")
+    assert store.conflicts == 1
+    assert state.pending_slot == "order_number" and [t.message_id for t in state.turns] == [8]
+
+
+def test_intent_service_errors_propagate(store, intent, settings):
+    intent.fail_with = TransientError("intent service answered 503")
+    with pytest.raises(TransientError):
+        classify(inbound("hi"), state_store=store, intent_client=intent, settings=settings)
+
+
+def test_apology_follows_the_language_and_shares_the_dedup_id(catalog, settings):
+    a = apology_reply(inbound("where is my order?", 5), catalog, settings)
+    assert a.language == "en" and a.reply_key == "apology.error" and a.dedup_id == "reply-5"
+    assert apology_reply(inbound("주문 어디예요", 6), catalog, settings).language == "ko"
+
+
+# ---------------------------------------------------------------- reply sender
+def reply_msg(reschedules=0) -> ReplyMessage:
+    return ReplyMessage(**inbound("hi", 11).next_hop(), text="Hello!", language="en", route=Route.GREETING,
+                        reply_key="greeting.hello", dedup_id="reply-11", reschedules=reschedules)
+
+
+def test_reply_is_sent_with_dedup_id_and_correlation(sendbird, queues, settings):
+    assert deliver(reply_msg(), sendbird=sendbird, queues=queues, settings=settings) == "sent"
+    [m] = sendbird.messages
+    assert m["channel_url"] == "ch-1" and m["message"] == "Hello!" and m["dedup_id"] == "reply-11"
+    assert json.loads(m["data"]) == {"correlation_id": "corr-11"}
+
+
+def test_redelivered_reply_is_not_shown_twice(sendbird, queues, settings):
+    deliver(reply_msg(), sendbird=sendbird, queues=queues, settings=settings)
+    deliver(reply_msg(), sendbird=sendbird, queues=queues, settings=settings)
+    assert len(sendbird.messages) == 1 and sendbird.attempts == 2
+
+
+def test_429_reschedules_with_the_retry_after_delay(sendbird, queues, settings):
+    sendbird.script = [RateLimited("slow down", 3)]
+    assert deliver(reply_msg(), sendbird=sendbird, queues=queues, settings=settings) == "rescheduled"
+    [(text, delay)] = queues.sent[REPLY_QUEUE]
+    assert delay == 3 and decode(text, ReplyMessage).reschedules == 1
+    assert sendbird.messages == []
+
+
+def test_429_after_max_reschedules_is_permanent(sendbird, queues, settings):
+    sendbird.script = [RateLimited("slow down", 1)]
+    with pytest.raises(PermanentError, match="still rate limited"):
+        deliver(reply_msg(settings.reply_max_reschedules), sendbird=sendbird, queues=queues, settings=settings)
+
+
+@pytest.mark.parametrize("error", [TransientError("SendBird answered 503"), PermanentError("400")])
+def test_other_send_errors_propagate(sendbird, queues, settings, error):
+    sendbird.script = [error]
+    with pytest.raises(type(error)):
+        deliver(reply_msg(), sendbird=sendbird, queues=queues, settings=settings)
+    assert queues.sent == {}
