@@ -136,6 +136,7 @@ def handle(msg: RoutedMessage, *, state_store: StateStore, catalog: ResponseCata
         if not turn.reply_text or not turn.reply_key:
             return None
         return ReplyMessage(**msg.next_hop(), text=turn.reply_text, language=msg.language, route=msg.route,
+                            top_intent=msg.top_intent, confidence_score=msg.confidence_score,
                             reply_key=turn.reply_key, dedup_id=reply_dedup_id(msg.message_id))
 
     return state_store.update(msg.user_id, msg.channel_url, mutate)

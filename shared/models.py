@@ -165,6 +165,8 @@ class ReplyMessage(QueueMessageBase):
     text: str = Field(min_length=1, max_length=5_000)
     language: Literal["ko", "en"]
     route: Route | None = None
+    top_intent: str | None = Field(default=None, description="CLU topIntent of the user's message")
+    confidence_score: float = Field(default=0.0, ge=0, le=1, description="its confidence score")
     reply_key: str = Field(description="response catalog key the text came from")
     dedup_id: str = Field(min_length=1, max_length=128, description="SendBird dedup_id for this reply")
     reschedules: int = Field(default=0, ge=0, description="times rescheduled after a SendBird 429")

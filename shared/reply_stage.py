@@ -24,12 +24,19 @@ from shared.settings import Settings
 log = logging.getLogger(__name__)
 
 
+def reply_data(reply: ReplyMessage) -> str:
+    """SendBird message ``data`` (an opaque string): JSON with the correlation id, route, intent and score."""
+    return json.dumps({"correlation_id": reply.correlation_id, "route": reply.route.value if reply.route else None,
+                       "intent": reply.top_intent, "confidence": round(reply.confidence_score, 4),
+                       "reply_key": reply.reply_key}, ensure_ascii=False)
+
+
 def deliver(reply: ReplyMessage, *, sendbird: SendBirdClient, queues: QueueSender,
             settings: Settings) -> Literal["sent", "rescheduled"]:
     """Send ``reply`` or reschedule it (see module docstring)."""
     try:
         sendbird.send_bot_message(reply.channel_url, reply.text, reply.dedup_id,
-                                  data=json.dumps({"correlation_id": reply.correlation_id}))
+                                  data=reply_data(reply))
         return "sent"
     except RateLimited as exc:
         if reply.reschedules >= settings.reply_max_reschedules:

@@ -81,6 +81,7 @@ def test_greeting_in_english(bot, intent, catalog):
     routed, reply = bot.say("Hello!")
     assert routed.route == Route.GREETING and routed.language == "en" and routed.confidence_score == 0.93
     assert reply.text == catalog.render("greeting.hello", "en") and reply.route == Route.GREETING
+    assert reply.top_intent == "Greeting" and reply.confidence_score == 0.93
     assert reply.dedup_id == f"reply-{routed.message_id}" and reply.correlation_id == routed.correlation_id
     assert intent.calls[-1]["language"] == "en" and intent.calls[-1]["participant_id"] == "u-1"
 
@@ -223,7 +224,8 @@ def test_reply_is_sent_with_dedup_id_and_correlation(sendbird, queues, settings)
     assert deliver(reply_msg(), sendbird=sendbird, queues=queues, settings=settings) == "sent"
     [m] = sendbird.messages
     assert m["channel_url"] == "ch-1" and m["message"] == "Hello!" and m["dedup_id"] == "reply-11"
-    assert json.loads(m["data"]) == {"correlation_id": "corr-11"}
+    assert json.loads(m["data"]) == {"correlation_id": "corr-11", "route": "greeting", "intent": None,
+                                     "confidence": 0.0, "reply_key": "greeting.hello"}
 
 
 def test_redelivered_reply_is_not_shown_twice(sendbird, queues, settings):

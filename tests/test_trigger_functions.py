@@ -1,0 +1,127 @@
+"""The trigger functions translate (HTTP/queue <-> plain code) and do nothing else.
+
+The functions are called the way the worker calls them (``func.HttpRequest``,
+``azure.functions.queue.QueueMessage`` with a dequeue count, ``func.Out``),
+with the composition root's accessors replaced by in-memory fakes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import azure.functions as func
+import pytest
+from azure.functions.queue import QueueMessage
+
+from functions import handlers as handler_functions
+from functions import intake as intake_fn
+from functions import intent as intent_fn
+from functions import reply as reply_fn
+from shared import services
+from shared.catalog import ResponseCatalog
+from shared.errors import TransientError
+from shared.models import INBOUND_QUEUE, REPLY_QUEUE, InboundMessage, ReplyMessage, Route, RoutedMessage, decode
+from shared.settings import load_settings
+from shared.signature import sign
+from tests.conftest import SAMPLE_TOKEN, payload, sample_values
+from tests.fakes import clu_prediction
+from tests.test_stages import inbound, reply_msg
+
+
+class Out(func.Out):
+    def __init__(self):
+        self.value = None
+
+    def set(self, val):
+        self.value = val
+
+    def get(self):
+        return self.value
+
+
+@pytest.fixture
+def wired(monkeypatch, store, queues, intent, sendbird):
+    cfg = load_settings(sample_values())
+    monkeypatch.setattr(services, "config", lambda: cfg)
+    monkeypatch.setattr(services, "settings", lambda: cfg.settings)
+    monkeypatch.setattr(services, "state_store", lambda: store)
+    monkeypatch.setattr(services, "queues", lambda: queues)
+    monkeypatch.setattr(services, "intent_client", lambda: intent)
+    monkeypatch.setattr(services, "sendbird", lambda: sendbird)
+    monkeypatch.setattr(services, "catalog", ResponseCatalog.load)
+    return cfg
+
+
+def webhook(body: bytes, signature: str | None = None) -> func.HttpRequest:
+    headers = {"content-type": "application/json",
+               "x-sendbird-signature": signature if signature is not None else sign(body, SAMPLE_TOKEN)}
+    return func.HttpRequest("POST", "http://localhost/api/sendbird/webhook", body=body, headers=headers)
+
+
+def test_webhook_enqueues_and_answers_json(wired):
+    out = Out()
+    resp = intake_fn.sendbird_webhook(webhook(payload("message_send_ko.json")), out)
+    assert resp.status_code == 200 and resp.mimetype == "application/json"
+    body = json.loads(resp.get_body())
+    assert body["status"] == "accepted" and body["message_id"] == 1758211234568
+    assert decode(out.get(), InboundMessage).text == "안녕하세요, 주문한 상품 배송 조회 좀 해주세요"
+
+
+def test_webhook_rejection_sets_no_output(wired):
+    out = Out()
+    resp = intake_fn.sendbird_webhook(webhook(payload("message_send_en.json"), signature="bad"), out)
+    assert resp.status_code == 401 and json.loads(resp.get_body())["error"]["code"] == "invalid_signature"
+    assert out.get() is None
+
+
+def queue_msg(text: str | bytes, dequeue_count: int = 1) -> QueueMessage:
+    return QueueMessage(id="m1", body=text.encode() if isinstance(text, str) else text, dequeue_count=dequeue_count)
+
+
+def intent_outputs() -> dict[str, Out]:
+    return {f"to_{r.value}": Out() for r in Route}
+
+
+def test_intent_function_writes_only_the_chosen_route(wired, intent):
+    intent.predictions["show me sneakers"] = clu_prediction("ProductSearch", 0.9)
+    outs = intent_outputs()
+    intent_fn.intent_stage(queue_msg(inbound("show me sneakers").to_queue_text()), **outs)
+    written = {name: o.get() for name, o in outs.items() if o.get() is not None}
+    assert list(written) == ["to_product_search"]
+    assert decode(written["to_product_search"], RoutedMessage).top_intent == "ProductSearch"
+
+
+def test_intent_function_poisons_an_unknown_version_and_writes_nothing(wired, queues):
+    outs = intent_outputs()
+    intent_fn.intent_stage(queue_msg(json.dumps({"type": "inbound", "version": 99})), **outs)
+    assert all(o.get() is None for o in outs.values())
+    [record] = queues.poison_records(INBOUND_QUEUE)
+    assert "version 99" in record.reason
+
+
+def test_intent_function_reraises_transient_errors_for_the_host(wired, intent):
+    intent.fail_with = TransientError("intent service answered 503")
+    with pytest.raises(TransientError):
+        intent_fn.intent_stage(queue_msg(inbound().to_queue_text(), 2), **intent_outputs())
+
+
+def test_intent_function_last_attempt_poisons_and_apologizes(wired, intent, queues):
+    intent.fail_with = TransientError("intent service answered 503")
+    outs = intent_outputs()
+    intent_fn.intent_stage(queue_msg(inbound("where is my order").to_queue_text(), 5), **outs)
+    assert "503" in queues.poison_records(INBOUND_QUEUE)[0].reason
+    [apology] = [decode(t, ReplyMessage) for t in queues.texts(REPLY_QUEUE)]
+    assert apology.reply_key == "apology.error" and apology.language == "en"
+
+
+def test_branch_function_writes_the_reply(wired):
+        routed = RoutedMessage(**inbound("hi").next_hop(), route=Route.GREETING, text="hi", language="en",
+                           top_intent="Greeting", confidence_score=0.9)
+    out = Out()
+    handler_functions.process_routed(Route.GREETING, queue_msg(routed.to_queue_text()), out)
+    assert decode(out.get(), ReplyMessage).reply_key == "greeting.hello"
+
+
+def test_reply_function_sends_through_sendbird(wired, sendbird):
+        reply_fn.reply_sender(queue_msg(reply_msg().to_queue_text()))
+    assert [m["message"] for m in sendbird.messages] == ["Hello!"]
