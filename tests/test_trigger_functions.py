@@ -115,7 +115,7 @@ def test_intent_function_last_attempt_poisons_and_apologizes(wired, intent, queu
 
 
 def test_branch_function_writes_the_reply(wired):
-        routed = RoutedMessage(**inbound("hi").next_hop(), route=Route.GREETING, text="hi", language="en",
+    routed = RoutedMessage(**inbound("hi").next_hop(), route=Route.GREETING, text="hi", language="en",
                            top_intent="Greeting", confidence_score=0.9)
     out = Out()
     handler_functions.process_routed(Route.GREETING, queue_msg(routed.to_queue_text()), out)
@@ -123,5 +123,5 @@ def test_branch_function_writes_the_reply(wired):
 
 
 def test_reply_function_sends_through_sendbird(wired, sendbird):
-        reply_fn.reply_sender(queue_msg(reply_msg().to_queue_text()))
+    reply_fn.reply_sender(queue_msg(reply_msg().to_queue_text()))
     assert [m["message"] for m in sendbird.messages] == ["Hello!"]
