@@ -1,0 +1,1 @@
+"""Local tooling: the demo (main job), the gateway's local stack wiring, webhook helpers."""

@@ -1,0 +1,60 @@
+"""The gateway's local stack: Azurite, Cosmos DB stand-in, SendBird stand-in, intent service, functions runner.
+
+Used by the demo, the end-to-end tests and the benchmarks, so that they all run
+the real ``function_app.py`` against the same services, configured from
+``local.settings.sample.json`` with the stack's actual ports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Mapping
+
+from devstack.stack import LocalStack
+
+ROOT = Path(__file__).resolve().parent.parent
+RETAIL_MODEL = ROOT / "intent_service" / "models" / "retail.joblib"
+#: The token the sample webhooks in tests/fixtures/sendbird were signed with; used by the local stack.
+LOCAL_API_TOKEN = "0123456789abcdef0123456789abcdef01234567"
+BOT_USER_ID = "ssg_bot"
+
+
+def sample_settings() -> dict[str, str]:
+    return json.loads((ROOT / "local.settings.sample.json").read_text(encoding="utf-8"))["Values"]
+
+
+def ensure_retail_model() -> Path:
+    """Build the intent service's retail model if it is missing (a few seconds)."""
+    if not RETAIL_MODEL.exists():
+        subprocess.run([sys.executable, "-m", "intent_service", "build-retail"], cwd=ROOT, check=True)
+    return RETAIL_MODEL
+
+
+def gateway_env(stack: LocalStack, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """App settings for the functions runner: the sample settings pointed at the stack's services."""
+    env = sample_settings()
+    env.update({
+        "AzureWebJobsStorage": stack["azurite"].connection_string,
+        "COSMOS_ENDPOINT": stack["cosmos"].endpoint,
+        "SENDBIRD_API_BASE_URL": stack["sendbird"].base_url,
+        "SENDBIRD_API_TOKEN": LOCAL_API_TOKEN,
+        "SENDBIRD_BOT_USER_ID": BOT_USER_ID,
+        "INTENT_ENDPOINT": stack["intent"].base_url,
+    })
+    env.update(overrides or {})
+    return env
+
+
+def build_stack(*, ports: Mapping[str, int] | None = None, log_dir: str | os.PathLike | None = None,
+                env_overrides: Mapping[str, str] | None = None, with_functions: bool = True) -> LocalStack:
+    """The whole local stack (not started). ``ports``: key -> port (0 = any free port)."""
+    return LocalStack.default(
+        intent_model=ensure_retail_model(),
+        functions_app_root=ROOT if with_functions else None,
+        functions_env=lambda s: gateway_env(s, env_overrides),
+        ports=ports, sendbird_api_token=LOCAL_API_TOKEN, bot_user_id=BOT_USER_ID, log_dir=log_dir,
+    )
