@@ -1,0 +1,42 @@
+# The two commands of README.md:  make demo  (the main job)  and  make test  (what CI runs).
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+MODEL  := intent_service/models/retail.joblib
+PY_REQS := requirements.txt requirements-dev.txt intent_service/requirements.txt localrunner/requirements.txt devstack/requirements.txt
+
+.PHONY: install demo run test unit bench clean
+
+install: $(VENV)/.installed devstack/node_modules/.installed $(MODEL)
+
+$(VENV)/.installed: $(PY_REQS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	touch $@
+
+devstack/node_modules/.installed: devstack/package.json devstack/package-lock.json
+	npm ci --prefix devstack --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(MODEL): $(VENV)/.installed $(wildcard intent_service/data/retail/*)
+	$(BIN)/python -m intent_service build-retail
+
+## The main job: start the local stack, run the scripted bilingual conversation, stop. ARGS="--payload FILE" to post your own webhook.
+demo: install
+	$(BIN)/python -m tools.demo $(ARGS)
+
+## Leave the local stack up for manual curl calls (Ctrl-C stops it).
+run: install
+	$(BIN)/python -m tools.demo run
+
+## Every test: unit, contract, integration and end-to-end (starts the local services it needs).
+test: install
+	$(BIN)/python -m pytest $(ARGS)
+
+## Unit tests only (no servers).
+unit: install
+	$(BIN)/python -m pytest tests -m "not stack" -k "not cosmos and not azurite and not standin and not intent-service" $(ARGS)
+
+clean:
+	rm -rf $(VENV) devstack/node_modules .stack $(MODEL)
