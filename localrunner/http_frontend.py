@@ -1,0 +1,266 @@
+"""HTTP front end: route templates, auth levels, request/response conversion.
+
+A small WSGI application served by werkzeug's threaded server (HTTP/1.1
+keep-alive). See README.md for why werkzeug.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import re
+import threading
+import traceback
+from typing import Any, Callable, Dict, List, Optional
+
+import azure.functions as func
+from azure.functions import _abc as azf_abc
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.wrappers import Request, Response
+
+from .app_loader import FunctionSpec
+from .invocation import Invoker
+
+log = logging.getLogger("localrunner.http")
+
+_CONSTRAINTS = {
+    "int": r"-?\d+",
+    "long": r"-?\d+",
+    "alpha": r"[A-Za-z]+",
+    "bool": r"(?:[Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])",
+    "guid": r"[{(]?[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{12}[)}]?",
+    "decimal": r"-?\d+(?:\.\d+)?",
+    "double": r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?",
+    "float": r"-?\d+(?:\.\d+)?(?:[eE][-+]?\d+)?",
+}
+_PARAM_RE = re.compile(r"\{([^{}]+)\}")
+
+
+class RouteTemplateError(ValueError):
+    pass
+
+
+class CompiledRoute:
+    """An ASP.NET-style route template: literals, {name}, {name?}, {name:int}, {*rest}."""
+
+    def __init__(self, template: str, spec: FunctionSpec):
+        self.template = template
+        self.spec = spec
+        self.names: Dict[str, str] = {}
+        parts: List[str] = []
+        literal_chars = 0
+        n_params = 0
+        catch_all = False
+        segments = [s for s in template.split("/") if s != ""]
+        for seg in segments:
+            pieces = []
+            pos = 0
+            optional_seg = False
+            for m in _PARAM_RE.finditer(seg):
+                lit = seg[pos:m.start()]
+                pieces.append(re.escape(lit))
+                literal_chars += len(lit)
+                pos = m.end()
+                raw = m.group(1).strip()
+                n_params += 1
+                star = raw.startswith("*")
+                raw = raw.lstrip("*")
+                optional = raw.endswith("?")
+                raw = raw.rstrip("?")
+                raw = raw.split("=", 1)[0]
+                name, *constraints = raw.split(":")
+                name = name.strip()
+                if not name or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                    raise RouteTemplateError(f"route '{template}': invalid parameter '{m.group(0)}'")
+                group = f"p{len(self.names)}"
+                self.names[group] = name
+                if star:
+                    pat = r".*"
+                    catch_all = True
+                else:
+                    pat = r"[^/]+"
+                    for c in constraints:
+                        cname = c.split("(", 1)[0].strip().lower()
+                        if cname in _CONSTRAINTS:
+                            pat = _CONSTRAINTS[cname]
+                pieces.append(f"(?P<{group}>{pat})")
+                if optional or star:
+                    optional_seg = True
+            lit = seg[pos:]
+            pieces.append(re.escape(lit))
+            literal_chars += len(lit)
+            body = "".join(pieces)
+            if optional_seg and len(_PARAM_RE.findall(seg)) == 1 and seg.startswith("{") and seg.endswith("}"):
+                parts.append(f"(?:/{body})?")
+            else:
+                parts.append(f"/{body}")
+        self.regex = re.compile("^" + "".join(parts) + "/?$", re.IGNORECASE)
+        # literal routes win over parameterised ones, catch-alls last
+        self.order = (catch_all, n_params, -literal_chars)
+
+    def match(self, path: str) -> Optional[Dict[str, str]]:
+        m = self.regex.match(path)
+        if not m:
+            return None
+        return {self.names[g]: v for g, v in m.groupdict().items() if v is not None}
+
+
+def _join_multi(items) -> Dict[str, str]:
+    out: Dict[str, List[str]] = {}
+    for k, v in items:
+        out.setdefault(k, []).append(v)
+    return {k: ",".join(v) for k, v in out.items()}
+
+
+def _to_werkzeug_response(ret: Any) -> Response:
+    if ret is None:
+        return Response(status=204)
+    if isinstance(ret, str):
+        return Response(ret.encode("utf-8"), status=200, content_type="text/plain; charset=utf-8")
+    if isinstance(ret, azf_abc.HttpResponse):
+        headers = ret.headers
+        resp = Response(ret.get_body() or b"", status=int(ret.status_code))
+        resp.headers.clear()
+        has_ct = False
+        for k in list(headers.keys()):
+            values = headers.get_all(k) if hasattr(headers, "get_all") else [headers[k]]
+            if k.lower() == "content-type":
+                has_ct = True
+            for v in values:
+                resp.headers.add(k, v)
+        if not has_ct:
+            mt = ret.mimetype or "text/plain"
+            resp.headers["Content-Type"] = f"{mt}; charset={ret.charset}" if mt.startswith("text/") else mt
+        return resp
+    raise TypeError(f"HTTP function returned unsupported type {type(ret).__name__} "
+                    "(return func.HttpResponse or str)")
+
+
+def _json_response(obj: Any, status: int = 200) -> Response:
+    return Response(json.dumps(obj), status=status, content_type="application/json; charset=utf-8")
+
+
+class HttpFrontend:
+    def __init__(self, specs: List[FunctionSpec], route_prefix: str, invoker: Invoker,
+                 function_key: Optional[str], status: Callable[[], Dict[str, Any]],
+                 stats: Callable[[], Dict[str, Any]]):
+        self.invoker = invoker
+        self.function_key = function_key
+        self.prefix = route_prefix.strip("/")
+        self._status = status
+        self._stats = stats
+        self.routes: List[CompiledRoute] = []
+        for s in specs:
+            if s.http:
+                full = f"{self.prefix}/{s.http.route}" if self.prefix else s.http.route
+                try:
+                    self.routes.append(CompiledRoute(full, s))
+                except RouteTemplateError as exc:
+                    from .app_loader import FunctionLoadError
+                    raise FunctionLoadError(f"function '{s.name}': {exc}") from None
+        self.routes.sort(key=lambda r: r.order)
+        self._inflight = 0
+        self._cond = threading.Condition()
+        self.draining = False
+
+    # -- bookkeeping used by graceful stop --------------------------------------
+    def wait_idle(self, deadline: float) -> bool:
+        import time
+        with self._cond:
+            while self._inflight > 0:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(min(remaining, 0.25))
+            return True
+
+    def _authorized(self, spec: FunctionSpec, request: Request) -> bool:
+        if self.function_key is None or spec.http.auth_level == "anonymous":
+            return True
+        supplied = request.headers.get("x-functions-key") or request.args.get("code")
+        return bool(supplied) and hmac.compare_digest(supplied.encode(), self.function_key.encode())
+
+    def __call__(self, environ, start_response):
+        request = Request(environ)
+        response = self.dispatch(request)
+        return response(environ, start_response)
+
+    def dispatch(self, request: Request) -> Response:
+        path = request.path
+        low = path.rstrip("/").lower()
+        if low == "/admin/host/status":
+            return _json_response(self._status())
+        if low == "/admin/localrunner/stats":
+            return _json_response(self._stats())
+        if low == "/admin/functions":
+            return _json_response(self._status().get("functions", []))
+        if low == "":
+            return Response("Your Functions app (localrunner) is up and running.", content_type="text/plain")
+        for route in self.routes:
+            params = route.match(path)
+            if params is None:
+                continue
+            methods = route.spec.http.methods
+            if methods is not None and request.method.upper() not in methods:
+                continue  # the host's route constraint: another function may match, else 404
+            return self._invoke(route.spec, request, params)
+        return Response(status=404)
+
+    def _invoke(self, spec: FunctionSpec, request: Request, route_params: Dict[str, str]) -> Response:
+        if self.draining:
+            return _json_response({"error": "host is shutting down"}, status=503)
+        if not self._authorized(spec, request):
+            return Response(status=401)
+        with self._cond:
+            self._inflight += 1
+        try:
+            headers = _join_multi((k.lower(), v) for k, v in request.headers.items())
+            req = func.HttpRequest(
+                method=request.method.upper(),
+                url=request.url,
+                headers=headers,
+                params=_join_multi(request.args.items(multi=True)),
+                route_params=route_params,
+                body=request.get_data(cache=False) or b"",
+            )
+            result = self.invoker.invoke(
+                spec, req,
+                reason="This function was programmatically called via the host APIs.",
+                traceparent=request.headers.get("traceparent"),
+            )
+            if not result.ok:
+                body = {"error": "Exception while executing function: Functions." + spec.name,
+                        "invocationId": result.invocation_id}
+                if result.timed_out:
+                    body["error"] = f"Timeout while executing function: Functions.{spec.name}"
+                return _json_response(body, status=500)
+            ret = result.return_value
+            http_outs = [o for o in spec.outputs if o.kind == "http" and o.name != "$return"]
+            if ret is None and http_outs:
+                ret = result.outs[http_outs[0].name].get()
+            try:
+                return _to_werkzeug_response(ret)
+            except Exception:
+                log.error("Function '%s' (Id=%s) returned an invalid HTTP response:\n%s",
+                          spec.name, result.invocation_id, traceback.format_exc())
+                return _json_response({"error": "Invalid HTTP response from function: Functions." + spec.name,
+                                       "invocationId": result.invocation_id}, status=500)
+        finally:
+            with self._cond:
+                self._inflight -= 1
+                self._cond.notify_all()
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """HTTP/1.1 keep-alive handler; access log at DEBUG to keep stderr readable."""
+
+    protocol_version = "HTTP/1.1"
+
+    def log_request(self, code="-", size="-"):
+        log.debug('%s "%s" %s %s', self.address_string(), self.requestline, code, size)
+
+
+def build_server(host: str, port: int, app) -> BaseWSGIServer:
+    server = make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
+    server.daemon_threads = True
+    return server
