@@ -1,0 +1,245 @@
+"""ASGI application: the Azure CLU ``analyze-conversations`` protocol.
+
+Endpoints
+    POST /language/:analyze-conversations?api-version=2023-04-01
+    GET  /health/live    200 as soon as the process serves HTTP
+    GET  /health/ready   200 once the model is loaded, else 503 + Retry-After
+    GET  /model          model metadata (version, trained_at, data_sha256, ...)
+
+The model loads in a background thread after the server starts listening, so
+liveness answers at once while a large model or a slow blob download is still
+in progress.
+"""
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import os
+import threading
+import time
+import uuid
+from contextlib import asynccontextmanager
+from typing import Any, Dict, Optional
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+from .text import DEFAULT_STRING_INDEX_TYPE, STRING_INDEX_TYPES
+
+log = logging.getLogger("intent_service")
+
+API_VERSIONS = ("2023-04-01",)
+MAX_TEXT_CHARS = 1000
+MAX_BODY_BYTES = 64 * 1024
+RETRY_AFTER_SECONDS = 2
+
+
+def error(status: int, code: str, message: str, headers: Optional[Dict[str, str]] = None):
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
+                        headers=headers)
+
+
+class BadRequest(Exception):
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class ModelHolder:
+    """Loads the model in a background thread, retrying with back-off."""
+
+    def __init__(self, source: Optional[str], sha256: Optional[str] = None,
+                 max_backoff: float = 30.0):
+        self.source = source
+        self.sha256 = sha256
+        self.max_backoff = max_backoff
+        self.model = None
+        self.last_error: Optional[str] = None
+        self.load_seconds: Optional[float] = None
+        self.started = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="model-loader", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _run(self) -> None:
+        from .model import load_model, redact_url
+
+        if not self.source:
+            self.last_error = "no model configured (set --model or INTENT_MODEL)"
+            log.error(self.last_error)
+            return
+        delay = 1.0
+        while not self._stop.is_set():
+            try:
+                model = load_model(self.source, expected_sha256=self.sha256)
+                self.load_seconds = time.perf_counter() - self.started
+                self.model = model
+                self.last_error = None
+                log.info("ready: model %s (data sha256 %s) from %s, %.2fs after start",
+                         model.version, model.data_sha256[:12], redact_url(self.source),
+                         self.load_seconds)
+                return
+            except Exception as exc:  # keep serving liveness; retry later
+                self.last_error = str(exc)
+                log.error("model load failed (retrying in %.0fs): %s", delay, exc)
+                self._stop.wait(delay)
+                delay = min(delay * 2, self.max_backoff)
+
+
+def _validate(body: Any) -> Dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    kind = body.get("kind")
+    if kind != "Conversation":
+        raise BadRequest(f"Invalid value for 'kind': {kind!r}. Supported: 'Conversation'.")
+    ai = body.get("analysisInput")
+    if not isinstance(ai, dict):
+        raise BadRequest("'analysisInput' is required and must be an object.")
+    item = ai.get("conversationItem")
+    if not isinstance(item, dict):
+        raise BadRequest("'analysisInput.conversationItem' is required and must be an object.")
+    text = item.get("text")
+    if not isinstance(text, str):
+        raise BadRequest("'analysisInput.conversationItem.text' is required and must be a string.")
+    if not text.strip():
+        raise BadRequest("'analysisInput.conversationItem.text' must not be empty.")
+    if len(text) > MAX_TEXT_CHARS:
+        raise BadRequest(f"'analysisInput.conversationItem.text' exceeds the limit of "
+                         f"{MAX_TEXT_CHARS} characters ({len(text)}).")
+    for key in ("id", "participantId", "language"):
+        if key in item and not isinstance(item[key], str):
+            raise BadRequest(f"'analysisInput.conversationItem.{key}' must be a string.")
+    params = body.get("parameters", {})
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise BadRequest("'parameters' must be an object.")
+    sit = params.get("stringIndexType", DEFAULT_STRING_INDEX_TYPE)
+    if sit not in STRING_INDEX_TYPES:
+        raise BadRequest(f"Invalid value for 'parameters.stringIndexType': {sit!r}. "
+                         f"Supported: {', '.join(STRING_INDEX_TYPES)}.")
+    return {"text": text, "stringIndexType": sit}
+
+
+def create_app(model_source: Optional[str] = None, api_key: Optional[str] = None,
+               model_sha256: Optional[str] = None) -> Starlette:
+    holder = ModelHolder(model_source, model_sha256)
+    key_bytes = api_key.encode("utf-8") if api_key else None
+
+    def not_ready():
+        msg = "The model is not loaded yet; retry later."
+        if holder.last_error:
+            msg += " Last load error: " + holder.last_error
+        return error(503, "ServiceUnavailable", msg,
+                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
+    def model_headers(model) -> Dict[str, str]:
+        return {"x-model-version": model.version, "x-model-data-sha256": model.data_sha256}
+
+    async def live(request: Request):
+        return JSONResponse({"status": "alive"})
+
+    async def ready(request: Request):
+        model = holder.model
+        if model is None:
+            return not_ready()
+        return JSONResponse({"status": "ready", "modelVersion": model.version},
+                            headers=model_headers(model))
+
+    async def model_info(request: Request):
+        from .model import redact_url
+
+        model = holder.model
+        if model is None:
+            return not_ready()
+        info = model.info()
+        info["source"] = redact_url(holder.source or "")
+        info["loadSeconds"] = holder.load_seconds
+        return JSONResponse(info, headers=model_headers(model))
+
+    async def analyze(request: Request):
+        if key_bytes is not None:
+            given = request.headers.get("ocp-apim-subscription-key", "").encode("utf-8")
+            if not hmac.compare_digest(given, key_bytes):
+                return error(401, "401", "Access denied due to invalid subscription key. "
+                                         "Provide a valid key in the Ocp-Apim-Subscription-Key header.")
+        api_version = request.query_params.get("api-version")
+        if api_version not in API_VERSIONS:
+            return error(400, "InvalidArgument",
+                         f"Unsupported or missing api-version {api_version!r}. "
+                         f"Supported: {', '.join(API_VERSIONS)}.")
+        model = holder.model
+        if model is None:
+            return not_ready()
+        raw = await request.body()
+        if len(raw) > MAX_BODY_BYTES:
+            return error(413, "RequestEntityTooLarge",
+                         f"The request body exceeds {MAX_BODY_BYTES} bytes.")
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError):
+            return error(400, "InvalidArgument", "The request body is not valid JSON.")
+        try:
+            req = _validate(body)
+        except BadRequest as exc:
+            return error(400, "InvalidArgument", exc.message)
+        prediction = model.analyze(req["text"], req["stringIndexType"])
+        headers = model_headers(model)
+        headers["apim-request-id"] = request.headers.get("apim-request-id") or str(uuid.uuid4())
+        return JSONResponse({"kind": "ConversationResult",
+                             "result": {"query": req["text"], "prediction": prediction}},
+                            headers=headers)
+
+    async def http_error(request: Request, exc: HTTPException):
+        codes = {404: ("NotFound", "Resource not found."),
+                 405: ("MethodNotAllowed", "Method not allowed for this resource.")}
+        code, msg = codes.get(exc.status_code, ("InvalidRequest", str(exc.detail)))
+        return error(exc.status_code, code, msg, headers=getattr(exc, "headers", None))
+
+    async def server_error(request: Request, exc: Exception):
+        log.exception("unhandled error on %s", request.url.path)
+        return error(500, "InternalServerError", "An internal error occurred.")
+
+    @asynccontextmanager
+    async def lifespan(app):
+        holder.start()
+        yield
+        holder.stop()
+
+    app = Starlette(
+        routes=[
+            Route("/language/:analyze-conversations", analyze, methods=["POST"]),
+            Route("/health/live", live, methods=["GET"]),
+            Route("/health/ready", ready, methods=["GET"]),
+            Route("/model", model_info, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error, Exception: server_error},
+        lifespan=lifespan,
+    )
+    app.state.holder = holder
+    return app
+
+
+def create_app_from_env() -> Starlette:
+    """Factory for ``uvicorn --factory`` and multi-worker runs (config from env)."""
+    from .cli import configure_logging
+
+    configure_logging()
+    return create_app(model_source=os.environ.get("INTENT_MODEL"),
+                      api_key=os.environ.get("INTENT_API_KEY") or None,
+                      model_sha256=os.environ.get("INTENT_MODEL_SHA256") or None)

@@ -1,0 +1,132 @@
+"""Benchmark: start-up to ready, single-request latency, throughput under concurrency.
+
+Starts the server as a child process on a free loopback port, sends a bounded
+number of requests over 127.0.0.1 only, prints the figures, stops the child.
+
+    python intent_service/bench/bench.py [--workers 1] [--requests 1000] [--concurrency 8]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+MODEL = REPO / "intent_service" / "models" / "retail.joblib"
+API = "/language/:analyze-conversations?api-version=2023-04-01"
+TEXTS = ["where is my order 20261119-0042?", "주문번호 20261119-0042 배송 조회해 주세요",
+         "검정 운동화 270 사이즈 있어요?", "do you have a denim jacket at Hanbit Mall",
+         "상담원 연결해 주세요 010-1234-5678", "thanks, bye", "오늘 날씨 어때?", "hello"]
+
+
+def body(text):
+    return json.dumps({"kind": "Conversation",
+                       "analysisInput": {"conversationItem": {"id": "1", "participantId": "u",
+                                                              "text": text}},
+                       "parameters": {"stringIndexType": "TextElement_V8"}}).encode()
+
+
+def pct(values, p):
+    v = sorted(values)
+    return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--requests", type=int, default=1000, help="sequential requests (max 20000)")
+    ap.add_argument("--concurrency", type=int, default=8)
+    ap.add_argument("--concurrent-requests", type=int, default=2000, help="max 20000")
+    args = ap.parse_args()
+    n_seq, n_conc = min(args.requests, 20000), min(args.concurrent_requests, 20000)
+
+    if not MODEL.is_file():
+        subprocess.run([sys.executable, "-m", "intent_service", "build-retail"], cwd=REPO, check=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    base = f"http://127.0.0.1:{port}"
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "intent_service", "serve", "--model", str(MODEL),
+                             "--host", "127.0.0.1", "--port", str(port),
+                             "--workers", str(args.workers), "--log-level", "warning"],
+                            cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        t_live = None
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit("server exited during start-up")
+            try:
+                r = requests.get(base + "/health/ready", timeout=1)
+                t_live = t_live or time.perf_counter()
+                if r.status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            if time.perf_counter() - t0 > 60:
+                raise SystemExit("not ready after 60s")
+            time.sleep(0.02)
+        t_ready = time.perf_counter()
+        print(f"workers: {args.workers}; cores: {os.cpu_count()}")
+        print(f"start-up: process spawn -> live {t_live - t0:.2f}s, -> ready {t_ready - t0:.2f}s")
+
+        sess = requests.Session()
+        payloads = [body(t) for t in TEXTS]
+        hdr = {"Content-Type": "application/json"}
+        for i in range(50):  # warm-up
+            sess.post(base + API, data=payloads[i % len(payloads)], headers=hdr)
+        lat = []
+        for i in range(n_seq):
+            t = time.perf_counter()
+            r = sess.post(base + API, data=payloads[i % len(payloads)], headers=hdr)
+            lat.append((time.perf_counter() - t) * 1000)
+            assert r.status_code == 200
+        print(f"sequential ({n_seq} requests, one keep-alive connection, client on the same host): "
+              f"p50 {pct(lat, 50):.2f} ms, p90 {pct(lat, 90):.2f} ms, p99 {pct(lat, 99):.2f} ms, "
+              f"max {max(lat):.2f} ms, mean {statistics.mean(lat):.2f} ms")
+
+        conc_lat, errors, lock = [], [0], threading.Lock()
+        counter = iter(range(n_conc))
+
+        def worker():
+            s = requests.Session()
+            for i in counter:
+                t = time.perf_counter()
+                r = s.post(base + API, data=payloads[i % len(payloads)], headers=hdr)
+                d = (time.perf_counter() - t) * 1000
+                with lock:
+                    conc_lat.append(d)
+                    if r.status_code != 200:
+                        errors[0] += 1
+
+        threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
+        t = time.perf_counter()
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        wall = time.perf_counter() - t
+        print(f"concurrent ({n_conc} requests, {args.concurrency} client threads): "
+              f"{n_conc / wall:.0f} req/s, p50 {pct(conc_lat, 50):.2f} ms, "
+              f"p99 {pct(conc_lat, 99):.2f} ms, errors {errors[0]}")
+    finally:
+        proc.terminate()  # our child, by PID
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
