@@ -68,6 +68,17 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+class Hop(BaseModel):
+    """Timing of one stage this conversation turn went through (all in ms)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    stage: str = Field(description="the queue the stage consumed, or 'intake'")
+    queue_wait_ms: int = Field(ge=0, description="from enqueue to the stage's start")
+    duration_ms: int = Field(ge=0, description="from the stage's start to its next message")
+    dependency_ms: dict[str, int] = Field(default_factory=dict,
+                                          description="of which in outbound calls, by system (intent, sendbird, cosmos)")
+
+
 class QueueMessageBase(BaseModel):
     """Fields every queue message carries. Subclasses fix ``type`` and ``version``."""
 
@@ -86,10 +97,19 @@ class QueueMessageBase(BaseModel):
     sendbird_created_at_ms: int = Field(ge=0, description="SendBird payload.created_at, epoch ms")
     received_at_ms: int = Field(ge=0, description="when the webhook intake accepted it, epoch ms")
     enqueued_at_ms: int = Field(ge=0, description="when this message was put on its queue, epoch ms")
+    hops: tuple[Hop, ...] = Field(default=(), max_length=16, description="stages passed so far, oldest first")
 
     def to_queue_text(self) -> str:
         """JSON text for a queue (output binding value or SDK message body); UTF-8, not ASCII-escaped."""
         return self.model_dump_json()
+
+    def with_hop(self, stage: str, queue_wait_ms: int, started_at_ms: int,
+                 dependency_ms: dict[str, float] | None = None) -> "QueueMessageBase":
+        """A copy with one more :class:`Hop` (``stage`` started at ``started_at_ms``, ends now), enqueued now."""
+        now = now_ms()
+        hop = Hop(stage=stage, queue_wait_ms=max(0, queue_wait_ms), duration_ms=max(0, now - started_at_ms),
+                  dependency_ms={k: round(v) for k, v in (dependency_ms or {}).items()})
+        return self.model_copy(update={"hops": (*self.hops, hop), "enqueued_at_ms": now})
 
     def next_hop(self, **changes: Any) -> dict[str, Any]:
         """The common fields for the next stage's message, with ``enqueued_at_ms`` set to now."""

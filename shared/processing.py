@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from typing import Callable, TypeVar
 
+from shared import timing
 from shared.clients.queues import QueueSender
 from shared.errors import GatewayError, PermanentError
 from shared.models import PoisonRecord, QueueMessageBase, decode, now_ms
@@ -34,11 +35,18 @@ def run_queue_stage(body: bytes, *, dequeue_count: int, queue: str, model: type[
     """Run ``work(decode(body, model))``; returns its result, or None when the message was poisoned.
 
     ``dequeue_count`` is 1 on the first attempt. Re-raises transient failures before the last attempt.
+    When the result is the next stage's message, a :class:`~shared.models.Hop` with this stage's queue
+    wait, duration and outbound-call times is appended to it.
     """
     msg: M | None = None
+    started = now_ms()
     try:
-        msg = decode(body, model)
-        return work(msg)
+        with timing.scope() as dependency_ms:
+            msg = decode(body, model)
+            result = work(msg)
+        if isinstance(result, QueueMessageBase):
+            result = result.with_hop(queue, started - msg.enqueued_at_ms, started, dependency_ms)
+        return result
     except PermanentError as exc:
         reason, error_type = exc.reason, type(exc).__name__
     except Exception as exc:  # noqa: BLE001 - every failure is either retried or poisoned

@@ -25,10 +25,17 @@ log = logging.getLogger(__name__)
 
 
 def reply_data(reply: ReplyMessage) -> str:
-    """SendBird message ``data`` (an opaque string): JSON with the correlation id, route, intent and score."""
-    return json.dumps({"correlation_id": reply.correlation_id, "route": reply.route.value if reply.route else None,
-                       "intent": reply.top_intent, "confidence": round(reply.confidence_score, 4),
-                       "reply_key": reply.reply_key}, ensure_ascii=False)
+    """SendBird message ``data`` (an opaque string): JSON with the correlation id, route, intent, score and timings.
+
+    ``timings``: ``received_at_ms`` (intake, epoch ms), ``hops`` (each stage's queue wait, duration and
+    outbound-call ms) and ``reply_queue_wait_ms`` (time on ``chat-reply`` before this send).
+    """
+    return json.dumps({
+        "correlation_id": reply.correlation_id, "route": reply.route.value if reply.route else None,
+        "intent": reply.top_intent, "confidence": round(reply.confidence_score, 4), "reply_key": reply.reply_key,
+        "timings": {"received_at_ms": reply.received_at_ms, "hops": [h.model_dump() for h in reply.hops],
+                    "reply_queue_wait_ms": max(0, now_ms() - reply.enqueued_at_ms)},
+    }, ensure_ascii=False)
 
 
 def deliver(reply: ReplyMessage, *, sendbird: SendBirdClient, queues: QueueSender,

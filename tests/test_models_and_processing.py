@@ -109,3 +109,21 @@ def test_failing_apology_does_not_undo_the_poison_record(queues):
     run(inbound().to_queue_text().encode(), queues, lambda m: (_ for _ in ()).throw(PermanentError("x")),
         on_poison=boom)
     assert len(queues.poison_records(INBOUND_QUEUE)) == 1
+
+
+def test_a_stage_that_produces_a_message_appends_its_hop(queues):
+    import time as _time
+
+    from shared import timing
+    from shared.models import ReplyMessage
+
+    def work(m):
+        with timing.dependency("intent"):
+            _time.sleep(0.02)
+        return ReplyMessage(**m.next_hop(), text="hi", language="en", reply_key="greeting.hello", dedup_id="r-1")
+
+    queued = inbound(enqueued_at_ms=now_ms() - 150)
+    out = run(queued.to_queue_text().encode(), queues, work)
+    [hop] = out.hops
+    assert hop.stage == INBOUND_QUEUE and hop.queue_wait_ms >= 150
+    assert hop.dependency_ms["intent"] >= 20 and hop.duration_ms >= hop.dependency_ms["intent"]

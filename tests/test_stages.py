@@ -224,8 +224,12 @@ def test_reply_is_sent_with_dedup_id_and_correlation(sendbird, queues, settings)
     assert deliver(reply_msg(), sendbird=sendbird, queues=queues, settings=settings) == "sent"
     [m] = sendbird.messages
     assert m["channel_url"] == "ch-1" and m["message"] == "Hello!" and m["dedup_id"] == "reply-11"
-    assert json.loads(m["data"]) == {"correlation_id": "corr-11", "route": "greeting", "intent": None,
-                                     "confidence": 0.0, "reply_key": "greeting.hello"}
+    data = json.loads(m["data"])
+    timings = data.pop("timings")
+    assert data == {"correlation_id": "corr-11", "route": "greeting", "intent": None, "confidence": 0.0,
+                    "reply_key": "greeting.hello"}
+    assert timings["received_at_ms"] == reply_msg().received_at_ms and timings["hops"] == []
+    assert timings["reply_queue_wait_ms"] >= 0
 
 
 def test_redelivered_reply_is_not_shown_twice(sendbird, queues, settings):

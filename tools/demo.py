@@ -108,7 +108,8 @@ def run_script(stack, out=sys.stdout) -> list[dict]:
             else:
                 data = json.loads(msg.get("data") or "{}")
                 row.update(reply=msg["message"], intent=data.get("intent"), confidence=data.get("confidence"),
-                           route=data.get("route"), e2e_ms=msg["created_at"] - result.sent_at_ms)
+                           route=data.get("route"), e2e_ms=msg["created_at"] - result.sent_at_ms,
+                           timings=data.get("timings", {}))
         else:
             time.sleep(QUIET_WINDOW_SECONDS)
             row.update(reply=None, replies_for_message=_count_replies(stack, channel, dedup_id))
@@ -130,11 +131,22 @@ def _print_row(row: dict, out) -> None:
               file=out)
         print(textwrap.indent(textwrap.fill(row["reply"], 100), "  bot: ") if "\n" not in row["reply"]
               else "  bot: " + row["reply"].replace("\n", "\n       "), file=out)
-        print(f"  end-to-end: {row['e2e_ms']} ms", file=out)
+        print(f"  end-to-end: {row['e2e_ms']} ms   ({_hops_text(row.get('timings', {}))})", file=out)
     elif row.get("error"):
         print(f"  ERROR: {row['error']}", file=out)
     else:
         print(f"  bot: (no new reply; replies recorded for this message: {row['replies_for_message']})", file=out)
+
+
+def _hops_text(timings: dict) -> str:
+    """``chat-inbound: wait 3 + 15 ms (intent 4, cosmos 6); ...`` from the reply's ``data.timings``."""
+    parts = []
+    for hop in timings.get("hops", []):
+        deps = ", ".join(f"{k} {v}" for k, v in hop.get("dependency_ms", {}).items() if v)
+        parts.append(f"{hop['stage']} wait {hop['queue_wait_ms']} + {hop['duration_ms']} ms" + (f" ({deps})" if deps else ""))
+    if "reply_queue_wait_ms" in timings:
+        parts.append(f"chat-reply wait {timings['reply_queue_wait_ms']} ms")
+    return "; ".join(parts)
 
 
 def post_payload(stack, path: Path) -> int:

@@ -18,6 +18,7 @@ from azure.cosmos import ContainerProxy, CosmosClient, PartitionKey
 from azure.cosmos import exceptions as cosmos_errors
 from azure.core.exceptions import AzureError
 
+from shared import timing
 from shared.errors import TransientError
 from shared.models import now_ms
 from shared.settings import Settings
@@ -62,7 +63,8 @@ class CosmosStateStore:
 
     def _read(self, user_id: str) -> tuple[UserState, str] | None:
         try:
-            doc = self._container.read_item(document_id(user_id), partition_key=user_id)
+            with timing.dependency("cosmos"):
+                doc = self._container.read_item(document_id(user_id), partition_key=user_id)
         except cosmos_errors.CosmosResourceNotFoundError:
             return None
         return UserState.model_validate(doc), doc["_etag"]
@@ -90,11 +92,12 @@ class CosmosStateStore:
                 state, etag = found if found else (UserState.new(user_id, channel_url, now_ms()), None)
                 result = mutate(state)
                 state.updated_at_ms = now_ms()
-                if etag is None:
-                    self._container.create_item(_body(state))
-                else:
-                    self._container.replace_item(state.id, _body(state), etag=etag,
-                                                 match_condition=MatchConditions.IfNotModified)
+                with timing.dependency("cosmos"):
+                    if etag is None:
+                        self._container.create_item(_body(state))
+                    else:
+                        self._container.replace_item(state.id, _body(state), etag=etag,
+                                                     match_condition=MatchConditions.IfNotModified)
                 return result
             except (cosmos_errors.CosmosAccessConditionFailedError, cosmos_errors.CosmosResourceExistsError):
                 log.info("state of %s changed concurrently (attempt %d); retrying", user_id, attempt)

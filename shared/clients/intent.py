@@ -24,6 +24,7 @@ from pydantic import BaseModel, ValidationError
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from shared import timing
 from shared.errors import PermanentError, TransientError
 from shared.models import Entity, IntentScore
 from shared.settings import Settings
@@ -102,8 +103,9 @@ class IntentClient:
         }
         headers = {"Apim-Request-Id": request_id} if request_id else None
         try:
-            resp = self._session.post(self._url, params=self._params, json=body, headers=headers,
-                                      timeout=self._timeout)
+            with timing.dependency("intent"):
+                resp = self._session.post(self._url, params=self._params, json=body, headers=headers,
+                                          timeout=self._timeout)
         except requests.RequestException as exc:
             raise TransientError(f"intent service unreachable: {type(exc).__name__}: {exc}") from exc
         if resp.status_code == 429 or resp.status_code >= 500:

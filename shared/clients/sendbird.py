@@ -24,6 +24,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
+from shared import timing
 from shared.errors import PermanentError, RateLimited, TransientError
 from shared.settings import Settings
 
@@ -56,7 +57,8 @@ class SendBirdClient:
         if data:
             body["data"] = data
         try:
-            resp = self._session.post(self._url, json=body, timeout=self._timeout)
+            with timing.dependency("sendbird"):
+                resp = self._session.post(self._url, json=body, timeout=self._timeout)
         except requests.RequestException as exc:
             raise TransientError(f"SendBird unreachable: {type(exc).__name__}: {exc}") from exc
         if resp.status_code == 429:

@@ -1,0 +1,40 @@
+"""Per-invocation timing of outbound calls (intent service, SendBird, Cosmos DB), in milliseconds.
+
+A queue stage opens a scope (:func:`scope`); client modules wrap each outbound
+call in :func:`dependency`; the stage reads the totals when it writes its hop.
+Calls outside a scope are not recorded. Uses a ``ContextVar``, so concurrent
+invocations on other threads do not mix.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Iterator
+
+_current: ContextVar[dict[str, float] | None] = ContextVar("dependency_ms", default=None)
+
+
+@contextmanager
+def scope() -> Iterator[dict[str, float]]:
+    """Collect dependency times (name -> ms) for the duration of the ``with`` block."""
+    totals: dict[str, float] = defaultdict(float)
+    token = _current.set(totals)
+    try:
+        yield totals
+    finally:
+        _current.reset(token)
+
+
+@contextmanager
+def dependency(name: str) -> Iterator[None]:
+    """Add the wall time of the ``with`` block (ms) to ``name`` in the current scope, if any."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        totals = _current.get()
+        if totals is not None:
+            totals[name] += (time.perf_counter() - start) * 1000
