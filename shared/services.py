@@ -48,7 +48,9 @@ def settings() -> Settings:
 @_once
 def queues() -> QueueSender:
     cfg = get_config()
-    return QueueSender(cfg.settings.azure_webjobs_storage, cfg.host.message_encoding)
+    s = cfg.settings
+    return QueueSender(s.azure_webjobs_storage, cfg.host.message_encoding,
+                       account_name=s.storage_account_name, client_id=s.storage_client_id)
 
 
 @_once

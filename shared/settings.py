@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator, model_validator
 
 APP_ROOT = Path(__file__).resolve().parent.parent
 
@@ -68,7 +68,10 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     # --- Storage queues (the same connection the queue triggers/bindings use) ---
-    azure_webjobs_storage: str = Field(min_length=1, repr=False)
+    # Either a connection string, or the host's identity-based form (account name + managed identity).
+    azure_webjobs_storage: str = Field(default="", repr=False)
+    storage_account_name: str = ""
+    storage_client_id: str = ""
 
     # --- SendBird (webhook signature + Platform API) ---
     sendbird_api_token: str = Field(min_length=8, repr=False)
@@ -80,7 +83,7 @@ class Settings(BaseModel):
 
     # --- Cosmos DB (user state) ---
     cosmos_endpoint: HttpUrl
-    cosmos_key: str = Field(min_length=1, repr=False)
+    cosmos_key: str = Field(default="", repr=False, description="empty: managed identity (DefaultAzureCredential)")
     cosmos_database: str = "chatbot"
     cosmos_state_container: str = "user_state"
     cosmos_verify_tls: bool = True
@@ -108,6 +111,13 @@ class Settings(BaseModel):
     # --- Telemetry (Application Insights); empty disables it ---
     applicationinsights_connection_string: str = Field(default="", repr=False)
 
+    @model_validator(mode="after")
+    def _storage_connection_given(self) -> "Settings":
+        if not self.azure_webjobs_storage and not self.storage_account_name:
+            raise ValueError("set AzureWebJobsStorage (connection string) or AzureWebJobsStorage__accountName "
+                             "(identity-based connection)")
+        return self
+
     @field_validator("order_tracking_url")
     @classmethod
     def _has_order_placeholder(cls, value: str) -> str:
@@ -134,7 +144,15 @@ class Settings(BaseModel):
 
 
 #: Environment variable name for each field whose env name differs from the upper-cased field name.
-_ENV_NAMES = {"azure_webjobs_storage": "AzureWebJobsStorage"}
+_ENV_NAMES = {
+    "azure_webjobs_storage": "AzureWebJobsStorage",
+    # The Functions host's identity-based connection settings for the same connection name.
+    "storage_account_name": "AzureWebJobsStorage__accountName",
+    "storage_client_id": "AzureWebJobsStorage__clientId",
+}
+#: Settings that are alternatives to a connection string (identity-based); not in local.settings.sample.json,
+#: whose local values use connection strings.
+IDENTITY_SETTINGS = frozenset({"AzureWebJobsStorage__accountName", "AzureWebJobsStorage__clientId"})
 
 
 def env_name(field: str) -> str:
@@ -151,7 +169,7 @@ def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         field = ".".join(str(p) for p in err["loc"]) or "?"
-        name = env_name(field) if field in Settings.model_fields else field
+        name = env_name(field) if field in Settings.model_fields else (field if field != "?" else "settings")
         parts.append(f"{name}: {err['msg']}")
     return "; ".join(parts)
 

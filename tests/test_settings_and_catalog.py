@@ -9,7 +9,7 @@ import string
 import pytest
 
 from shared.catalog import LANGUAGES, CatalogError, ResponseCatalog
-from shared.settings import SettingsError, load_settings, setting_names
+from shared.settings import IDENTITY_SETTINGS, SettingsError, load_settings, setting_names
 from tests.conftest import ROOT, sample_values
 
 
@@ -19,10 +19,18 @@ def test_sample_settings_load(settings):
 
 
 def test_sample_lists_every_setting_the_app_reads():
-    assert set(setting_names()) <= set(sample_values())
+    assert set(setting_names()) - IDENTITY_SETTINGS <= set(sample_values())
 
 
-@pytest.mark.parametrize("name", ["SENDBIRD_API_TOKEN", "AzureWebJobsStorage", "COSMOS_ENDPOINT", "INTENT_ENDPOINT"])
+def test_identity_based_storage_connection_is_accepted_instead_of_a_connection_string():
+    values = {k: v for k, v in sample_values().items() if k != "AzureWebJobsStorage"}
+    with pytest.raises(SettingsError, match="AzureWebJobsStorage__accountName"):
+        load_settings(values)
+    s = load_settings({**values, "AzureWebJobsStorage__accountName": "chatgwstore", "COSMOS_KEY": ""}).settings
+    assert s.storage_account_name == "chatgwstore" and s.cosmos_key == ""
+
+
+@pytest.mark.parametrize("name", ["SENDBIRD_API_TOKEN", "COSMOS_ENDPOINT", "INTENT_ENDPOINT"])
 def test_missing_required_setting_is_named(name):
     values = sample_values()
     del values[name]

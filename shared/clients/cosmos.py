@@ -34,20 +34,31 @@ MAX_CONFLICT_ATTEMPTS = 8
 def connect(settings: Settings) -> ContainerProxy:
     """Create the SDK client (once per worker) and return the state container.
 
+    Auth: ``COSMOS_KEY``, or when it is empty a managed identity (``DefaultAzureCredential``;
+    needs the Cosmos DB Built-in Data Contributor role). Every operation is bounded by
+    ``COSMOS_TIMEOUT_SECONDS`` including the SDK's own 429 retries.
+
     With ``COSMOS_CREATE_IF_MISSING=true`` (local stack only) the database and
     container are created; on Azure the infrastructure creates them.
     """
+    credential = settings.cosmos_key or _managed_identity(settings)
     client = CosmosClient(
         str(settings.cosmos_endpoint),
-        credential=settings.cosmos_key,
+        credential=credential,
         connection_verify=settings.cosmos_verify_tls,
         connection_timeout=settings.cosmos_timeout_seconds,
+        timeout=settings.cosmos_timeout_seconds,  # absolute per operation, including the SDK's 429 retries
     )
     if settings.cosmos_create_if_missing:
         db = client.create_database_if_not_exists(settings.cosmos_database)
         return db.create_container_if_not_exists(settings.cosmos_state_container,
                                                   partition_key=PartitionKey(path="/user_id"))
     return client.get_database_client(settings.cosmos_database).get_container_client(settings.cosmos_state_container)
+
+
+def _managed_identity(settings: Settings):
+    from azure.identity import DefaultAzureCredential
+    return DefaultAzureCredential(managed_identity_client_id=settings.storage_client_id or None)
 
 
 def _body(state: UserState) -> dict[str, Any]:

@@ -37,8 +37,17 @@ MAX_VISIBILITY_DELAY_SECONDS = 7 * 24 * 3600
 class QueueSender:
     """Sends and reads queue messages with the app's encoding. Create once per worker."""
 
-    def __init__(self, connection_string: str, encoding: Literal["base64", "none"]):
-        self._service = QueueServiceClient.from_connection_string(connection_string)
+    def __init__(self, connection_string: str, encoding: Literal["base64", "none"], *,
+                 account_name: str = "", client_id: str = ""):
+        """Connect with ``connection_string``, or when it is empty with a managed identity to
+        ``https://{account_name}.queue.core.windows.net`` (the host's ``AzureWebJobsStorage__accountName``)."""
+        if connection_string:
+            self._service = QueueServiceClient.from_connection_string(connection_string)
+        else:
+            from azure.identity import DefaultAzureCredential
+            self._service = QueueServiceClient(
+                f"https://{account_name}.queue.core.windows.net",
+                credential=DefaultAzureCredential(managed_identity_client_id=client_id or None))
         self._encoding = encoding
         self._clients: dict[str, QueueClient] = {}
 
