@@ -23,13 +23,17 @@ def _apologize(msg: RoutedMessage, reason: str) -> None:
     services.queues().send(REPLY_QUEUE, apology_reply(msg, services.catalog(), services.settings()).to_queue_text())
 
 
+def _requeue(msg: RoutedMessage, delay_seconds: float) -> None:
+    services.queues().send(msg.route.queue, msg.to_queue_text(), delay_seconds=delay_seconds)
+
+
 def process_routed(route: Route, msg: func.QueueMessage, reply: func.Out[str]) -> None:
     """Body shared by every branch handler function."""
     cfg = services.config()
     answer = run_queue_stage(
         msg.get_body(), dequeue_count=msg.dequeue_count or 1, queue=route.queue, model=RoutedMessage,
         work=lambda m: handle(m, state_store=services.state_store(), catalog=services.catalog(),
-                              settings=cfg.settings),
+                              settings=cfg.settings, reschedule=_requeue),
         queues=services.queues(), max_dequeue_count=cfg.host.max_dequeue_count, on_poison=_apologize,
     )
     if answer is not None:

@@ -13,6 +13,7 @@ keeps SendBird from showing it twice.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import quote
@@ -21,7 +22,9 @@ from shared.catalog import ResponseCatalog
 from shared.language import detect_language
 from shared.models import InboundMessage, ReplyMessage, Route, RoutedMessage, now_ms
 from shared.settings import Settings
-from shared.state import StateStore, Turn, UserState
+from shared.state import StateStore, UserState
+
+log = logging.getLogger(__name__)
 
 #: How many intents a fallback reply offers, and the least confidence score (0..1) worth offering.
 MAX_SUGGESTIONS, MIN_SUGGESTION_SCORE = 3, 0.05
@@ -42,9 +45,18 @@ class Context:
     now_ms: int
 
 
+APOLOGY_KEY = "apology.error"
+
+
 def reply_dedup_id(message_id: int) -> str:
     """SendBird ``dedup_id`` of the bot's reply to user message ``message_id``."""
     return f"reply-{message_id}"
+
+
+def apology_dedup_id(message_id: int) -> str:
+    """SendBird ``dedup_id`` of the apology for user message ``message_id`` (differs from the reply's,
+    so that a replay after a fix can still deliver the real answer)."""
+    return f"apology-{message_id}"
 
 
 def greeting(msg: RoutedMessage, state: UserState, ctx: Context) -> Outcome:
@@ -113,41 +125,65 @@ HANDLERS: dict[Route, Callable[[RoutedMessage, UserState, Context], Outcome]] = 
 }
 
 
+#: Delay before a message held back by an earlier one is looked at again (Storage queues count in seconds).
+ORDER_RETRY_DELAY_SECONDS = 1
+
+
 def handle(msg: RoutedMessage, *, state_store: StateStore, catalog: ResponseCatalog, settings: Settings,
-           clock: Callable[[], int] = now_ms) -> ReplyMessage | None:
+           reschedule: Callable[[RoutedMessage, float], None], clock: Callable[[], int] = now_ms
+           ) -> ReplyMessage | None:
     """Run ``msg.route``'s handler in one state update; return the reply to enqueue, or None.
+
+    - Idempotent: a turn already answered re-emits its recorded reply (same ``dedup_id``) instead of
+      running the handler again; a silent turn stays silent. A turn that only got an apology (its
+      message was poisoned, then replayed) is handled for real.
+    - Ordered per user: while an earlier message of the same user is not final (sent, silent or failed),
+      this one is re-queued with ``reschedule(msg, delay_seconds)`` and None is returned, for at most
+      ``ORDER_MAX_WAIT_SECONDS`` after the intake received it; then it is handled anyway.
 
     Errors: :class:`~shared.errors.TransientError` from the state store (after ETag retries).
     """
+    held_back: list[int] = []
 
     def mutate(state: UserState) -> ReplyMessage | None:
+        held_back.clear()
         now = clock()
         turn = state.turn_for(msg.message_id)
-        if turn is None:
+        if turn is None:  # evicted from the bounded history, or state reset: admit it now
+            turn = state.admit(msg.message_id, msg.correlation_id, msg.received_at_ms, settings.state_history_limit)
+        if turn.status == "silent":
+            return None
+        answered = turn.reply_key not in (None, APOLOGY_KEY) and turn.status in ("answered", "sent")
+        if not answered:
+            waiting_for = state.pending_before(turn)
+            if waiting_for and now - msg.received_at_ms < settings.order_max_wait_seconds * 1000:
+                held_back.extend(t.seq for t in waiting_for)
+                return None
             if state.is_handed_off(now):
-                return None  # handed off after the intent stage looked: stay silent
+                turn.status = "silent"  # handed off by an earlier message after this one was routed
+                return None
             outcome = HANDLERS[msg.route](msg, state, Context(settings, catalog, now))
-            text = catalog.render(outcome.reply_key, msg.language, **outcome.params)
-            turn = Turn(message_id=msg.message_id, at_ms=now, route=msg.route.value, intent=msg.top_intent,
-                        confidence_score=msg.confidence_score, reply_key=outcome.reply_key, reply_text=text)
+            turn.reply_text = catalog.render(outcome.reply_key, msg.language, **outcome.params)
+            turn.reply_key = outcome.reply_key
+            turn.status, turn.at_ms, turn.route = "answered", now, msg.route.value
+            turn.intent, turn.confidence_score = msg.top_intent, msg.confidence_score
             state.language = msg.language
             state.channel_url = msg.channel_url
-            state.record_turn(turn, settings.state_history_limit)
-        if not turn.reply_text or not turn.reply_key:
-            return None
         return ReplyMessage(**msg.next_hop(), text=turn.reply_text, language=msg.language, route=msg.route,
                             top_intent=msg.top_intent, confidence_score=msg.confidence_score,
-                            reply_key=turn.reply_key, dedup_id=reply_dedup_id(msg.message_id))
+                            reply_key=turn.reply_key, dedup_id=reply_dedup_id(msg.message_id), seq=turn.seq)
 
-    return state_store.update(msg.user_id, msg.channel_url, mutate)
+    reply = state_store.update(msg.user_id, msg.channel_url, mutate)
+    if held_back:
+        log.info("message_id=%s (seq %d) of %s waits for earlier message(s) seq %s", msg.message_id, msg.seq,
+                 msg.user_id, held_back)
+        reschedule(msg.model_copy(update={"order_waits": msg.order_waits + 1}), ORDER_RETRY_DELAY_SECONDS)
+    return reply
 
 
 def apology_reply(msg: InboundMessage | RoutedMessage, catalog: ResponseCatalog, settings: Settings) -> ReplyMessage:
-    """The reply a user gets when their message could not be processed (it was poisoned): never silence.
-
-    It shares the ``dedup_id`` of the normal reply, so SendBird shows at most one of the two.
-    """
+    """The reply a user gets when their message could not be processed (it was poisoned): never silence."""
     language = getattr(msg, "language", None) or detect_language(msg.text) or settings.default_language
-    return ReplyMessage(**msg.next_hop(), text=catalog.render("apology.error", language), language=language,
-                        route=getattr(msg, "route", None), reply_key="apology.error",
-                        dedup_id=reply_dedup_id(msg.message_id))
+    return ReplyMessage(**msg.next_hop(), text=catalog.render(APOLOGY_KEY, language), language=language,
+                        route=getattr(msg, "route", None), reply_key=APOLOGY_KEY,
+                        dedup_id=apology_dedup_id(msg.message_id), seq=getattr(msg, "seq", 0))

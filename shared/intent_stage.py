@@ -2,7 +2,10 @@
 
 Input: :class:`~shared.models.InboundMessage` (queue ``chat-inbound``).
 Output: a :class:`~shared.models.RoutedMessage` for ``route-<route>``, or None
-when the bot must stay silent (the conversation is handed off to a human).
+when the message must not be routed: the conversation is handed off to a human
+(the bot stays silent), or it is another delivery of a message already admitted.
+Admission (duplicate check + per-user sequence number) is one ETag-guarded
+state update, so two deliveries racing each other cannot both be admitted.
 Errors: :class:`~shared.errors.TransientError` / :class:`~shared.errors.PermanentError`
 from the state store and the intent client propagate to the caller.
 """
@@ -10,14 +13,15 @@ from the state store and the intent client propagate to the caller.
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from dataclasses import dataclass
+from typing import Callable, Literal
 
 from shared.clients.intent import IntentClient
 from shared.language import detect_language
 from shared.models import InboundMessage, Route, RoutedMessage, now_ms
 from shared.routing import choose_route
 from shared.settings import Settings
-from shared.state import StateStore
+from shared.state import StateStore, UserState
 
 log = logging.getLogger(__name__)
 
@@ -25,25 +29,61 @@ log = logging.getLogger(__name__)
 MAX_INTENTS, MAX_ENTITIES = 10, 20
 
 
+@dataclass(frozen=True)
+class Admission:
+    """What the intent stage's state update decided about one inbound message."""
+
+    verdict: Literal["admitted", "duplicate", "silent"]
+    seq: int = 0
+    pending_slot: str | None = None
+    language: str | None = None
+
+
+def admit(msg: InboundMessage, state: UserState, settings: Settings, now: int) -> Admission:
+    """Record ``msg`` as the user's next turn, atomically with the state (run inside ``StateStore.update``).
+
+    - a turn for this ``message_id`` from another delivery (another correlation id) -> ``duplicate``
+      (a SendBird webhook retry: the first delivery is being handled by its own queue message);
+    - the same delivery again (a queue redelivery) -> re-admitted with its recorded sequence number;
+    - the conversation is handed off -> recorded as ``silent``;
+    - otherwise a new turn with the next per-user sequence number.
+    """
+    turn = state.turn_for(msg.message_id)
+    if turn is not None:
+        if turn.correlation_id not in (None, msg.correlation_id):
+            return Admission("duplicate", turn.seq)
+        if turn.status == "silent":
+            return Admission("silent", turn.seq)
+        return Admission("admitted", turn.seq, state.pending_slot, state.language)
+    if state.is_handed_off(now):
+        turn = state.admit(msg.message_id, msg.correlation_id, msg.received_at_ms, settings.state_history_limit,
+                           status="silent")
+        return Admission("silent", turn.seq)
+    turn = state.admit(msg.message_id, msg.correlation_id, msg.received_at_ms, settings.state_history_limit)
+    return Admission("admitted", turn.seq, state.pending_slot, state.language)
+
+
 def classify(msg: InboundMessage, *, state_store: StateStore, intent_client: IntentClient, settings: Settings,
              clock: Callable[[], int] = now_ms) -> RoutedMessage | None:
     """Route one inbound message (see module docstring). ``clock`` returns epoch ms."""
-    state = state_store.get_or_create(msg.user_id, msg.channel_url)
-    if state.is_handed_off(clock()):
-        log.info("conversation of %s is handed off until %s: bot stays silent (message_id=%s)",
-                 msg.user_id, state.handoff_until_ms, msg.message_id)
+    admission = state_store.update(msg.user_id, msg.channel_url, lambda s: admit(msg, s, settings, clock()))
+    if admission.verdict != "admitted":
+        log.info("message_id=%s of %s not routed: %s (correlation_id=%s)", msg.message_id, msg.user_id,
+                 "duplicate delivery" if admission.verdict == "duplicate" else "conversation handed off",
+                 msg.correlation_id)
         return None
     if msg.message_type == "FILE":
-        language = state.language or settings.default_language
-        return RoutedMessage(**msg.next_hop(), route=Route.UNSUPPORTED, language=language, top_intent=None)
+        language = admission.language or settings.default_language
+        return RoutedMessage(**msg.next_hop(), route=Route.UNSUPPORTED, language=language, top_intent=None,
+                             seq=admission.seq)
 
-    language = detect_language(msg.text) or state.language or settings.default_language
+    language = detect_language(msg.text) or admission.language or settings.default_language
     prediction = intent_client.analyze(msg.text, language, participant_id=msg.user_id,
                                        item_id=str(msg.message_id), request_id=msg.correlation_id)
-    route, slot_filled = choose_route(prediction, state.pending_slot, settings.intent_confidence_threshold)
+    route, slot_filled = choose_route(prediction, admission.pending_slot, settings.intent_confidence_threshold)
     return RoutedMessage(
         **msg.next_hop(), route=route, text=msg.text, language=language,
         top_intent=prediction.top_intent, confidence_score=prediction.confidence_score,
         intents=prediction.intents[:MAX_INTENTS], entities=prediction.entities[:MAX_ENTITIES],
-        slot_filled=slot_filled,
+        slot_filled=slot_filled, seq=admission.seq,
     )

@@ -168,6 +168,8 @@ class RoutedMessage(QueueMessageBase):
     intents: list[IntentScore] = Field(default_factory=list, max_length=50)
     entities: list[Entity] = Field(default_factory=list, max_length=100)
     slot_filled: str | None = Field(default=None, description="the pending slot this message filled, if any")
+    seq: int = Field(default=0, ge=0, description="the user's per-user message sequence number")
+    order_waits: int = Field(default=0, ge=0, description="times re-queued to wait for an earlier message")
 
     def entity(self, category: str) -> Entity | None:
         """The first entity of ``category``, or None."""
@@ -189,6 +191,7 @@ class ReplyMessage(QueueMessageBase):
     confidence_score: float = Field(default=0.0, ge=0, le=1, description="its confidence score")
     reply_key: str = Field(description="response catalog key the text came from")
     dedup_id: str = Field(min_length=1, max_length=128, description="SendBird dedup_id for this reply")
+    seq: int = Field(default=0, ge=0, description="the user's per-user message sequence number")
     reschedules: int = Field(default=0, ge=0, description="times rescheduled after a SendBird 429")
 
 

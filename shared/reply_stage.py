@@ -1,27 +1,41 @@
-"""Reply sender: deliver one :class:`~shared.models.ReplyMessage` through the SendBird Platform API.
+"""Reply sender: deliver one :class:`~shared.models.ReplyMessage` through the SendBird Platform API, once.
 
-- Sent: returns ``"sent"``.
-- SendBird 429: the reply is re-enqueued on ``chat-reply``, invisible for
-  ``X-RateLimit-RetryAfter`` seconds (``reschedules`` + 1), and ``"rescheduled"``
-  is returned so the current message is deleted; nothing sleeps in the function.
-  After ``REPLY_MAX_RESCHEDULES`` it becomes a :class:`~shared.errors.PermanentError`.
-- 5xx / timeouts: :class:`~shared.errors.TransientError` propagates (host retry).
-- other 4xx: :class:`~shared.errors.PermanentError` propagates (poison with reason).
+Exactly-once visible delivery, built from two records in the user's state (ETag-guarded) and SendBird's
+``dedup_id``:
+
+1. **claim**: the turn of the reply's ``message_id`` gets ``sending = {dedup_id, since_ms}``. If the
+   turn's ``sent_dedup_ids`` already holds this ``dedup_id``, the reply was sent before (a queue
+   redelivery): nothing is sent. If another sender holds a live claim (younger than
+   ``REPLY_SEND_LEASE_SECONDS``), the reply is re-queued to look again after the claim expires.
+2. **send** with the ``dedup_id``.
+3. **mark sent**: ``dedup_id`` appended to ``sent_dedup_ids``, status ``sent``, claim cleared.
+
+A crash between 2 and 3 leaves a claim that expires; the next attempt sends again with the same
+``dedup_id``, which SendBird de-duplicates. Outcomes:
+
+- ``"sent"``; ``"duplicate"`` (sent before, nothing done);
+- ``"rescheduled"``: SendBird 429 (re-queued invisible for ``X-RateLimit-RetryAfter`` seconds,
+  ``reschedules`` + 1, at most ``REPLY_MAX_RESCHEDULES``) or a live claim elsewhere;
+- 5xx / timeouts: :class:`~shared.errors.TransientError` propagates (host retry), claim released;
+- other 4xx: :class:`~shared.errors.PermanentError` propagates (poison), claim released.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from typing import Literal
+from typing import Callable, Literal
 
 from shared.clients.queues import QueueSender
 from shared.clients.sendbird import SendBirdClient
-from shared.errors import PermanentError, RateLimited
+from shared.errors import GatewayError, PermanentError, RateLimited
 from shared.models import REPLY_QUEUE, ReplyMessage, now_ms
 from shared.settings import Settings
+from shared.state import SendClaim, StateStore, Turn, UserState
 
 log = logging.getLogger(__name__)
+
+Outcome = Literal["sent", "duplicate", "rescheduled"]
 
 
 def reply_data(reply: ReplyMessage) -> str:
@@ -38,18 +52,82 @@ def reply_data(reply: ReplyMessage) -> str:
     }, ensure_ascii=False)
 
 
-def deliver(reply: ReplyMessage, *, sendbird: SendBirdClient, queues: QueueSender,
-            settings: Settings) -> Literal["sent", "rescheduled"]:
-    """Send ``reply`` or reschedule it (see module docstring)."""
+def _turn(state: UserState, reply: ReplyMessage, settings: Settings) -> Turn:
+    turn = state.turn_for(reply.message_id)
+    if turn is None:  # e.g. an apology for a message that never got a turn
+        turn = state.admit(reply.message_id, reply.correlation_id, reply.received_at_ms, settings.state_history_limit)
+    return turn
+
+
+def deliver(reply: ReplyMessage, *, sendbird: SendBirdClient, queues: QueueSender, state_store: StateStore,
+            settings: Settings, clock: Callable[[], int] = now_ms) -> Outcome:
+    """Send ``reply`` at most once (see module docstring)."""
+    lease_ms = settings.reply_send_lease_seconds * 1000
+
+    def claim(state: UserState) -> tuple[str, int]:
+        now = clock()
+        turn = _turn(state, reply, settings)
+        if reply.dedup_id in turn.sent_dedup_ids:
+            return "duplicate", 0
+        if turn.sending and turn.sending.dedup_id == reply.dedup_id and now - turn.sending.since_ms < lease_ms:
+            return "busy", turn.sending.since_ms + lease_ms - now
+        turn.sending = SendClaim(dedup_id=reply.dedup_id, since_ms=now)
+        return "claimed", 0
+
+    def release(state: UserState) -> None:
+        turn = state.turn_for(reply.message_id)
+        if turn and turn.sending and turn.sending.dedup_id == reply.dedup_id:
+            turn.sending = None
+
+    def mark_sent(state: UserState) -> None:
+        turn = _turn(state, reply, settings)
+        if reply.dedup_id not in turn.sent_dedup_ids:
+            turn.sent_dedup_ids = [*turn.sent_dedup_ids, reply.dedup_id]
+        turn.status, turn.sent_at_ms, turn.sending = "sent", clock(), None
+        turn.reply_key, turn.reply_text = reply.reply_key, reply.text
+
+    verdict, wait_ms = state_store.update(reply.user_id, reply.channel_url, claim)
+    if verdict == "duplicate":
+        log.info("reply %s for message_id=%s was sent before: not sending again", reply.dedup_id, reply.message_id)
+        return "duplicate"
+    if verdict == "busy":
+        return _reschedule(reply, queues, settings, max(1.0, wait_ms / 1000), "another sender holds the claim")
     try:
-        sendbird.send_bot_message(reply.channel_url, reply.text, reply.dedup_id,
-                                  data=reply_data(reply))
-        return "sent"
+        sendbird.send_bot_message(reply.channel_url, reply.text, reply.dedup_id, data=reply_data(reply))
     except RateLimited as exc:
-        if reply.reschedules >= settings.reply_max_reschedules:
-            raise PermanentError(f"still rate limited after {reply.reschedules} reschedules: {exc.reason}") from exc
-        again = reply.model_copy(update={"reschedules": reply.reschedules + 1, "enqueued_at_ms": now_ms()})
-        queues.send(REPLY_QUEUE, again.to_queue_text(), delay_seconds=exc.retry_after_seconds)
-        log.warning("SendBird 429 for message_id=%s: rescheduled in %.1f s (reschedule %d)",
-                    reply.message_id, exc.retry_after_seconds, again.reschedules)
-        return "rescheduled"
+        state_store.update(reply.user_id, reply.channel_url, release)
+        return _reschedule(reply, queues, settings, exc.retry_after_seconds, f"SendBird 429: {exc.reason}")
+    except GatewayError:
+        _release_quietly(state_store, reply, release)
+        raise
+    state_store.update(reply.user_id, reply.channel_url, mark_sent)
+    return "sent"
+
+
+def mark_failed(reply: ReplyMessage, state_store: StateStore, settings: Settings) -> None:
+    """Record that ``reply`` could not be delivered (it was poisoned), so later messages are not held back."""
+
+    def fail(state: UserState) -> None:
+        turn = _turn(state, reply, settings)
+        if turn.status != "sent":
+            turn.status, turn.sending = "failed", None
+
+    state_store.update(reply.user_id, reply.channel_url, fail)
+
+
+def _reschedule(reply: ReplyMessage, queues: QueueSender, settings: Settings, delay_seconds: float,
+                why: str) -> Outcome:
+    if reply.reschedules >= settings.reply_max_reschedules:
+        raise PermanentError(f"not delivered after {reply.reschedules} reschedules; last: {why}")
+    again = reply.model_copy(update={"reschedules": reply.reschedules + 1, "enqueued_at_ms": now_ms()})
+    queues.send(REPLY_QUEUE, again.to_queue_text(), delay_seconds=delay_seconds)
+    log.warning("reply %s for message_id=%s rescheduled in %.1f s (%s; reschedule %d)", reply.dedup_id,
+                reply.message_id, delay_seconds, why, again.reschedules)
+    return "rescheduled"
+
+
+def _release_quietly(state_store: StateStore, reply: ReplyMessage, release: Callable[[UserState], None]) -> None:
+    try:
+        state_store.update(reply.user_id, reply.channel_url, release)
+    except GatewayError as exc:  # the claim expires by itself after the lease
+        log.warning("could not release the send claim of %s: %s", reply.dedup_id, exc.reason)

@@ -107,6 +107,8 @@ class Settings(BaseModel):
     order_tracking_url: str = "https://shop.example.com/orders/{order_number}"
     product_search_url: str = "https://shop.example.com/search?category={category}"
     reply_max_reschedules: int = Field(default=10, ge=0)
+    reply_send_lease_seconds: int = Field(default=15, ge=1, le=600)
+    order_max_wait_seconds: int = Field(default=30, ge=0, le=600)
 
     # --- Telemetry (Application Insights); empty disables it ---
     applicationinsights_connection_string: str = Field(default="", repr=False)

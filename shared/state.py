@@ -22,17 +22,42 @@ T = TypeVar("T")
 SLOT_ENTITIES = {"order_number": "OrderNumber", "product_category": "ProductCategory"}
 
 
-class Turn(BaseModel):
-    """One handled user message: what it was routed to and what the bot answered."""
+TurnStatus = Literal["received", "answered", "sent", "silent", "failed"]
+#: A turn in one of these states no longer holds back the user's later messages.
+FINAL_STATUSES: frozenset[str] = frozenset({"sent", "silent", "failed"})
+
+
+class SendClaim(BaseModel):
+    """A reply sender is sending ``dedup_id`` since ``since_ms`` (epoch ms); expires after the send lease."""
 
     model_config = ConfigDict(extra="ignore")
+    dedup_id: str
+    since_ms: int
+
+
+class Turn(BaseModel):
+    """One user message and its lifecycle: received -> answered -> sent (or silent / failed).
+
+    ``seq`` orders a user's messages (assigned once, at admission by the intent stage).
+    ``correlation_id`` is the accepted delivery's; another delivery of the same
+    ``message_id`` (a SendBird webhook retry) has another one and is dropped as a duplicate.
+    """
+
+    model_config = ConfigDict(extra="ignore", validate_assignment=True)
     message_id: int
-    at_ms: int
-    route: str
+    seq: int = 0
+    correlation_id: str | None = None
+    status: TurnStatus = "received"
+    received_at_ms: int = 0
+    at_ms: int = 0
+    route: str | None = None
     intent: str | None = None
     confidence_score: float = 0.0
     reply_key: str | None = None
     reply_text: str | None = None
+    sending: SendClaim | None = None
+    sent_dedup_ids: list[str] = Field(default_factory=list, description="replies SendBird accepted for this turn")
+    sent_at_ms: int | None = None
 
 
 class UserState(BaseModel):
@@ -46,6 +71,7 @@ class UserState(BaseModel):
     language: Literal["ko", "en"] | None = None
     pending_slot: Literal["order_number", "product_category"] | None = None
     handoff_until_ms: int | None = Field(default=None, description="bot stays silent until this epoch ms")
+    next_seq: int = Field(default=1, description="sequence number of the user's next admitted message")
     turns: list[Turn] = Field(default_factory=list, description="most recent last, bounded")
     created_at_ms: int = 0
     updated_at_ms: int = 0
@@ -67,6 +93,19 @@ class UserState(BaseModel):
         """Append ``turn`` and keep only the ``limit`` most recent turns."""
         self.turns = [*self.turns, turn][-limit:]
 
+    def admit(self, message_id: int, correlation_id: str | None, received_at_ms: int, limit: int,
+              status: TurnStatus = "received") -> Turn:
+        """Record a new turn with the next sequence number and return it."""
+        turn = Turn(message_id=message_id, seq=self.next_seq, correlation_id=correlation_id, status=status,
+                    received_at_ms=received_at_ms)
+        self.next_seq += 1
+        self.record_turn(turn, limit)
+        return self.turns[-1]
+
+    def pending_before(self, turn: Turn) -> list[Turn]:
+        """Earlier turns of this user that are not final yet (they hold ``turn`` back)."""
+        return [t for t in self.turns if t.seq < turn.seq and t.status not in FINAL_STATUSES]
+
 
 def document_id(user_id: str) -> str:
     """Cosmos DB item id for ``user_id`` (ids may not contain ``/ \\ ? #``; those are %-escaped)."""
@@ -83,7 +122,8 @@ class StateStore(Protocol):
     def update(self, user_id: str, channel_url: str | None, mutate: Callable[[UserState], T]) -> T:
         """Apply ``mutate`` to the current state and store it atomically (ETag); returns mutate's result.
 
-        ``mutate`` may be called several times (once per conflict). Raises
-        :class:`~shared.errors.TransientError` after too many conflicts.
+        ``mutate`` may be called several times (once per conflict). When it changes
+        nothing, nothing is written. Raises :class:`~shared.errors.TransientError`
+        after too many conflicts.
         """
         ...

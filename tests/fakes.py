@@ -27,6 +27,7 @@ class InMemoryStateStore:
         self._lock = threading.Lock()
         self._max_attempts = max_attempts
         self.conflicts = 0
+        self.writes = 0
         #: Called between read and write of an update (tests use it to inject a concurrent writer).
         self.before_write: Callable[[str], None] | None = None
 
@@ -50,7 +51,10 @@ class InMemoryStateStore:
         for _ in range(self._max_attempts):
             found = self._read(user_id)
             state, version = found if found else (UserState.new(user_id, channel_url, now_ms()), 0)
+            before = state.model_dump()
             result = mutate(state)
+            if version and state.model_dump() == before:
+                return result
             state.updated_at_ms = now_ms()
             if self.before_write:
                 self.before_write(user_id)
@@ -58,6 +62,7 @@ class InMemoryStateStore:
                 current = self._docs.get(user_id, (None, 0))[1]
                 if current == version:
                     self._docs[user_id] = (state.model_dump(mode="json"), version + 1)
+                    self.writes += 1
                     return result
                 self.conflicts += 1
         raise TransientError(f"state of {user_id} kept changing: {self._max_attempts} conflicts in a row")

@@ -29,11 +29,13 @@ def inbound(text="hi", message_id=1, user="u-1", message_type="MESG") -> Inbound
 
 
 class Bot:
-    """Drives one message through intent stage -> handler, as the queues would."""
+    """Drives one message through intent stage -> handler -> reply sender, as the queues would."""
 
-    def __init__(self, store, intent, settings, catalog):
+    def __init__(self, store, intent, settings, catalog, sendbird, queues):
         self.store, self.intent, self.settings, self.catalog = store, intent, settings, catalog
+        self.sendbird, self.queues = sendbird, queues
         self.next_id = 100
+        self.held_back: list[RoutedMessage] = []
 
     def say(self, text, message_type="MESG", clock=now_ms):
         self.next_id += 1
@@ -43,13 +45,17 @@ class Bot:
             return None, None
         # through the queue encoding, as in production
         routed = decode(routed.to_queue_text().encode(), RoutedMessage)
-        reply = handle(routed, state_store=self.store, catalog=self.catalog, settings=self.settings, clock=clock)
+        reply = handle(routed, state_store=self.store, catalog=self.catalog, settings=self.settings, clock=clock,
+                       reschedule=lambda m, delay: self.held_back.append(m))
+        if reply is not None:
+            deliver(reply, sendbird=self.sendbird, queues=self.queues, state_store=self.store,
+                    settings=self.settings, clock=clock)
         return routed, reply
 
 
 @pytest.fixture
-def bot(store, intent, settings, catalog):
-    return Bot(store, intent, settings, catalog)
+def bot(store, intent, settings, catalog, sendbird, queues):
+    return Bot(store, intent, settings, catalog, sendbird, queues)
 
 
 # ---------------------------------------------------------------- routing
@@ -171,18 +177,10 @@ def test_history_is_bounded(bot, intent, store, settings):
         bot.say("hi")
     turns = store.get_or_create("u-1", "ch-1").turns
     assert len(turns) == settings.state_history_limit and turns[-1].message_id == bot.next_id
+    assert [t.seq for t in turns] == list(range(6, settings.state_history_limit + 6))
 
 
-def test_redelivered_routed_message_gets_the_recorded_reply_once(store, intent, settings, catalog):
-    intent.predictions["hi"] = clu_prediction("Greeting", 0.9)
-    routed = classify(inbound("hi", 7), state_store=store, intent_client=intent, settings=settings)
-    first = handle(routed, state_store=store, catalog=catalog, settings=settings)
-    again = handle(routed, state_store=store, catalog=catalog, settings=settings)
-    assert again.text == first.text and again.dedup_id == first.dedup_id
-    assert [t.message_id for t in store.get_or_create("u-1", "ch-1").turns] == [7]
-
-
-def test_concurrent_writer_causes_a_retry_not_a_lost_update(store, settings, catalog):
+def test_concurrent_writer_causes_a_retry_not_a_lost_update(store, settings, catalog, intent):
     state_user = "u-9"
     store.get_or_create(state_user, "ch-1")
     injected = []
@@ -193,10 +191,10 @@ def test_concurrent_writer_causes_a_retry_not_a_lost_update(store, settings, cat
             store.before_write = None
             store.update(user_id, "ch-1", lambda s: setattr(s, "language", "en"))
 
+    intent.predictions["주문"] = clu_prediction("OrderStatus", 0.9)
+    routed = classify(inbound("주문", 8, user=state_user), state_store=store, intent_client=intent, settings=settings)
     store.before_write = other_writer
-    routed = RoutedMessage(**inbound("주문", 8, user=state_user).next_hop(), route=Route.ORDER_STATUS, text="주문",
-                           language="ko", top_intent="OrderStatus", confidence_score=0.9)
-    handle(routed, state_store=store, catalog=catalog, settings=settings)
+    handle(routed, state_store=store, catalog=catalog, settings=settings, reschedule=pytest.fail)
     state = store.get_or_create(state_user, "ch-1")
     assert store.conflicts == 1
     assert state.pending_slot == "order_number" and [t.message_id for t in state.turns] == [8]
@@ -210,7 +208,7 @@ def test_intent_service_errors_propagate(store, intent, settings):
 
 def test_apology_follows_the_language_and_shares_the_dedup_id(catalog, settings):
     a = apology_reply(inbound("where is my order?", 5), catalog, settings)
-    assert a.language == "en" and a.reply_key == "apology.error" and a.dedup_id == "reply-5"
+    assert a.language == "en" and a.reply_key == "apology.error" and a.dedup_id == "apology-5"
     assert apology_reply(inbound("주문 어디예요", 6), catalog, settings).language == "ko"
 
 
@@ -220,8 +218,14 @@ def reply_msg(reschedules=0) -> ReplyMessage:
                         reply_key="greeting.hello", dedup_id="reply-11", reschedules=reschedules)
 
 
+def send(reply, sendbird, queues, settings, store=None, clock=now_ms):
+    from tests.fakes import InMemoryStateStore
+    return deliver(reply, sendbird=sendbird, queues=queues, state_store=store or InMemoryStateStore(),
+                   settings=settings, clock=clock)
+
+
 def test_reply_is_sent_with_dedup_id_and_correlation(sendbird, queues, settings):
-    assert deliver(reply_msg(), sendbird=sendbird, queues=queues, settings=settings) == "sent"
+    assert send(reply_msg(), sendbird, queues, settings) == "sent"
     [m] = sendbird.messages
     assert m["channel_url"] == "ch-1" and m["message"] == "Hello!" and m["dedup_id"] == "reply-11"
     data = json.loads(m["data"])
@@ -232,15 +236,17 @@ def test_reply_is_sent_with_dedup_id_and_correlation(sendbird, queues, settings)
     assert timings["reply_queue_wait_ms"] >= 0
 
 
-def test_redelivered_reply_is_not_shown_twice(sendbird, queues, settings):
-    deliver(reply_msg(), sendbird=sendbird, queues=queues, settings=settings)
-    deliver(reply_msg(), sendbird=sendbird, queues=queues, settings=settings)
-    assert len(sendbird.messages) == 1 and sendbird.attempts == 2
+def test_redelivered_reply_is_not_sent_again(sendbird, queues, settings, store):
+    assert send(reply_msg(), sendbird, queues, settings, store) == "sent"
+    assert send(reply_msg(), sendbird, queues, settings, store) == "duplicate"
+    assert len(sendbird.messages) == 1 and sendbird.attempts == 1
+    turn = store.get_or_create("u-1", "ch-1").turn_for(11)
+    assert turn.status == "sent" and turn.sent_dedup_ids == ["reply-11"] and turn.sending is None
 
 
 def test_429_reschedules_with_the_retry_after_delay(sendbird, queues, settings):
     sendbird.script = [RateLimited("slow down", 3)]
-    assert deliver(reply_msg(), sendbird=sendbird, queues=queues, settings=settings) == "rescheduled"
+    assert send(reply_msg(), sendbird, queues, settings) == "rescheduled"
     [(text, delay)] = queues.sent[REPLY_QUEUE]
     assert delay == 3 and decode(text, ReplyMessage).reschedules == 1
     assert sendbird.messages == []
@@ -248,13 +254,14 @@ def test_429_reschedules_with_the_retry_after_delay(sendbird, queues, settings):
 
 def test_429_after_max_reschedules_is_permanent(sendbird, queues, settings):
     sendbird.script = [RateLimited("slow down", 1)]
-    with pytest.raises(PermanentError, match="still rate limited"):
-        deliver(reply_msg(settings.reply_max_reschedules), sendbird=sendbird, queues=queues, settings=settings)
+    with pytest.raises(PermanentError, match="not delivered after"):
+        send(reply_msg(settings.reply_max_reschedules), sendbird, queues, settings)
 
 
 @pytest.mark.parametrize("error", [TransientError("SendBird answered 503"), PermanentError("400")])
-def test_other_send_errors_propagate(sendbird, queues, settings, error):
+def test_other_send_errors_propagate(sendbird, queues, settings, error, store):
     sendbird.script = [error]
     with pytest.raises(type(error)):
-        deliver(reply_msg(), sendbird=sendbird, queues=queues, settings=settings)
+        send(reply_msg(), sendbird, queues, settings, store)
     assert queues.sent == {}
+    assert store.get_or_create("u-1", "ch-1").turn_for(11).sending is None  # claim released

@@ -114,9 +114,11 @@ def test_intent_function_last_attempt_poisons_and_apologizes(wired, intent, queu
     assert apology.reply_key == "apology.error" and apology.language == "en"
 
 
-def test_branch_function_writes_the_reply(wired):
+def test_branch_function_writes_the_reply(wired, store, settings):
+    from shared.intent_stage import admit
+    store.update("u-1", "ch-1", lambda s: admit(inbound("hi"), s, settings, 0))
     routed = RoutedMessage(**inbound("hi").next_hop(), route=Route.GREETING, text="hi", language="en",
-                           top_intent="Greeting", confidence_score=0.9)
+                           top_intent="Greeting", confidence_score=0.9, seq=1)
     out = Out()
     handler_functions.process_routed(Route.GREETING, queue_msg(routed.to_queue_text()), out)
     assert decode(out.get(), ReplyMessage).reply_key == "greeting.hello"

@@ -101,7 +101,10 @@ class CosmosStateStore:
             try:
                 found = self._read(user_id)
                 state, etag = found if found else (UserState.new(user_id, channel_url, now_ms()), None)
+                before = state.model_dump()
                 result = mutate(state)
+                if etag is not None and state.model_dump() == before:
+                    return result  # nothing changed: no write
                 state.updated_at_ms = now_ms()
                 with timing.dependency("cosmos"):
                     if etag is None:

@@ -1,0 +1,145 @@
+"""Delivery guarantees at the stage level (in-memory fakes): idempotency, ordering, exactly-once sends."""
+
+from __future__ import annotations
+
+import pytest
+
+from shared.handlers import apology_reply, handle
+from shared.intent_stage import classify
+from shared.models import REPLY_QUEUE, ReplyMessage, Route, RoutedMessage, decode, now_ms
+from shared.reply_stage import deliver, mark_failed
+from tests.fakes import clu_prediction
+from tests.test_stages import inbound
+
+
+@pytest.fixture
+def chain(store, intent, settings, catalog, sendbird, queues):
+    intent.default = clu_prediction("Greeting", 0.9)
+    held: list[RoutedMessage] = []
+
+    class Chain:
+        def route(self, msg, clock=now_ms):
+            return classify(msg, state_store=store, intent_client=intent, settings=settings, clock=clock)
+
+        def handle(self, routed, clock=now_ms):
+            return handle(routed, state_store=store, catalog=catalog, settings=settings, clock=clock,
+                          reschedule=lambda m, d: held.append(m))
+
+        def send(self, reply, clock=now_ms):
+            return deliver(reply, sendbird=sendbird, queues=queues, state_store=store, settings=settings,
+                           clock=clock)
+
+        held_back = held
+
+        def turn(self, message_id, user="u-1"):
+            return store.get_or_create(user, "ch-1").turn_for(message_id)
+
+    return Chain()
+
+
+def test_webhook_retry_is_dropped_before_the_intent_call(chain, intent):
+    first = inbound("hi", 1)
+    retry = first.model_copy(update={"correlation_id": "another-delivery"})
+    assert chain.route(first) is not None
+    assert chain.route(retry) is None
+    assert len(intent.calls) == 1
+
+
+def test_queue_redelivery_is_routed_again_with_the_same_sequence_number(chain):
+    msg = inbound("hi", 1)
+    a, b = chain.route(msg), chain.route(msg)
+    assert a.seq == b.seq == 1 and b.route == a.route
+
+
+def test_sequence_numbers_follow_admission(chain):
+    assert [chain.route(inbound("hi", i)).seq for i in (10, 11, 12)] == [1, 2, 3]
+
+
+def test_redelivered_handler_message_reemits_the_same_reply_and_sender_sends_once(chain, sendbird, store):
+    routed = chain.route(inbound("hi", 1))
+    r1, r2 = chain.handle(routed), chain.handle(routed)
+    assert r1.text == r2.text and r1.dedup_id == r2.dedup_id
+    assert [chain.send(r1), chain.send(r2)] == ["sent", "duplicate"]
+    assert len(sendbird.messages) == 1 and sendbird.attempts == 1
+
+
+def test_a_message_waits_for_the_earlier_one_to_be_answered_and_sent(chain, sendbird):
+    first, second = chain.route(inbound("hi", 1)), chain.route(inbound("hi again", 2))
+    assert chain.handle(second) is None  # first is not final yet
+    assert [m.message_id for m in chain.held_back] == [2] and chain.held_back[0].order_waits == 1
+    reply1 = chain.handle(first)
+    assert chain.handle(second) is None  # answered is not final: its reply is not sent yet
+    chain.send(reply1)
+    reply2 = chain.handle(chain.held_back[-1])
+    assert reply2 is not None and reply2.seq == 2
+    chain.send(reply2)
+    assert [m["dedup_id"] for m in sendbird.messages] == ["reply-1", "reply-2"]
+
+
+def test_the_wait_for_an_earlier_message_is_bounded(chain, settings):
+    chain.route(inbound("hi", 1))
+    second = chain.route(inbound("hi again", 2))
+    later = second.received_at_ms + settings.order_max_wait_seconds * 1000 + 1
+    assert chain.handle(second, clock=lambda: later) is not None
+
+
+def test_a_poisoned_reply_no_longer_holds_back_later_messages(chain, settings, store):
+    first, second = chain.route(inbound("hi", 1)), chain.route(inbound("hi again", 2))
+    reply1 = chain.handle(first)
+    mark_failed(reply1, store, settings)
+    assert chain.turn(1).status == "failed"
+    assert chain.handle(second) is not None
+
+
+def test_live_claim_elsewhere_reschedules_and_an_expired_claim_is_taken_over(chain, queues, settings, sendbird):
+    reply = chain.handle(chain.route(inbound("hi", 1)))
+    t0 = now_ms()
+    sendbird.script = [RuntimeError("worker killed mid-send")]  # claim taken, never released
+    with pytest.raises(RuntimeError):
+        chain.send(reply, clock=lambda: t0)
+    chain.turn(1)  # the claim is still there
+    assert chain.send(reply, clock=lambda: t0 + 1000) == "rescheduled"
+    [(text, delay)] = queues.sent[REPLY_QUEUE]
+    assert decode(text, ReplyMessage).reschedules == 1 and 1 <= delay <= settings.reply_send_lease_seconds
+    after_lease = t0 + settings.reply_send_lease_seconds * 1000 + 1
+    assert chain.send(reply, clock=lambda: after_lease) == "sent"
+    assert chain.turn(1).status == "sent"
+
+
+def test_429_releases_the_claim_and_the_rescheduled_copy_sends(chain, queues, sendbird):
+    from shared.errors import RateLimited
+    reply = chain.handle(chain.route(inbound("hi", 1)))
+    sendbird.script = [RateLimited("slow down", 2)]
+    assert chain.send(reply) == "rescheduled"
+    assert chain.turn(1).sending is None
+    [(text, delay)] = queues.sent[REPLY_QUEUE]
+    assert delay == 2 and chain.send(decode(text, ReplyMessage)) == "sent"
+
+
+def test_apology_then_replay_delivers_the_real_answer_once(chain, catalog, settings, sendbird):
+    msg = inbound("hi", 1)
+    routed = chain.route(msg)
+    # the handler stage was poisoned: the user gets an apology
+    assert chain.send(apology_reply(routed, catalog, settings)) == "sent"
+    assert chain.turn(1).status == "sent" and chain.turn(1).reply_key == "apology.error"
+    # after a fix, the poisoned message is replayed: the real answer goes out, once
+    replay = chain.handle(routed)
+    assert replay.reply_key == "greeting.hello" and chain.send(replay) == "sent"
+    assert chain.send(chain.handle(routed)) == "duplicate"
+    assert [m["dedup_id"] for m in sendbird.messages] == ["apology-1", "reply-1"]
+
+
+def test_handed_off_conversation_admits_silently(chain, intent):
+    intent.predictions["상담원"] = clu_prediction("HumanHandoff", 0.95)
+    chain.send(chain.handle(chain.route(inbound("상담원", 1))))
+    assert chain.route(inbound("hello?", 2)) is None
+    assert chain.turn(2).status == "silent"
+    assert chain.route(inbound("hello?", 2)) is None  # a redelivery stays silent
+
+
+def test_nothing_is_written_when_nothing_changes(chain, store):
+    routed = chain.route(inbound("hi", 1))
+    chain.send(chain.handle(routed))
+    writes = store.writes
+    chain.route(inbound("hi", 1).model_copy(update={"correlation_id": "retry"}))  # duplicate: read only
+    assert store.writes == writes
