@@ -99,6 +99,8 @@ class Settings(BaseModel):
     intent_timeout_seconds: float = Field(default=3.0, gt=0, le=30)
     intent_retries: int = Field(default=2, ge=0, le=5)
     intent_confidence_threshold: float = Field(default=0.5, ge=0, le=1)
+    intent_breaker_failures: int = Field(default=5, ge=1, le=100)
+    intent_breaker_reset_seconds: float = Field(default=10.0, gt=0, le=600)
 
     # --- Conversation behaviour ---
     default_language: Literal["ko", "en"] = "ko"

@@ -158,6 +158,30 @@ def test_intent_unexpected_body_is_transient(httpserver: HTTPServer):
         client.analyze("hi", "en", "u", "1")
 
 
+def test_dead_intent_service_trips_the_circuit_and_fails_fast(httpserver: HTTPServer):
+    httpserver.expect_request("/language/:analyze-conversations").respond_with_data("down", 503)
+    client = IntentClient(settings_with(INTENT_ENDPOINT=httpserver.url_for("/"), INTENT_RETRIES="0",
+                                        INTENT_BREAKER_FAILURES="3", INTENT_BREAKER_RESET_SECONDS="30"))
+    for _ in range(3):
+        with pytest.raises(TransientError, match="503"):
+            client.analyze("hi", "en", "u", "1")
+    calls = len(httpserver.log)
+    started = time.perf_counter()
+    with pytest.raises(TransientError, match="circuit open"):
+        client.analyze("hi", "en", "u", "1")
+    assert len(httpserver.log) == calls  # no request at all
+    assert time.perf_counter() - started < 0.05
+
+
+def test_client_errors_do_not_trip_the_circuit(httpserver: HTTPServer):
+    httpserver.expect_request("/language/:analyze-conversations").respond_with_json({"error": {}}, status=400)
+    client = IntentClient(settings_with(INTENT_ENDPOINT=httpserver.url_for("/"), INTENT_BREAKER_FAILURES="2"))
+    for _ in range(4):
+        with pytest.raises(PermanentError):
+            client.analyze("hi", "en", "u", "1")
+    assert client.breaker.current_state == "closed"
+
+
 def test_intent_retries_a_503_then_succeeds(httpserver: HTTPServer):
     httpserver.expect_ordered_request("/language/:analyze-conversations").respond_with_data("warming up", 503)
     httpserver.expect_ordered_request("/language/:analyze-conversations").respond_with_json(

@@ -13,12 +13,20 @@ connection errors, read timeouts and 502/503/504 (urllib3 ``Retry``). Then:
   (the queue trigger retries the message later; 503 while the model loads is one of these);
 - other 4xx (bad key, bad request) -> :class:`~shared.errors.PermanentError`;
 - a 2xx body that is not a CLU conversation result -> :class:`~shared.errors.TransientError`.
+
+Circuit breaker (pybreaker, one per worker): after ``INTENT_BREAKER_FAILURES``
+transient failures in a row the circuit opens and calls fail at once with a
+:class:`~shared.errors.TransientError` for ``INTENT_BREAKER_RESET_SECONDS``; then
+one trial call decides. So a dead intent service costs the queue stages
+milliseconds per attempt, not the full timeout-and-retries budget. Permanent
+errors (4xx) do not count.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import pybreaker
 import requests
 from pydantic import BaseModel, ValidationError
 from requests.adapters import HTTPAdapter
@@ -84,6 +92,10 @@ class IntentClient:
         self._session.headers["Content-Type"] = "application/json"
         if settings.intent_api_key:
             self._session.headers["Ocp-Apim-Subscription-Key"] = settings.intent_api_key
+        self.breaker = pybreaker.CircuitBreaker(fail_max=settings.intent_breaker_failures,
+                                                reset_timeout=settings.intent_breaker_reset_seconds,
+                                                exclude=[PermanentError], throw_new_error_on_trip=False,
+                                                name="intent-service")
 
     def analyze(self, text: str, language: str, participant_id: str, item_id: str,
                 request_id: str | None = None) -> IntentPrediction:
@@ -102,6 +114,13 @@ class IntentClient:
                            "stringIndexType": "TextElement_V8"},
         }
         headers = {"Apim-Request-Id": request_id} if request_id else None
+        try:
+            return self.breaker.call(self._post, body, headers)
+        except pybreaker.CircuitBreakerError as exc:
+            raise TransientError(f"intent service circuit open after {self.breaker.fail_max} failures: "
+                                 f"failing fast for up to {self.breaker.reset_timeout:.0f} s") from exc
+
+    def _post(self, body: dict, headers: dict | None) -> IntentPrediction:
         try:
             with timing.dependency("intent"):
                 resp = self._session.post(self._url, params=self._params, json=body, headers=headers,
