@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Callable, Literal, Protocol, TypeVar
 from urllib.parse import quote
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 T = TypeVar("T")
 
@@ -61,9 +61,14 @@ class Turn(BaseModel):
 
 
 class UserState(BaseModel):
-    """The Cosmos DB document of one user (partition key ``/user_id``)."""
+    """The Cosmos DB document of one user (partition key ``/user_id``).
 
-    model_config = ConfigDict(extra="ignore", validate_assignment=True)
+    Fields this build does not know (written by another tool or a newer version) are kept as they are
+    on every write (``extra="allow"``), so they are not lost. Cosmos system fields (``_etag``, ``_ts``...)
+    are dropped on read.
+    """
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
     id: str
     user_id: str
     schema_version: Literal[1] = 1
@@ -75,6 +80,13 @@ class UserState(BaseModel):
     turns: list[Turn] = Field(default_factory=list, description="most recent last, bounded")
     created_at_ms: int = 0
     updated_at_ms: int = 0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_system_fields(cls, data: object) -> object:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if not k.startswith("_")}
+        return data
 
     @classmethod
     def new(cls, user_id: str, channel_url: str | None, now_ms: int) -> "UserState":

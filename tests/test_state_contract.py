@@ -86,3 +86,11 @@ def test_mutate_runs_again_on_a_concurrent_change(store):
     final = store.get_or_create(u, "ch")
     assert calls == [None, "en"]  # second attempt saw the other writer's change
     assert final.language == "en" and final.pending_slot == "product_category"
+
+
+def test_fields_written_by_another_writer_survive_our_updates(store):
+    u = user()
+    store.update(u, "ch", lambda s: setattr(s, "ops_note", "vip customer"))
+    store.update(u, "ch", lambda s: setattr(s, "language", "ko"))
+    state = store.get_or_create(u, "ch")
+    assert state.language == "ko" and getattr(state, "ops_note", None) == "vip customer"

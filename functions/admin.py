@@ -1,0 +1,42 @@
+"""Admin HTTP functions (auth level FUNCTION: a function key is required on Azure).
+
+``GET /api/admin/poison``: poison messages of every stage with their reasons.
+``POST /api/admin/poison/replay``: body :class:`shared.poison_admin.ReplayRequest` JSON,
+e.g. ``{"correlation_ids": ["..."]}`` or ``{"queues": ["chat-inbound"], "all": true}``;
+answers the replayed entries. Bad bodies get 400 with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+
+import azure.functions as func
+from pydantic import ValidationError
+
+from shared import poison_admin, services
+
+bp = func.Blueprint()
+
+
+def _json(body: object, status: int = 200) -> func.HttpResponse:
+    return func.HttpResponse(json.dumps(body, ensure_ascii=False), status_code=status,
+                             mimetype="application/json", charset="utf-8")
+
+
+@bp.function_name("admin_poison_list")
+@bp.route(route="admin/poison", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def admin_poison_list(req: func.HttpRequest) -> func.HttpResponse:
+    entries = poison_admin.list_poison(services.queues())
+    return _json({"count": len(entries), "messages": [e.to_dict() for e in entries]})
+
+
+@bp.function_name("admin_poison_replay")
+@bp.route(route="admin/poison/replay", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def admin_poison_replay(req: func.HttpRequest) -> func.HttpResponse:
+    try:
+        request = poison_admin.ReplayRequest.model_validate_json(req.get_body() or b"{}")
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
+        return _json({"error": {"code": "invalid_request", "message": problems}}, 400)
+    replayed = poison_admin.replay(services.queues(), request)
+    return _json({"replayed": len(replayed), "messages": [e.to_dict() for e in replayed]})

@@ -1,0 +1,104 @@
+"""Poison listing and replay: against Azurite, and through the running gateway without duplicate replies."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+import requests
+
+from shared.clients.queues import QueueSender
+from shared.models import INBOUND_QUEUE, REPLY_QUEUE, PoisonRecord, now_ms, poison_queue_name
+from shared.poison_admin import ReplayRequest, list_poison, replay
+from tests.test_stages import inbound
+
+
+def record(msg, reason="intent service answered 503") -> PoisonRecord:
+    return PoisonRecord(source_queue=INBOUND_QUEUE, reason=reason, error_type="TransientError", dequeue_count=5,
+                        poisoned_at_ms=now_ms(), correlation_id=msg.correlation_id, message_id=msg.message_id,
+                        original=msg.to_queue_text())
+
+
+@pytest.fixture(scope="module")
+def own_azurite(stack_logs):
+    """An Azurite of its own: the session's one feeds a running gateway that would consume chat-inbound."""
+    from devstack.stack import Azurite
+    svc = Azurite(0, log_dir=stack_logs).start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture
+def sender(own_azurite):
+    s = QueueSender(own_azurite.connection_string, "base64")
+    for q in (INBOUND_QUEUE, REPLY_QUEUE, poison_queue_name(INBOUND_QUEUE), poison_queue_name(REPLY_QUEUE)):
+        s.ensure_queue(q)
+        s.client(q).clear_messages()
+    return s
+
+
+def test_lists_app_records_and_host_moved_messages(sender):
+    msg = inbound("hi", 31)
+    sender.send_poison(record(msg))
+    sender.send(poison_queue_name(REPLY_QUEUE), '{"type": "reply", "correlation_id": "c-raw", "message_id": 77}')
+    entries = {e.source_queue: e for e in list_poison(sender)}
+    app, host = entries[INBOUND_QUEUE], entries[REPLY_QUEUE]
+    assert (app.recorded_by, app.reason, app.message_id, app.correlation_id) == \
+        ("app", "intent service answered 503", 31, msg.correlation_id)
+    assert host.recorded_by == "host" and host.message_id == 77 and "no reason recorded" in host.reason
+
+
+def test_replay_moves_only_the_selected_messages_back(sender):
+    a, b = inbound("hi", 41), inbound("hello", 42)
+    sender.send_poison(record(a))
+    sender.send_poison(record(b))
+    done = replay(sender, ReplayRequest(message_ids=[42]))
+    assert [e.message_id for e in done] == [42]
+    assert [m.content for m in sender.peek(INBOUND_QUEUE)] == [b.to_queue_text()]
+    assert [e.message_id for e in list_poison(sender)] == [41]  # the other one is still there, visible
+
+
+@pytest.mark.parametrize("body, fragment", [({}, "select messages"), ({"queues": ["nope"], "all": True}, "unknown"),
+                                            ({"all": True, "surprise": 1}, "surprise")])
+def test_replay_request_must_select_something_known(body, fragment):
+    with pytest.raises(ValueError, match=fragment):
+        ReplayRequest.model_validate(body)
+
+
+@pytest.mark.stack
+def test_replay_through_the_gateway_answers_once(gateway, stack_settings, sendbird_standin):
+    """A message poisoned before it was answered is replayed: one reply; replayed again: still one."""
+    sender = QueueSender(stack_settings["AzureWebJobsStorage"], "base64")
+    channel = f"sendbird_group_channel_{uuid.uuid4().hex[:10]}"
+    msg = inbound("안녕하세요", int(uuid.uuid4().int % 10**12)).model_copy(
+        update={"channel_url": channel, "user_id": f"replay-{uuid.uuid4().hex[:6]}"})
+    admin = gateway.base_url + "/api/admin/poison"
+
+    def replay_via_http():
+        sender.send_poison(record(msg))
+        listed = requests.get(admin, timeout=10).json()
+        assert msg.correlation_id in {m["correlation_id"] for m in listed["messages"]}
+        r = requests.post(admin + "/replay", json={"correlation_ids": [msg.correlation_id]}, timeout=10)
+        assert r.status_code == 200 and r.json()["replayed"] == 1
+
+    def replies():
+        return [m for m in sendbird_standin.control.messages(channel) if m.get("dedup_id") == f"reply-{msg.message_id}"]
+
+    replay_via_http()
+    deadline = time.monotonic() + 20
+    while not replies() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(replies()) == 1
+    attempts = sendbird_standin.control.counters()["attempts"]
+    replay_via_http()
+    time.sleep(2.5)
+    assert len(replies()) == 1
+    assert sendbird_standin.control.counters()["attempts"] == attempts  # the second replay did not call SendBird
+
+
+@pytest.mark.stack
+def test_replay_endpoint_rejects_a_bad_body_with_a_reason(gateway):
+    r = requests.post(gateway.base_url + "/api/admin/poison/replay", data=b'{"queues": ["x"]}', timeout=10)
+    assert r.status_code == 400 and "unknown queues" in r.json()["error"]["message"]
