@@ -23,7 +23,11 @@ bp = func.Blueprint()
 @bp.route(route="sendbird/webhook", methods=["POST"], auth_level=func.AuthLevel.ANONYMOUS)
 @bp.queue_output(arg_name="inbound", queue_name=INBOUND_QUEUE, connection=STORAGE_CONNECTION)
 def sendbird_webhook(req: func.HttpRequest, inbound: func.Out[str]) -> func.HttpResponse:
-    decision = handle_webhook(req.get_body(), req.headers, services.settings())
+    telemetry = services.telemetry()
+    with telemetry.stage("intake", None, route="sendbird/webhook") as span:
+        decision = handle_webhook(req.get_body(), req.headers, services.settings(), telemetry=telemetry,
+                                  traceparent=span.traceparent)
+        span.set(status_code=decision.status)
     if decision.inbound is not None:
         inbound.set(decision.inbound.to_queue_text())
     return func.HttpResponse(json.dumps(decision.body, ensure_ascii=False), status_code=decision.status,

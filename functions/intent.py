@@ -45,8 +45,9 @@ def intent_stage(msg: func.QueueMessage, to_greeting: func.Out[str], to_help: fu
     routed = run_queue_stage(
         msg.get_body(), dequeue_count=msg.dequeue_count or 1, queue=INBOUND_QUEUE, model=InboundMessage,
         work=lambda m: classify(m, state_store=services.state_store(), intent_client=services.intent_client(),
-                                settings=cfg.settings),
+                                settings=cfg.settings, telemetry=services.telemetry()),
         queues=services.queues(), max_dequeue_count=cfg.host.max_dequeue_count, on_poison=_apologize,
+        telemetry=services.telemetry(), stage="intent_stage",
     )
     if routed is not None:
         outputs[routed.route].set(routed.to_queue_text())

@@ -25,7 +25,9 @@ def reply_sender(msg: func.QueueMessage) -> None:
     run_queue_stage(
         msg.get_body(), dequeue_count=msg.dequeue_count or 1, queue=REPLY_QUEUE, model=ReplyMessage,
         work=lambda m: deliver(m, sendbird=services.sendbird(), queues=services.queues(),
-                               state_store=services.state_store(), settings=cfg.settings),
+                               state_store=services.state_store(), settings=cfg.settings,
+                               telemetry=services.telemetry()),
         queues=services.queues(), max_dequeue_count=cfg.host.max_dequeue_count,
         on_poison=lambda m, reason: mark_failed(m, services.state_store(), cfg.settings),
+        telemetry=services.telemetry(), stage="reply_sender",
     )

@@ -23,6 +23,7 @@ from shared.language import detect_language
 from shared.models import InboundMessage, ReplyMessage, Route, RoutedMessage, now_ms
 from shared.settings import Settings
 from shared.state import StateStore, UserState
+from shared.telemetry import DISABLED, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,8 @@ ORDER_RETRY_DELAY_SECONDS = 1
 
 
 def handle(msg: RoutedMessage, *, state_store: StateStore, catalog: ResponseCatalog, settings: Settings,
-           reschedule: Callable[[RoutedMessage, float], None], clock: Callable[[], int] = now_ms
-           ) -> ReplyMessage | None:
+           reschedule: Callable[[RoutedMessage, float], None], clock: Callable[[], int] = now_ms,
+           telemetry: Telemetry = DISABLED) -> ReplyMessage | None:
     """Run ``msg.route``'s handler in one state update; return the reply to enqueue, or None.
 
     - Idempotent: a turn already answered re-emits its recorded reply (same ``dedup_id``) instead of
@@ -174,6 +175,8 @@ def handle(msg: RoutedMessage, *, state_store: StateStore, catalog: ResponseCata
                             reply_key=turn.reply_key, dedup_id=reply_dedup_id(msg.message_id), seq=turn.seq)
 
     reply = state_store.update(msg.user_id, msg.channel_url, mutate)
+    if reply is not None and reply.reply_key == "handoff.connecting" and not held_back:
+        telemetry.metric("handoff_count", 1)
     if held_back:
         log.info("message_id=%s (seq %d) of %s waits for earlier message(s) seq %s", msg.message_id, msg.seq,
                  msg.user_id, held_back)

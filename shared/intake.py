@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shared import signature
 from shared.models import MAX_UTTERANCE_CHARS, InboundMessage, now_ms
 from shared.settings import Settings
+from shared.telemetry import DISABLED, Telemetry
 
 MESSAGE_SEND = "group_channel:message_send"
 
@@ -81,12 +82,35 @@ def _ignored(reason: str, **extra: Any) -> IntakeDecision:
     return IntakeDecision(200, {"status": "ignored", "reason": reason, **extra})
 
 
-def handle_webhook(body: bytes, headers: Mapping[str, str], settings: Settings) -> IntakeDecision:
-    """Validate and classify one webhook delivery.
+def handle_webhook(body: bytes, headers: Mapping[str, str], settings: Settings, *,
+                   telemetry: Telemetry = DISABLED, traceparent: str | None = None) -> IntakeDecision:
+    """Validate and classify one webhook delivery; report it (events ``MessageReceived``,
+    ``WebhookIgnored``, ``WebhookRejected``).
 
     ``body`` is the raw request body (bytes, exactly as received: the signature
-    covers these bytes); ``headers`` is case-insensitive or lower-cased.
+    covers these bytes); ``headers`` is case-insensitive or lower-cased;
+    ``traceparent`` (the intake's span) goes on the enqueued message.
     """
+    decision = _decide(body, headers, settings, traceparent)
+    _report(decision, telemetry)
+    return decision
+
+
+def _report(d: IntakeDecision, telemetry: Telemetry) -> None:
+    if d.inbound is not None:
+        m = d.inbound
+        telemetry.event("MessageReceived", {
+            "correlation_id": m.correlation_id, "message_id": m.message_id, "channel_url": m.channel_url,
+            "user_id": m.user_id, "message_type": m.message_type, "text": m.text,
+        }, {"webhook_delay_ms": max(0, m.received_at_ms - m.sendbird_created_at_ms), "text_length": len(m.text)})
+    elif d.status == 200:
+        telemetry.event("WebhookIgnored", {"reason": d.body.get("reason"), "message_id": d.body.get("message_id"),
+                                           "channel_url": d.body.get("channel_url")})
+    else:
+        telemetry.event("WebhookRejected", {"status_code": d.status, "reason": d.body["error"]["code"]})
+
+
+def _decide(body: bytes, headers: Mapping[str, str], settings: Settings, traceparent: str | None) -> IntakeDecision:
     if len(body) > settings.webhook_max_body_bytes:
         return _error(413, "payload_too_large",
                       f"body is {len(body)} bytes; the limit is {settings.webhook_max_body_bytes} bytes")
@@ -135,5 +159,6 @@ def handle_webhook(body: bytes, headers: Mapping[str, str], settings: Settings) 
         message_type=msg.type,
         text=text[:MAX_UTTERANCE_CHARS],
         file_name=msg.payload.filename if msg.type == "FILE" else None,
+        traceparent=traceparent,
     )
     return IntakeDecision(200, {"status": "accepted", "correlation_id": inbound.correlation_id, **ids}, inbound)

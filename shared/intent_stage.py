@@ -13,15 +13,18 @@ from the state store and the intent client propagate to the caller.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Callable, Literal
 
 from shared.clients.intent import IntentClient
+from shared.errors import GatewayError
 from shared.language import detect_language
 from shared.models import InboundMessage, Route, RoutedMessage, now_ms
 from shared.routing import choose_route
 from shared.settings import Settings
 from shared.state import StateStore, UserState
+from shared.telemetry import DISABLED, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +67,20 @@ def admit(msg: InboundMessage, state: UserState, settings: Settings, now: int) -
 
 
 def classify(msg: InboundMessage, *, state_store: StateStore, intent_client: IntentClient, settings: Settings,
-             clock: Callable[[], int] = now_ms) -> RoutedMessage | None:
-    """Route one inbound message (see module docstring). ``clock`` returns epoch ms."""
+             clock: Callable[[], int] = now_ms, telemetry: Telemetry = DISABLED) -> RoutedMessage | None:
+    """Route one inbound message (see module docstring). ``clock`` returns epoch ms.
+
+    Telemetry: events ``DuplicateDropped``, ``MessageSilenced``, ``IntentClassified``; metrics
+    ``intent_confidence``, ``fallback_count``, ``intent_service_errors``.
+    """
     admission = state_store.update(msg.user_id, msg.channel_url, lambda s: admit(msg, s, settings, clock()))
+    ids = {"correlation_id": msg.correlation_id, "message_id": msg.message_id, "channel_url": msg.channel_url,
+           "user_id": msg.user_id}
     if admission.verdict != "admitted":
         log.info("message_id=%s of %s not routed: %s (correlation_id=%s)", msg.message_id, msg.user_id,
                  "duplicate delivery" if admission.verdict == "duplicate" else "conversation handed off",
                  msg.correlation_id)
+        telemetry.event("DuplicateDropped" if admission.verdict == "duplicate" else "MessageSilenced", ids)
         return None
     if msg.message_type == "FILE":
         language = admission.language or settings.default_language
@@ -78,9 +88,22 @@ def classify(msg: InboundMessage, *, state_store: StateStore, intent_client: Int
                              seq=admission.seq)
 
     language = detect_language(msg.text) or admission.language or settings.default_language
-    prediction = intent_client.analyze(msg.text, language, participant_id=msg.user_id,
-                                       item_id=str(msg.message_id), request_id=msg.correlation_id)
+    started = time.perf_counter()
+    try:
+        prediction = intent_client.analyze(msg.text, language, participant_id=msg.user_id,
+                                           item_id=str(msg.message_id), request_id=msg.correlation_id)
+    except GatewayError:
+        telemetry.metric("intent_service_errors", 1)
+        raise
+    intent_ms = (time.perf_counter() - started) * 1000
     route, slot_filled = choose_route(prediction, admission.pending_slot, settings.intent_confidence_threshold)
+    telemetry.event("IntentClassified", {
+        **ids, "language": language, "text": msg.text, "intent": prediction.top_intent, "route": route.value,
+        "entities": ",".join(sorted({e.category for e in prediction.entities})) or None,
+    }, {"confidence": prediction.confidence_score, "intent_latency_ms": intent_ms})
+    telemetry.metric("intent_confidence", prediction.confidence_score, route=route.value)
+    if route is Route.FALLBACK:
+        telemetry.metric("fallback_count", 1)
     return RoutedMessage(
         **msg.next_hop(), route=route, text=msg.text, language=language,
         top_intent=prediction.top_intent, confidence_score=prediction.confidence_score,

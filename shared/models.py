@@ -104,12 +104,16 @@ class QueueMessageBase(BaseModel):
         return self.model_dump_json()
 
     def with_hop(self, stage: str, queue_wait_ms: int, started_at_ms: int,
-                 dependency_ms: dict[str, float] | None = None) -> "QueueMessageBase":
-        """A copy with one more :class:`Hop` (``stage`` started at ``started_at_ms``, ends now), enqueued now."""
+                 dependency_ms: dict[str, float] | None = None, traceparent: str | None = None) -> "QueueMessageBase":
+        """A copy with one more :class:`Hop` (``stage`` started at ``started_at_ms``, ends now), enqueued now,
+        carrying ``traceparent`` (the producing stage's span) when given."""
         now = now_ms()
         hop = Hop(stage=stage, queue_wait_ms=max(0, queue_wait_ms), duration_ms=max(0, now - started_at_ms),
                   dependency_ms={k: round(v) for k, v in (dependency_ms or {}).items()})
-        return self.model_copy(update={"hops": (*self.hops, hop), "enqueued_at_ms": now})
+        update = {"hops": (*self.hops, hop), "enqueued_at_ms": now}
+        if traceparent:
+            update["traceparent"] = traceparent
+        return self.model_copy(update=update)
 
     def next_hop(self, **changes: Any) -> dict[str, Any]:
         """The common fields for the next stage's message, with ``enqueued_at_ms`` set to now."""

@@ -23,6 +23,7 @@ from shared import timing
 from shared.clients.queues import QueueSender
 from shared.errors import GatewayError, PermanentError
 from shared.models import PoisonRecord, QueueMessageBase, decode, now_ms
+from shared.telemetry import DISABLED, Telemetry
 
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=QueueMessageBase)
@@ -31,21 +32,29 @@ R = TypeVar("R")
 
 def run_queue_stage(body: bytes, *, dequeue_count: int, queue: str, model: type[M], work: Callable[[M], R],
                     queues: QueueSender, max_dequeue_count: int,
-                    on_poison: Callable[[M, str], None] | None = None) -> R | None:
+                    on_poison: Callable[[M, str], None] | None = None,
+                    telemetry: Telemetry = DISABLED, stage: str = "") -> R | None:
     """Run ``work(decode(body, model))``; returns its result, or None when the message was poisoned.
 
     ``dequeue_count`` is 1 on the first attempt. Re-raises transient failures before the last attempt.
     When the result is the next stage's message, a :class:`~shared.models.Hop` with this stage's queue
-    wait, duration and outbound-call times is appended to it.
+    wait, duration and outbound-call times is appended to it, and it carries this stage's ``traceparent``.
+    Telemetry: one request named ``stage`` continuing the message's trace; metrics ``stage_latency_ms``,
+    ``queue_wait_ms``, ``retry_count``, ``poison_count``; event ``MessagePoisoned``.
     """
     msg: M | None = None
     started = now_ms()
+    stage = stage or queue
     try:
-        with timing.scope() as dependency_ms:
-            msg = decode(body, model)
+        msg = decode(body, model)
+        with telemetry.stage(stage, msg.traceparent, correlation_id=msg.correlation_id, message_id=msg.message_id,
+                             queue=queue, dequeue_count=dequeue_count,
+                             queue_wait_ms=started - msg.enqueued_at_ms) as span, timing.scope() as dependency_ms:
             result = work(msg)
         if isinstance(result, QueueMessageBase):
-            result = result.with_hop(queue, started - msg.enqueued_at_ms, started, dependency_ms)
+            result = result.with_hop(queue, started - msg.enqueued_at_ms, started, dependency_ms, span.traceparent)
+        telemetry.metric("stage_latency_ms", now_ms() - started, stage=stage)
+        telemetry.metric("queue_wait_ms", max(0, started - msg.enqueued_at_ms), stage=stage)
         return result
     except PermanentError as exc:
         reason, error_type = exc.reason, type(exc).__name__
@@ -56,6 +65,7 @@ def run_queue_stage(body: bytes, *, dequeue_count: int, queue: str, model: type[
             logger("%s attempt %d/%d failed (message_id=%s, correlation_id=%s): %s; will retry", queue,
                    dequeue_count, max_dequeue_count, getattr(msg, "message_id", None),
                    getattr(msg, "correlation_id", None), reason)
+            telemetry.metric("retry_count", 1, stage=stage)
             raise
         reason, error_type = f"failed {dequeue_count} times; last error: {reason}", type(exc).__name__
     queues.send_poison(PoisonRecord(
@@ -64,6 +74,12 @@ def run_queue_stage(body: bytes, *, dequeue_count: int, queue: str, model: type[
         message_id=getattr(msg, "message_id", None),
         original=body.decode("utf-8", errors="replace") if isinstance(body, bytes) else str(body),
     ))
+    telemetry.metric("poison_count", 1, queue=queue)
+    telemetry.event("MessagePoisoned", {
+        "queue": queue, "stage": stage, "reason": reason, "error_type": error_type,
+        "correlation_id": getattr(msg, "correlation_id", None), "message_id": getattr(msg, "message_id", None),
+        "user_id": getattr(msg, "user_id", None), "channel_url": getattr(msg, "channel_url", None),
+    }, {"dequeue_count": dequeue_count}, traceparent=getattr(msg, "traceparent", None))
     if msg is not None and on_poison is not None:
         try:
             on_poison(msg, reason)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Callable, Literal
 
 from shared.clients.queues import QueueSender
@@ -32,6 +33,7 @@ from shared.errors import GatewayError, PermanentError, RateLimited
 from shared.models import REPLY_QUEUE, ReplyMessage, now_ms
 from shared.settings import Settings
 from shared.state import SendClaim, StateStore, Turn, UserState
+from shared.telemetry import DISABLED, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +62,12 @@ def _turn(state: UserState, reply: ReplyMessage, settings: Settings) -> Turn:
 
 
 def deliver(reply: ReplyMessage, *, sendbird: SendBirdClient, queues: QueueSender, state_store: StateStore,
-            settings: Settings, clock: Callable[[], int] = now_ms) -> Outcome:
-    """Send ``reply`` at most once (see module docstring)."""
+            settings: Settings, clock: Callable[[], int] = now_ms, telemetry: Telemetry = DISABLED) -> Outcome:
+    """Send ``reply`` at most once (see module docstring).
+
+    Telemetry: events ``ReplySent`` (with the latencies, ms), ``ReplyDeduplicated``, ``SendBirdThrottled``;
+    metrics ``e2e_latency_ms``, ``sendbird_429_count``.
+    """
     lease_ms = settings.reply_send_lease_seconds * 1000
 
     def claim(state: UserState) -> tuple[str, int]:
@@ -87,21 +93,53 @@ def deliver(reply: ReplyMessage, *, sendbird: SendBirdClient, queues: QueueSende
         turn.reply_key, turn.reply_text = reply.reply_key, reply.text
 
     verdict, wait_ms = state_store.update(reply.user_id, reply.channel_url, claim)
+    ids = {"correlation_id": reply.correlation_id, "message_id": reply.message_id,
+           "channel_url": reply.channel_url, "user_id": reply.user_id}
     if verdict == "duplicate":
         log.info("reply %s for message_id=%s was sent before: not sending again", reply.dedup_id, reply.message_id)
+        telemetry.event("ReplyDeduplicated", {**ids, "reply_key": reply.reply_key})
         return "duplicate"
     if verdict == "busy":
         return _reschedule(reply, queues, settings, max(1.0, wait_ms / 1000), "another sender holds the claim")
+    started = time.perf_counter()
     try:
         sendbird.send_bot_message(reply.channel_url, reply.text, reply.dedup_id, data=reply_data(reply))
     except RateLimited as exc:
+        telemetry.metric("sendbird_429_count", 1)
+        telemetry.event("SendBirdThrottled", {**ids, "reason": exc.reason},
+                        {"retry_after_seconds": exc.retry_after_seconds, "reschedules": reply.reschedules})
         state_store.update(reply.user_id, reply.channel_url, release)
         return _reschedule(reply, queues, settings, exc.retry_after_seconds, f"SendBird 429: {exc.reason}")
     except GatewayError:
         _release_quietly(state_store, reply, release)
         raise
+    sendbird_ms = (time.perf_counter() - started) * 1000
     state_store.update(reply.user_id, reply.channel_url, mark_sent)
+    _report_sent(reply, ids, sendbird_ms, telemetry)
     return "sent"
+
+
+def _report_sent(reply: ReplyMessage, ids: dict, sendbird_ms: float, telemetry: Telemetry) -> None:
+    now = now_ms()
+    hops = {h.stage: h for h in reply.hops}
+    intent_hop = hops.get("chat-inbound")
+    handler_hop = next((h for h in reply.hops if h.stage.startswith("route-")), None)
+    measurements = {
+        "e2e_latency_ms": max(0, now - reply.sendbird_created_at_ms),
+        "gateway_latency_ms": max(0, now - reply.received_at_ms),
+        "reply_queue_wait_ms": max(0, now - reply.enqueued_at_ms - sendbird_ms),
+        "sendbird_ms": sendbird_ms, "confidence": reply.confidence_score, "reschedules": reply.reschedules,
+    }
+    if intent_hop:
+        measurements.update(intent_queue_wait_ms=intent_hop.queue_wait_ms, intent_stage_ms=intent_hop.duration_ms,
+                            intent_latency_ms=intent_hop.dependency_ms.get("intent", 0))
+    if handler_hop:
+        measurements.update(handler_queue_wait_ms=handler_hop.queue_wait_ms, handler_stage_ms=handler_hop.duration_ms)
+    telemetry.event("ReplySent", {
+        **ids, "route": reply.route.value if reply.route else None, "intent": reply.top_intent,
+        "reply_key": reply.reply_key, "language": reply.language, "reply_text": reply.text,
+    }, measurements)
+    telemetry.metric("e2e_latency_ms", measurements["e2e_latency_ms"], route=reply.route.value if reply.route else None)
 
 
 def mark_failed(reply: ReplyMessage, state_store: StateStore, settings: Settings) -> None:

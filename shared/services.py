@@ -18,6 +18,7 @@ from shared.clients.intent import IntentClient
 from shared.clients.queues import QueueSender
 from shared.clients.sendbird import SendBirdClient
 from shared.settings import AppConfig, Settings, get_config
+from shared.telemetry import Telemetry, from_settings, set_current
 
 T = TypeVar("T")
 
@@ -71,3 +72,10 @@ def sendbird() -> SendBirdClient:
 @_once
 def catalog() -> ResponseCatalog:
     return ResponseCatalog.load()
+
+
+@_once
+def telemetry() -> Telemetry:
+    tel = from_settings(settings())
+    set_current(tel)
+    return tel

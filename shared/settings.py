@@ -114,6 +114,9 @@ class Settings(BaseModel):
 
     # --- Telemetry (Application Insights); empty disables it ---
     applicationinsights_connection_string: str = Field(default="", repr=False)
+    telemetry_sampling_rate: float = Field(default=1.0, ge=0, le=1)
+    telemetry_pii_mode: Literal["off", "mask", "strict"] = "off"
+    telemetry_export_interval_seconds: float = Field(default=15.0, ge=0.2, le=300)
 
     @model_validator(mode="after")
     def _storage_connection_given(self) -> "Settings":

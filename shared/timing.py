@@ -14,6 +14,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Iterator
 
+from shared import telemetry
+
 _current: ContextVar[dict[str, float] | None] = ContextVar("dependency_ms", default=None)
 
 
@@ -29,11 +31,13 @@ def scope() -> Iterator[dict[str, float]]:
 
 
 @contextmanager
-def dependency(name: str) -> Iterator[None]:
-    """Add the wall time of the ``with`` block (ms) to ``name`` in the current scope, if any."""
+def dependency(name: str, operation: str = "", target: str = "", dependency_type: str = "HTTP") -> Iterator[None]:
+    """Add the wall time of the ``with`` block (ms) to ``name`` in the current scope, if any, and
+    report it as a telemetry dependency (``operation`` on ``target``) of the current stage."""
     start = time.perf_counter()
     try:
-        yield
+        with telemetry.current().dependency(name, operation or name, target, dependency_type):
+            yield
     finally:
         totals = _current.get()
         if totals is not None:

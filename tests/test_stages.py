@@ -225,14 +225,15 @@ def send(reply, sendbird, queues, settings, store=None, clock=now_ms):
 
 
 def test_reply_is_sent_with_dedup_id_and_correlation(sendbird, queues, settings):
-    assert send(reply_msg(), sendbird, queues, settings) == "sent"
+    reply = reply_msg()
+    assert send(reply, sendbird, queues, settings) == "sent"
     [m] = sendbird.messages
     assert m["channel_url"] == "ch-1" and m["message"] == "Hello!" and m["dedup_id"] == "reply-11"
     data = json.loads(m["data"])
     timings = data.pop("timings")
     assert data == {"correlation_id": "corr-11", "route": "greeting", "intent": None, "confidence": 0.0,
                     "reply_key": "greeting.hello"}
-    assert timings["received_at_ms"] == reply_msg().received_at_ms and timings["hops"] == []
+    assert timings["received_at_ms"] == reply.received_at_ms and timings["hops"] == []
     assert timings["reply_queue_wait_ms"] >= 0
 
 

@@ -49,6 +49,8 @@ def wired(monkeypatch, store, queues, intent, sendbird):
     monkeypatch.setattr(services, "intent_client", lambda: intent)
     monkeypatch.setattr(services, "sendbird", lambda: sendbird)
     monkeypatch.setattr(services, "catalog", ResponseCatalog.load)
+    from shared.telemetry import DISABLED
+    monkeypatch.setattr(services, "telemetry", lambda: DISABLED)
     return cfg
 
 

@@ -71,10 +71,11 @@ class CosmosStateStore:
     def __init__(self, container: ContainerProxy, max_attempts: int = MAX_CONFLICT_ATTEMPTS):
         self._container = container
         self._max_attempts = max_attempts
+        self._target = getattr(container, "container_link", "user_state")
 
     def _read(self, user_id: str) -> tuple[UserState, str] | None:
         try:
-            with timing.dependency("cosmos"):
+            with timing.dependency("cosmos", "read user_state", self._target, "Azure DocumentDB"):
                 doc = self._container.read_item(document_id(user_id), partition_key=user_id)
         except cosmos_errors.CosmosResourceNotFoundError:
             return None
@@ -106,7 +107,7 @@ class CosmosStateStore:
                 if etag is not None and state.model_dump() == before:
                     return result  # nothing changed: no write
                 state.updated_at_ms = now_ms()
-                with timing.dependency("cosmos"):
+                with timing.dependency("cosmos", "write user_state", self._target, "Azure DocumentDB"):
                     if etag is None:
                         self._container.create_item(_body(state))
                     else:

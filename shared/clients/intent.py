@@ -78,6 +78,7 @@ class IntentClient:
 
     def __init__(self, settings: Settings):
         self._url = str(settings.intent_endpoint).rstrip("/") + PATH
+        self._target = settings.intent_endpoint.host or ""
         self._params = {"api-version": settings.intent_api_version}
         self._project = settings.intent_project_name
         self._deployment = settings.intent_deployment_name
@@ -122,7 +123,7 @@ class IntentClient:
 
     def _post(self, body: dict, headers: dict | None) -> IntentPrediction:
         try:
-            with timing.dependency("intent"):
+            with timing.dependency("intent", "POST /language/:analyze-conversations", self._target):
                 resp = self._session.post(self._url, params=self._params, json=body, headers=headers,
                                           timeout=self._timeout)
         except requests.RequestException as exc:

@@ -38,6 +38,7 @@ class SendBirdClient:
     def __init__(self, settings: Settings):
         self._url = f"{settings.sendbird_base_url}/v3/bots/{quote(settings.sendbird_bot_user_id, safe='')}/send"
         self._timeout = (min(2.0, settings.sendbird_timeout_seconds), settings.sendbird_timeout_seconds)
+        self._target = settings.sendbird_api_base_url.host or ""
         self._session = requests.Session()
         retry = Retry(total=2, connect=2, read=2, status=2, status_forcelist=(500, 502, 503, 504),
                       allowed_methods=frozenset({"POST"}), backoff_factor=0.2,
@@ -57,7 +58,7 @@ class SendBirdClient:
         if data:
             body["data"] = data
         try:
-            with timing.dependency("sendbird"):
+            with timing.dependency("sendbird", "POST /v3/bots/{bot_userid}/send", self._target):
                 resp = self._session.post(self._url, json=body, timeout=self._timeout)
         except requests.RequestException as exc:
             raise TransientError(f"SendBird unreachable: {type(exc).__name__}: {exc}") from exc

@@ -1,0 +1,380 @@
+"""Application Insights telemetry: the only module that knows the exporter (opencensus-ext-azure 1.1.x).
+
+Swapping to ``azure-monitor-opentelemetry`` means rewriting this module only; the stages
+call the small API below and never see the exporter.
+
+What is sent (Application Insights tables; names are the contract of ``ops/`` queries and the workbook):
+
+- ``requests``: one per stage invocation, named after the stage (:data:`STAGES`), all of one chat
+  message in one operation: the intake starts a W3C trace, every queue message carries its
+  ``traceparent``, each stage continues it as a child of the previous stage.
+- ``dependencies``: intent service, Cosmos DB and SendBird calls, children of their stage's request.
+- ``customEvents``: :data:`EVENTS`, with the dimensions of :data:`EVENT_DIMENSIONS` and the
+  measurements of :data:`EVENT_MEASUREMENTS` (per-message latencies in ms, so KQL can compute percentiles).
+- ``customMetrics``: :data:`METRICS`, pre-aggregated per export interval (``valueSum``, ``valueCount``,
+  ``valueMin``, ``valueMax``), dimensions from :data:`METRIC_DIMENSIONS`.
+
+Rules: nothing is created or sent without ``APPLICATIONINSIGHTS_CONNECTION_STRING``; exporting runs on
+background threads with bounded queues, never blocks or fails a stage, and its failures are counted
+(:attr:`Telemetry.export_failures`, metric ``telemetry_export_failures``); ``TELEMETRY_SAMPLING_RATE``
+samples traces and events per operation (metrics are not sampled); ``TELEMETRY_PII_MODE`` redacts.
+Spec: Application Insights data model / ingestion ``/v2.1/track``; W3C Trace Context.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Literal
+
+log = logging.getLogger(__name__)
+
+PiiMode = Literal["off", "mask", "strict"]
+
+#: Request names (one per stage function).
+STAGES = ("intake", "intent_stage", "branch_handler", "reply_sender")
+#: customEvents names.
+EVENTS = ("MessageReceived", "WebhookRejected", "WebhookIgnored", "DuplicateDropped", "MessageSilenced",
+          "IntentClassified", "ReplySent", "ReplyDeduplicated", "SendBirdThrottled", "MessagePoisoned")
+#: customDimensions that events may carry.
+EVENT_DIMENSIONS = ("correlation_id", "message_id", "channel_url", "user_id", "message_type", "language", "text",
+                    "intent", "route", "reply_key", "reply_text", "stage", "queue", "reason", "error_type",
+                    "status_code", "entities")
+#: customMeasurements that events may carry (ms unless named otherwise).
+EVENT_MEASUREMENTS = ("confidence", "webhook_delay_ms", "text_length", "intent_latency_ms", "e2e_latency_ms",
+                      "gateway_latency_ms", "intent_queue_wait_ms", "handler_queue_wait_ms", "reply_queue_wait_ms",
+                      "intent_stage_ms", "handler_stage_ms", "sendbird_ms", "reschedules", "dequeue_count",
+                      "retry_after_seconds")
+#: customMetrics names (pre-aggregated).
+METRICS = ("e2e_latency_ms", "stage_latency_ms", "queue_wait_ms", "intent_confidence", "fallback_count",
+           "handoff_count", "retry_count", "poison_count", "sendbird_429_count", "intent_service_errors",
+           "telemetry_export_failures")
+#: customDimensions of metrics.
+METRIC_DIMENSIONS = ("stage", "route", "queue")
+
+_DIGITS = re.compile(r"\d[\d\- ]{2,}\d")
+_EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")
+
+
+def redact_text(text: str, mode: PiiMode) -> str | None:
+    """``off``: as is; ``mask``: digit runs (order/phone numbers) and e-mails masked; ``strict``: dropped."""
+    if mode == "off":
+        return text
+    if mode == "strict":
+        return None
+    return _EMAIL.sub("<email>", _DIGITS.sub(lambda m: "#" * len(m.group()), text))
+
+
+def redact_id(value: str, mode: PiiMode) -> str:
+    """User and channel ids: as is (``off``), else a stable 16-hex-digit SHA-256 prefix."""
+    return value if mode == "off" else hashlib.sha256(value.encode("utf-8")).hexdigest()[:16]
+
+
+def new_traceparent() -> str:
+    """A new W3C ``traceparent`` (version 00, random trace and span ids, sampled)."""
+    return f"00-{secrets.token_hex(16)}-{secrets.token_hex(8)}-01"
+
+
+def parse_traceparent(value: str | None) -> tuple[str, str] | None:
+    """``(trace_id, span_id)`` of a W3C ``traceparent``, or None when it is missing or malformed."""
+    m = re.fullmatch(r"00-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}", value or "")
+    if not m or set(m.group(1)) == {"0"} or set(m.group(2)) == {"0"}:
+        return None
+    return m.group(1), m.group(2)
+
+
+@dataclass
+class Span:
+    """The current stage's span. ``traceparent`` is what the next queue message must carry."""
+
+    traceparent: str | None
+    _span: Any = None
+
+    def set(self, **properties: Any) -> None:
+        if self._span is not None:
+            for k, v in properties.items():
+                if v is not None:
+                    self._span.add_attribute(k, v if isinstance(v, (str, int, float, bool)) else str(v))
+
+
+class _Aggregates:
+    """Pre-aggregation of metric values per (name, dimensions) between two exports."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._data: dict[tuple[str, tuple[tuple[str, str], ...]], list[float]] = {}
+
+    def add(self, name: str, value: float, dims: dict[str, str]) -> None:
+        key = (name, tuple(sorted(dims.items())))
+        with self._lock:
+            agg = self._data.get(key)
+            if agg is None:
+                self._data[key] = [value, 1, value, value]
+            else:
+                agg[0] += value
+                agg[1] += 1
+                agg[2] = min(agg[2], value)
+                agg[3] = max(agg[3], value)
+
+    def drain(self) -> dict:
+        with self._lock:
+            data, self._data = self._data, {}
+        return data
+
+
+class Telemetry:
+    """Telemetry for one worker process. Disabled (every call a no-op) without a connection string."""
+
+    def __init__(self, connection_string: str = "", *, sampling_rate: float = 1.0, pii_mode: PiiMode = "off",
+                 export_interval_seconds: float = 15.0, role_name: str = "chatbot-gateway"):
+        self.enabled = bool(connection_string)
+        self.pii_mode: PiiMode = pii_mode
+        self.export_failures = 0
+        self._aggregates = _Aggregates()
+        self._interval = export_interval_seconds
+        self._stop = threading.Event()
+        if not self.enabled:
+            return
+        self._setup(connection_string, sampling_rate, export_interval_seconds, role_name)
+
+    # ------------------------------------------------------------------ exporter (opencensus)
+    def _setup(self, connection_string: str, sampling_rate: float, interval: float, role_name: str) -> None:
+        # The SDK's own usage reporting ("statsbeat") goes to a second, Microsoft-owned endpoint: off unless
+        # the operator turns it on explicitly.
+        os.environ.setdefault("APPLICATIONINSIGHTS_STATSBEAT_DISABLED_ALL", "true")
+        from opencensus.ext.azure.log_exporter import AzureEventHandler, AzureLogHandler
+        from opencensus.ext.azure.metrics_exporter import MetricsExporter
+        from opencensus.ext.azure.trace_exporter import AzureExporter
+        from opencensus.trace.samplers import ProbabilitySampler
+
+        owner = self
+
+        from opencensus.ext.azure.common.transport import TransportStatusCode
+
+        def counting(cls):
+            class Counting(cls):  # counts failed transmissions; the library itself swallows them
+                def _transmit(self, envelopes):
+                    try:
+                        result = super()._transmit(envelopes)
+                    except Exception:  # noqa: BLE001 - telemetry must never break the app
+                        result = TransportStatusCode.DROP
+                    if result is not TransportStatusCode.SUCCESS:
+                        owner.export_failures += 1
+                    return result
+            return Counting
+
+        options = dict(connection_string=connection_string, enable_local_storage=False, export_interval=interval)
+
+        def processor(envelope) -> bool:
+            envelope.tags["ai.cloud.role"] = role_name
+            base = envelope.data.baseData
+            if envelope.data.baseType == "RequestData" and not getattr(base, "name", ""):
+                base.name = base.properties.get("stage", "stage")
+                envelope.tags["ai.operation.name"] = base.name
+            return True
+
+        self._trace_exporter = counting(AzureExporter)(**options)
+        self._trace_exporter.add_telemetry_processor(processor)
+        self._sampler = ProbabilitySampler(rate=sampling_rate)
+        self._events = logging.getLogger("chatgw.telemetry.events")
+        self._events.propagate = False
+        self._events.setLevel(logging.INFO)
+        events = counting(AzureEventHandler)(logging_sampling_rate=1.0, **options)
+        events.add_telemetry_processor(processor)
+        self._events.addHandler(events)
+        self._event_handler = events
+        self._sampling_rate = sampling_rate
+        self._log_handler = counting(AzureLogHandler)(**options)
+        self._log_handler.add_telemetry_processor(processor)
+        self._log_handler.setLevel(logging.WARNING)
+        self._log_handler.addFilter(_TraceContextFilter())
+        logging.getLogger().addHandler(self._log_handler)
+        self._metrics = counting(MetricsExporter)(**options)
+        self._metrics.add_telemetry_processor(processor)
+        threading.Thread(target=self._export_metrics_loop, name="telemetry-metrics", daemon=True).start()
+
+    def _export_metrics_loop(self) -> None:
+        while not self._stop.wait(self._interval):
+            self.flush_metrics()
+
+    def flush_metrics(self) -> None:
+        """Send the pre-aggregated metrics now (also runs every export interval)."""
+        if not self.enabled:
+            return
+        from opencensus.ext.azure.common.protocol import Data, DataPoint, Envelope, MetricData
+        from opencensus.ext.azure.common import utils
+
+        if self.export_failures:
+            self._aggregates.add("telemetry_export_failures", 0, {})
+        envelopes = []
+        now = utils.timestamp_to_iso_str(time.time())
+        for (name, dims), (total, count, lo, hi) in self._aggregates.drain().items():
+            point = DataPoint(ns="chatgw", name=name, value=total, count=count, min=lo, max=hi, kind=1)
+            env = Envelope(iKey=self._metrics.options.instrumentation_key, tags=dict(utils.azure_monitor_context),
+                           time=now, name="Microsoft.ApplicationInsights.Metric")
+            env.data = Data(baseData=MetricData(metrics=[point], properties=dict(dims)), baseType="MetricData")
+            envelopes.append(env)
+        if envelopes:
+            try:
+                self._metrics._transmit(self._metrics.apply_telemetry_processors(envelopes))
+            except Exception:  # noqa: BLE001
+                self.export_failures += 1
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Export everything queued (tests, shutdown). Never raises."""
+        if not self.enabled:
+            return
+        try:
+            self._event_handler.flush(timeout=timeout)
+            self._log_handler.flush(timeout=timeout)
+            self.flush_metrics()
+        except Exception:  # noqa: BLE001
+            self.export_failures += 1
+
+    def close(self) -> None:
+        self._stop.set()
+        self.flush()
+
+    # ------------------------------------------------------------------ traces
+    @contextmanager
+    def stage(self, name: str, traceparent: str | None, **properties: Any) -> Iterator[Span]:
+        """A request (server span) for one stage invocation, continuing ``traceparent``'s trace.
+
+        Yields a :class:`Span` whose ``traceparent`` the stage puts on its next message. Without a
+        (valid) ``traceparent`` a new trace starts. An exception marks the request failed and propagates.
+        """
+        if not self.enabled:
+            yield Span(traceparent)
+            return
+        from opencensus.trace import execution_context
+        from opencensus.trace.span import SpanKind
+        from opencensus.trace.span_context import SpanContext
+        from opencensus.trace.status import Status
+        from opencensus.trace.trace_options import TraceOptions
+        from opencensus.trace.tracer import Tracer
+
+        ids = parse_traceparent(traceparent)
+        context = SpanContext(trace_id=ids[0], span_id=ids[1], from_header=True,
+                              trace_options=TraceOptions("1")) if ids else SpanContext()
+        tracer = Tracer(span_context=context, sampler=self._sampler, exporter=self._trace_exporter)
+        try:
+            with tracer.span(name=name) as span:
+                span.span_kind = SpanKind.SERVER
+                current = Span(f"00-{tracer.span_context.trace_id}-{span.span_id}-01", span)
+                current.set(stage=name, **properties)
+                try:
+                    yield current
+                except Exception as exc:
+                    span.status = Status(code=2, message=f"{type(exc).__name__}: {exc}")
+                    raise
+        finally:
+            execution_context.clean()
+
+    @contextmanager
+    def dependency(self, system: str, name: str, target: str, dependency_type: str = "HTTP") -> Iterator[None]:
+        """A dependency (client span) of the current stage: ``system`` is ``intent``, ``cosmos`` or ``sendbird``."""
+        if not self.enabled:
+            yield
+            return
+        from opencensus.trace import execution_context
+        from opencensus.trace.span import SpanKind
+        from opencensus.trace.status import Status
+
+        tracer = execution_context.get_opencensus_tracer()
+        if tracer is None or not hasattr(tracer, "span"):
+            yield
+            return
+        with tracer.span(name=name) as span:
+            span.span_kind = SpanKind.CLIENT
+            span.add_attribute("component", dependency_type)
+            span.add_attribute("target", target)
+            span.add_attribute("system", system)
+            try:
+                yield
+            except Exception as exc:
+                span.status = Status(code=2, message=f"{type(exc).__name__}: {exc}")
+                raise
+
+    # ------------------------------------------------------------------ events and metrics
+    def event(self, name: str, properties: dict[str, Any] | None = None,
+              measurements: dict[str, float] | None = None, traceparent: str | None = None) -> None:
+        """A custom event in the current (or ``traceparent``'s) operation; ids and text redacted per PII mode."""
+        if not self.enabled:
+            return
+        ids = parse_traceparent(traceparent) or self._current_ids()
+        if ids and self._sampling_rate < 1.0 and int(ids[0][-8:], 16) / 0xFFFFFFFF >= self._sampling_rate:
+            return
+        props = {k: v for k, v in self.redact(properties or {}).items() if v is not None}
+        try:
+            self._events.info(name, extra={
+                "custom_dimensions": {k: v if isinstance(v, str) else str(v) for k, v in props.items()},
+                "custom_measurements": {k: float(v) for k, v in (measurements or {}).items() if v is not None},
+                "traceId": ids[0] if ids else "0" * 32, "spanId": ids[1] if ids else "0" * 16,
+            })
+        except Exception:  # noqa: BLE001
+            self.export_failures += 1
+
+    def metric(self, name: str, value: float, **dimensions: str | None) -> None:
+        """Record one value of a pre-aggregated metric (:data:`METRICS`)."""
+        if self.enabled:
+            self._aggregates.add(name, float(value), {k: str(v) for k, v in dimensions.items() if v is not None})
+
+    def redact(self, properties: dict[str, Any]) -> dict[str, Any]:
+        """Apply the PII mode to ``user_id``, ``channel_url``, ``text`` and ``reply_text`` properties."""
+        out = dict(properties)
+        for key in ("user_id", "channel_url"):
+            if isinstance(out.get(key), str):
+                out[key] = redact_id(out[key], self.pii_mode)
+        for key in ("text", "reply_text"):
+            if isinstance(out.get(key), str):
+                out[key] = redact_text(out[key], self.pii_mode)
+        return out
+
+    @staticmethod
+    def _current_ids() -> tuple[str, str] | None:
+        from opencensus.trace import execution_context
+        span = execution_context.get_current_span()
+        tracer = execution_context.get_opencensus_tracer()
+        if span is None or tracer is None or not hasattr(tracer, "span_context"):
+            return None
+        return tracer.span_context.trace_id, span.span_id
+
+
+class _TraceContextFilter(logging.Filter):
+    """Stamps log records with the current operation id, so traces join their request in the portal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        ids = Telemetry._current_ids()
+        record.traceId, record.spanId = ids if ids else ("0" * 32, "0" * 16)
+        return True
+
+
+#: A disabled instance: the default for plain stage code and unit tests.
+DISABLED = Telemetry()
+
+
+def from_settings(settings) -> Telemetry:
+    """The worker's telemetry, configured from :class:`~shared.settings.Settings`."""
+    return Telemetry(settings.applicationinsights_connection_string, sampling_rate=settings.telemetry_sampling_rate,
+                     pii_mode=settings.telemetry_pii_mode,
+                     export_interval_seconds=settings.telemetry_export_interval_seconds)
+
+
+_current: Telemetry = DISABLED
+
+
+def set_current(telemetry: Telemetry) -> None:
+    """Make ``telemetry`` the one the client modules report dependencies to."""
+    global _current
+    _current = telemetry
+
+
+def current() -> Telemetry:
+    return _current
