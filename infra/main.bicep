@@ -1,0 +1,941 @@
+// Chatbot gateway on Azure: function app (Elastic Premium EP1, Linux, Python 3.11) with a `staging` slot,
+// its storage account and queues, Cosmos DB, Application Insights + Log Analytics, Key Vault, a container
+// registry and a Web App for Containers (intent service) with a `staging` slot.
+//
+// Deploy: see infra/README.md ("Deploy").  Scope: a resource group.
+//   az deployment group create -g <rg> -f infra/main.bicep -p @infra/main.parameters.json \
+//      -p sendbirdApiToken=<token> intentApiKey=<key> githubRepository=<owner/repo>
+//
+// Conventions the tests (tests/test_deploy.py) rely on, since no Bicep compiler runs on the dev machines:
+//   * app settings are object variables (`var <name> = { SETTING: value }`), one setting per line;
+//   * resource names are variables built from params with take()/toLower()/replace()/uniqueString();
+//   * every role assignment is named guid(<scope>.id, <identity>.id, <role id>), deterministic.
+
+targetScope = 'resourceGroup'
+
+// ---------------------------------------------------------------------------------------------------------
+// Parameters
+// ---------------------------------------------------------------------------------------------------------
+
+@description('Short name used in every resource name: 2-10 lower-case letters or digits, hyphens inside only.')
+@minLength(2)
+@maxLength(10)
+param prefix string = 'chatbot'
+
+@description('Azure region of every resource.')
+param location string = resourceGroup().location
+
+@description('Managed identity everywhere (false, the default) or connection strings/keys as a fallback (true): AzureWebJobsStorage as a connection string and COSMOS_KEY as the account key, both as Key Vault references.')
+param useConnectionStrings bool = false
+
+@description('Always-ready instances of the function app (Elastic Premium minimum instances). 1 keeps one worker warm so the SendBird webhook (5 s timeout) never waits for a cold start.')
+@minValue(1)
+@maxValue(20)
+param functionAlwaysReadyInstances int = 1
+
+@description('Maximum instances the function app scales out to (Elastic Premium burst).')
+@minValue(1)
+@maxValue(100)
+param functionMaxInstances int = 10
+
+@description('SKU of the intent service plan. Slots need Standard (S1) or Premium (P0v3 and up).')
+@allowed([
+  'S1'
+  'P0v3'
+  'P1v3'
+])
+param intentPlanSku string = 'P0v3'
+
+@description('Intent service image (registry/repository:tag) for the production slot; empty keeps a placeholder until the pipeline pushes one. infra/scripts/deploy_infra.sh passes the running image so that a re-deployment never resets it.')
+param intentImage string = ''
+
+@description('Intent service image for the staging slot; empty: same as intentImage.')
+param intentStagingImage string = ''
+
+@description('Seconds App Service waits for the intent container to answer before giving up (WEBSITES_CONTAINER_START_TIME_LIMIT, max 1800). The model loads after the port opens; readiness is /health/ready.')
+@minValue(230)
+@maxValue(1800)
+param intentStartTimeLimitSeconds int = 600
+
+@description('Expected SHA-256 of the model file baked into the image (INTENT_MODEL_SHA256); empty: not checked.')
+param intentModelSha256 string = ''
+
+@description('SendBird master API token (webhook signature key and Api-Token). Written to Key Vault when not empty; leave empty on later deployments to keep the stored secret.')
+@secure()
+param sendbirdApiToken string = ''
+
+@description('Intent service key (Ocp-Apim-Subscription-Key), e.g. `openssl rand -hex 32`. Written to Key Vault when not empty.')
+@secure()
+param intentApiKey string = ''
+
+@description('SendBird Platform API base URL: https://api-{application_id}.sendbird.com')
+param sendbirdApiBaseUrl string
+
+@description('The bot user id in SendBird; its own messages are ignored.')
+param sendbirdBotUserId string
+
+@description('More SendBird user ids whose messages are ignored (comma-separated).')
+param sendbirdIgnoredSenderIds string = ''
+
+@description('Reply language when nothing else tells.')
+@allowed([
+  'ko'
+  'en'
+])
+param defaultLanguage string = 'ko'
+
+@description('Order tracking link template; must contain {order_number}.')
+param orderTrackingUrl string = 'https://shop.example.com/orders/{order_number}'
+
+@description('Product search link template; must contain {category}.')
+param productSearchUrl string = 'https://shop.example.com/search?category={category}'
+
+@description('Below this confidence score (0..1) the fallback route answers.')
+param intentConfidenceThreshold string = '0.5'
+
+@description('Cosmos DB serverless (pay per request unit; right for a chatbot with bursts) or provisioned throughput.')
+param cosmosServerless bool = true
+
+@description('Time to live of the idempotency / sent-replies records in the `processed` container, seconds (default 7 days).')
+@minValue(3600)
+param processedTtlSeconds int = 604800
+
+@description('Log Analytics daily ingestion cap in GB (-1: none). Caps the telemetry bill.')
+param logDailyQuotaGb int = 1
+
+@description('GitHub repository (owner/name) allowed to deploy through OIDC (federated credential on the GitHub deployment identity, branch main). Empty: no deployment identity is created.')
+param githubRepository string = ''
+
+@description('Tags on every resource.')
+param tags object = {
+  app: 'chatbot-gateway'
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Names (Azure limits: storage 3-24 lower-case alphanumerics; Key Vault 3-24, letter first; registry 5-50
+// alphanumerics; sites 2-60; a function app name <= 24 keeps `<name>-staging` distinct within the 32
+// characters the Functions host ID is derived from.)
+// ---------------------------------------------------------------------------------------------------------
+
+var suffix = uniqueString(subscription().id, resourceGroup().id, prefix)
+var alnumPrefix = toLower(replace(prefix, '-', ''))
+var storageAccountName = take('st${alnumPrefix}${suffix}', 24)
+var keyVaultName = take('kv-${prefix}-${suffix}', 24)
+var registryName = take('cr${alnumPrefix}${suffix}', 50)
+var cosmosAccountName = take('cosmos-${prefix}-${suffix}', 44)
+var logWorkspaceName = 'log-${prefix}-${suffix}'
+var appInsightsName = 'appi-${prefix}-${suffix}'
+var functionPlanName = 'plan-func-${prefix}-${suffix}'
+var functionAppName = 'func-${prefix}-${take(suffix, 6)}'
+var intentPlanName = 'plan-intent-${prefix}-${suffix}'
+var intentAppName = 'intent-${prefix}-${take(suffix, 6)}'
+var functionIdentityName = 'id-func-${prefix}-${suffix}'
+var intentIdentityName = 'id-intent-${prefix}-${suffix}'
+var githubIdentityName = 'id-github-${prefix}-${suffix}'
+var stagingSlotName = 'staging'
+var functionContentShare = toLower(functionAppName)
+var functionStagingContentShare = toLower('${functionAppName}-${stagingSlotName}')
+var modelsContainerName = 'models'
+
+// Queue names are fixed in code (shared/models.py): inbound, one per route, reply, and each `<name>-poison`.
+var stageQueues = [
+  'chat-inbound'
+  'chat-reply'
+  'route-greeting'
+  'route-help'
+  'route-order-status'
+  'route-product-search'
+  'route-handoff'
+  'route-goodbye'
+  'route-fallback'
+  'route-unsupported'
+]
+var queueNames = concat(stageQueues, map(stageQueues, q => '${q}-poison'))
+
+// Queue-triggered functions (functions/*.py). They are disabled in the staging slot (slot setting), so a build
+// under test never consumes production messages; the swap applies production's values before it goes live.
+var queueTriggeredFunctions = [
+  'intent_stage'
+  'route_greeting'
+  'route_help'
+  'route_order_status'
+  'route_product_search'
+  'route_handoff'
+  'route_goodbye'
+  'route_fallback'
+  'route_unsupported'
+  'reply_sender'
+]
+
+// Cosmos DB (shared/clients/cosmos.py): database, per-user state, idempotency / sent-replies records.
+var cosmosDatabaseName = 'chatbot'
+var cosmosStateContainerName = 'user_state'
+var cosmosProcessedContainerName = 'processed'
+var cosmosPartitionKeyPath = '/user_id'
+
+// Built-in role definition ids.
+var roles = {
+  storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
+  storageBlobDataReader: '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
+  storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
+  keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
+  acrPull: '7f951dda-4ed3-4680-a7ca-43fe172d538d'
+  acrPush: '8311e382-0749-4cb8-b61a-304f252e45ec'
+  websiteContributor: 'de139f84-1756-47ae-9be6-808fbbe84772'
+  reader: 'acdd72a7-3385-48ef-bd42-f606fba81ae7'
+}
+// Cosmos DB Built-in Data Contributor (data-plane role, not an Azure RBAC role).
+var cosmosDataContributorRoleId = '00000000-0000-0000-0000-000000000002'
+
+// Key Vault secret names (app settings reference them; secrets are versionless, so a new version is picked up).
+var sendbirdTokenSecretName = 'sendbird-api-token'
+var intentKeySecretName = 'intent-api-key'
+var cosmosKeySecretName = 'cosmos-key'
+var storageConnectionSecretName = 'storage-connection-string'
+
+// ---------------------------------------------------------------------------------------------------------
+// Monitoring
+// ---------------------------------------------------------------------------------------------------------
+
+resource logWorkspace 'Microsoft.OperationalInsights/workspaces@2022-10-01' = {
+  name: logWorkspaceName
+  location: location
+  tags: tags
+  properties: {
+    sku: {
+      name: 'PerGB2018'
+    }
+    retentionInDays: 30
+    workspaceCapping: {
+      dailyQuotaGb: logDailyQuotaGb
+    }
+  }
+}
+
+resource appInsights 'Microsoft.Insights/components@2020-02-02' = {
+  name: appInsightsName
+  location: location
+  tags: tags
+  kind: 'web'
+  properties: {
+    Application_Type: 'web'
+    WorkspaceResourceId: logWorkspace.id
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Identities
+// ---------------------------------------------------------------------------------------------------------
+
+// One user-assigned identity for the function app AND its staging slot: a slot's system-assigned identity is a
+// different principal, so a swap would move the code to an identity without roles.
+resource functionIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: functionIdentityName
+  location: location
+  tags: tags
+}
+
+resource intentIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = {
+  name: intentIdentityName
+  location: location
+  tags: tags
+}
+
+// The GitHub Actions deployment identity: OIDC federated credential, no stored password.
+resource githubIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = if (!empty(githubRepository)) {
+  name: githubIdentityName
+  location: location
+  tags: tags
+}
+
+resource githubFederatedCredential 'Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials@2023-01-31' = if (!empty(githubRepository)) {
+  parent: githubIdentity
+  name: 'github-main'
+  properties: {
+    issuer: 'https://token.actions.githubusercontent.com'
+    subject: 'repo:${githubRepository}:ref:refs/heads/main'
+    audiences: [
+      'api://AzureADTokenExchange'
+    ]
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Storage: host state, the chat queues, the content shares, the intent model blob
+// ---------------------------------------------------------------------------------------------------------
+
+resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: storageAccountName
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: 'Standard_LRS'
+  }
+  properties: {
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    allowBlobPublicAccess: false
+    // Shared keys stay enabled: Elastic Premium keeps the app content on an Azure Files share, which only
+    // takes a connection string (WEBSITE_CONTENTAZUREFILECONNECTIONSTRING). The app itself uses the identity.
+    allowSharedKeyAccess: true
+  }
+}
+
+resource queueService 'Microsoft.Storage/storageAccounts/queueServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource queues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-01' = [for name in queueNames: {
+  parent: queueService
+  name: name
+}]
+
+resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: storage
+  name: 'default'
+}
+
+resource modelsContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: modelsContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Cosmos DB
+// ---------------------------------------------------------------------------------------------------------
+
+resource cosmos 'Microsoft.DocumentDB/databaseAccounts@2024-05-15' = {
+  name: cosmosAccountName
+  location: location
+  tags: tags
+  kind: 'GlobalDocumentDB'
+  properties: {
+    databaseAccountOfferType: 'Standard'
+    consistencyPolicy: {
+      defaultConsistencyLevel: 'Session'
+    }
+    locations: [
+      {
+        locationName: location
+        failoverPriority: 0
+        isZoneRedundant: false
+      }
+    ]
+    capabilities: cosmosServerless ? [
+      {
+        name: 'EnableServerless'
+      }
+    ] : []
+    minimalTlsVersion: 'Tls12'
+    // Keys are off unless the connection-string fallback is chosen: Entra ID (managed identity) only.
+    disableLocalAuth: !useConnectionStrings
+  }
+}
+
+resource cosmosDatabase 'Microsoft.DocumentDB/databaseAccounts/sqlDatabases@2024-05-15' = {
+  parent: cosmos
+  name: cosmosDatabaseName
+  properties: {
+    resource: {
+      id: cosmosDatabaseName
+    }
+  }
+}
+
+resource cosmosStateContainer 'Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers@2024-05-15' = {
+  parent: cosmosDatabase
+  name: cosmosStateContainerName
+  properties: {
+    resource: {
+      id: cosmosStateContainerName
+      partitionKey: {
+        paths: [
+          cosmosPartitionKeyPath
+        ]
+        kind: 'Hash'
+        version: 2
+      }
+    }
+  }
+}
+
+resource cosmosProcessedContainer 'Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers@2024-05-15' = {
+  parent: cosmosDatabase
+  name: cosmosProcessedContainerName
+  properties: {
+    resource: {
+      id: cosmosProcessedContainerName
+      partitionKey: {
+        paths: [
+          cosmosPartitionKeyPath
+        ]
+        kind: 'Hash'
+        version: 2
+      }
+      // Idempotency / sent-replies records expire on their own (a document may set its own `ttl`).
+      defaultTtl: processedTtlSeconds
+    }
+  }
+}
+
+resource cosmosFunctionDataContributor 'Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments@2024-05-15' = {
+  parent: cosmos
+  name: guid(cosmos.id, functionIdentity.id, cosmosDataContributorRoleId)
+  properties: {
+    roleDefinitionId: '${cosmos.id}/sqlRoleDefinitions/${cosmosDataContributorRoleId}'
+    principalId: functionIdentity.properties.principalId
+    scope: cosmos.id
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Key Vault (RBAC): SendBird token, intent key, and the fallback keys
+// ---------------------------------------------------------------------------------------------------------
+
+resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
+  name: keyVaultName
+  location: location
+  tags: tags
+  properties: {
+    tenantId: subscription().tenantId
+    sku: {
+      family: 'A'
+      name: 'standard'
+    }
+    enableRbacAuthorization: true
+    enableSoftDelete: true
+    softDeleteRetentionInDays: 30
+  }
+}
+
+resource sendbirdTokenSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(sendbirdApiToken)) {
+  parent: keyVault
+  name: sendbirdTokenSecretName
+  properties: {
+    value: sendbirdApiToken
+  }
+}
+
+resource intentKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(intentApiKey)) {
+  parent: keyVault
+  name: intentKeySecretName
+  properties: {
+    value: intentApiKey
+  }
+}
+
+resource cosmosKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (useConnectionStrings) {
+  parent: keyVault
+  name: cosmosKeySecretName
+  properties: {
+    value: cosmos.listKeys().primaryMasterKey
+  }
+}
+
+resource storageConnectionSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (useConnectionStrings) {
+  parent: keyVault
+  name: storageConnectionSecretName
+  properties: {
+    value: storageConnectionString
+  }
+}
+
+// Versionless secret URIs: App Service picks up a new secret version (see README "Rotate the SendBird token").
+var secretUriBase = '${keyVault.properties.vaultUri}secrets/'
+var sendbirdTokenReference = '@Microsoft.KeyVault(SecretUri=${secretUriBase}${sendbirdTokenSecretName})'
+var intentKeyReference = '@Microsoft.KeyVault(SecretUri=${secretUriBase}${intentKeySecretName})'
+var cosmosKeyReference = '@Microsoft.KeyVault(SecretUri=${secretUriBase}${cosmosKeySecretName})'
+var storageConnectionReference = '@Microsoft.KeyVault(SecretUri=${secretUriBase}${storageConnectionSecretName})'
+
+var storageConnectionString = 'DefaultEndpointsProtocol=https;AccountName=${storage.name};AccountKey=${storage.listKeys().keys[0].value};EndpointSuffix=${environment().suffixes.storage}'
+
+// ---------------------------------------------------------------------------------------------------------
+// Container registry
+// ---------------------------------------------------------------------------------------------------------
+
+resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' = {
+  name: registryName
+  location: location
+  tags: tags
+  sku: {
+    name: 'Basic'
+  }
+  properties: {
+    adminUserEnabled: false
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Role assignments (Azure RBAC). Names: guid(scope id, identity resource id, role id): deterministic, so a
+// re-deployment updates instead of duplicating.
+// ---------------------------------------------------------------------------------------------------------
+
+resource functionBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, functionIdentity.id, roles.storageBlobDataOwner)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataOwner)
+    principalId: functionIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource functionQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(storage.id, functionIdentity.id, roles.storageQueueDataContributor)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
+    principalId: functionIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource functionSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(keyVault.id, functionIdentity.id, roles.keyVaultSecretsUser)
+  scope: keyVault
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: functionIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource intentSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(keyVault.id, intentIdentity.id, roles.keyVaultSecretsUser)
+  scope: keyVault
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: intentIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource intentAcrPull 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(registry.id, intentIdentity.id, roles.acrPull)
+  scope: registry
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.acrPull)
+    principalId: intentIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// GitHub deployment identity: deploy both apps and swap their slots, push images, read the model blob, read the
+// SendBird token and intent key for the smoke tests, read the resource group.
+resource githubFunctionDeployer 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(githubRepository)) {
+  name: guid(functionApp.id, githubIdentity.id, roles.websiteContributor)
+  scope: functionApp
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.websiteContributor)
+    principalId: githubIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource githubIntentDeployer 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(githubRepository)) {
+  name: guid(intentApp.id, githubIdentity.id, roles.websiteContributor)
+  scope: intentApp
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.websiteContributor)
+    principalId: githubIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource githubAcrPush 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(githubRepository)) {
+  name: guid(registry.id, githubIdentity.id, roles.acrPush)
+  scope: registry
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.acrPush)
+    principalId: githubIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource githubModelReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(githubRepository)) {
+  name: guid(modelsContainer.id, githubIdentity.id, roles.storageBlobDataReader)
+  scope: modelsContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataReader)
+    principalId: githubIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource githubSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(githubRepository)) {
+  name: guid(keyVault.id, githubIdentity.id, roles.keyVaultSecretsUser)
+  scope: keyVault
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: githubIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource githubReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(githubRepository)) {
+  name: guid(resourceGroup().id, githubIdentity.id, roles.reader)
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.reader)
+    principalId: githubIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Function app: Elastic Premium EP1 (Linux) with always-ready instances and a `staging` slot
+// ---------------------------------------------------------------------------------------------------------
+
+resource functionPlan 'Microsoft.Web/serverfarms@2023-12-01' = {
+  name: functionPlanName
+  location: location
+  tags: tags
+  kind: 'elastic'
+  sku: {
+    name: 'EP1'
+    tier: 'ElasticPremium'
+  }
+  properties: {
+    reserved: true
+    maximumElasticWorkerCount: functionMaxInstances
+  }
+}
+
+// Settings the app reads (shared/settings.py, local.settings.sample.json), the same in both slots.
+var appSettingsCommon = {
+  FUNCTIONS_EXTENSION_VERSION: '~4'
+  FUNCTIONS_WORKER_RUNTIME: 'python'
+  AzureWebJobsFeatureFlags: 'EnableWorkerIndexing'
+  WEBSITE_RUN_FROM_PACKAGE: '1'
+  SCM_DO_BUILD_DURING_DEPLOYMENT: 'false'
+  ENABLE_ORYX_BUILD: 'false'
+  WEBSITE_CONTENTAZUREFILECONNECTIONSTRING: storageConnectionString
+  APPLICATIONINSIGHTS_CONNECTION_STRING: appInsights.properties.ConnectionString
+  AZURE_CLIENT_ID: functionIdentity.properties.clientId
+  SENDBIRD_API_TOKEN: sendbirdTokenReference
+  SENDBIRD_API_BASE_URL: sendbirdApiBaseUrl
+  SENDBIRD_BOT_USER_ID: sendbirdBotUserId
+  SENDBIRD_IGNORED_SENDER_IDS: sendbirdIgnoredSenderIds
+  SENDBIRD_TIMEOUT_SECONDS: '5'
+  WEBHOOK_MAX_BODY_BYTES: '32768'
+  COSMOS_ENDPOINT: cosmos.properties.documentEndpoint
+  COSMOS_DATABASE: cosmosDatabaseName
+  COSMOS_STATE_CONTAINER: cosmosStateContainerName
+  COSMOS_PROCESSED_CONTAINER: cosmosProcessedContainerName
+  COSMOS_VERIFY_TLS: 'true'
+  COSMOS_CREATE_IF_MISSING: 'false'
+  COSMOS_TIMEOUT_SECONDS: '5'
+  INTENT_ENDPOINT: 'https://${intentApp.properties.defaultHostName}'
+  INTENT_API_KEY: intentKeyReference
+  INTENT_PROJECT_NAME: 'retail-bot'
+  INTENT_DEPLOYMENT_NAME: 'production'
+  INTENT_API_VERSION: '2023-04-01'
+  INTENT_TIMEOUT_SECONDS: '3'
+  INTENT_RETRIES: '2'
+  INTENT_CONFIDENCE_THRESHOLD: intentConfidenceThreshold
+  INTENT_BREAKER_FAILURES: '5'
+  INTENT_BREAKER_RESET_SECONDS: '10'
+  DEFAULT_LANGUAGE: defaultLanguage
+  HANDOFF_RESET_SECONDS: '1800'
+  STATE_HISTORY_LIMIT: '20'
+  ORDER_TRACKING_URL: orderTrackingUrl
+  PRODUCT_SEARCH_URL: productSearchUrl
+  REPLY_MAX_RESCHEDULES: '10'
+  REPLY_SEND_LEASE_SECONDS: '15'
+  ORDER_MAX_WAIT_SECONDS: '30'
+  TELEMETRY_SAMPLING_RATE: '1.0'
+  TELEMETRY_PII_MODE: 'off'
+  TELEMETRY_EXPORT_INTERVAL_SECONDS: '15'
+}
+
+// Queue connection: identity-based (the host's `<connection>__accountName` form; the app's SDK client builds
+// https://{account}.queue.core.windows.net with DefaultAzureCredential) or the connection string fallback.
+var storageSettingsIdentity = {
+  AzureWebJobsStorage__accountName: storage.name
+  AzureWebJobsStorage__credential: 'managedidentity'
+  AzureWebJobsStorage__clientId: functionIdentity.properties.clientId
+}
+var storageSettingsConnectionString = {
+  AzureWebJobsStorage: storageConnectionReference
+}
+
+// Cosmos DB: an empty COSMOS_KEY means DefaultAzureCredential (AZURE_CLIENT_ID selects the user-assigned identity).
+var cosmosSettingsIdentity = {
+  COSMOS_KEY: ''
+}
+var cosmosSettingsConnectionString = {
+  COSMOS_KEY: cosmosKeyReference
+}
+
+// Slot settings (sticky): they stay with their slot when the slots swap.
+var functionSettingsProduction = {
+  WEBSITE_CONTENTSHARE: functionContentShare
+}
+var functionSettingsStaging = {
+  WEBSITE_CONTENTSHARE: functionStagingContentShare
+}
+var triggersEnabledProduction = toObject(queueTriggeredFunctions, f => 'AzureWebJobs.${f}.Disabled', f => 'false')
+var triggersDisabledStaging = toObject(queueTriggeredFunctions, f => 'AzureWebJobs.${f}.Disabled', f => 'true')
+var functionSlotSettingNames = concat([
+  'WEBSITE_CONTENTSHARE'
+], map(queueTriggeredFunctions, f => 'AzureWebJobs.${f}.Disabled'))
+
+var functionAppSettings = union(
+  appSettingsCommon,
+  useConnectionStrings ? storageSettingsConnectionString : storageSettingsIdentity,
+  useConnectionStrings ? cosmosSettingsConnectionString : cosmosSettingsIdentity
+)
+
+var functionSiteConfig = {
+  linuxFxVersion: 'Python|3.11'
+  minimumElasticInstanceCount: functionAlwaysReadyInstances
+  functionAppScaleLimit: functionMaxInstances
+  ftpsState: 'Disabled'
+  minTlsVersion: '1.2'
+  http20Enabled: true
+}
+
+// Settings needed while the site is created (the content share); the full set follows in sites/config.
+var functionCreationSettings = [
+  {
+    name: 'FUNCTIONS_EXTENSION_VERSION'
+    value: '~4'
+  }
+  {
+    name: 'FUNCTIONS_WORKER_RUNTIME'
+    value: 'python'
+  }
+  {
+    name: 'WEBSITE_CONTENTAZUREFILECONNECTIONSTRING'
+    value: storageConnectionString
+  }
+]
+
+resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
+  name: functionAppName
+  location: location
+  tags: tags
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${functionIdentity.id}': {}
+    }
+  }
+  properties: {
+    serverFarmId: functionPlan.id
+    reserved: true
+    httpsOnly: true
+    keyVaultReferenceIdentity: functionIdentity.id
+    siteConfig: union(functionSiteConfig, {
+      appSettings: concat(functionCreationSettings, [
+        {
+          name: 'WEBSITE_CONTENTSHARE'
+          value: functionContentShare
+        }
+      ])
+    })
+  }
+  dependsOn: [
+    functionBlobOwner
+    functionQueueContributor
+    functionSecretsUser
+  ]
+}
+
+resource functionAppSettingsConfig 'Microsoft.Web/sites/config@2023-12-01' = {
+  parent: functionApp
+  name: 'appsettings'
+  properties: union(functionAppSettings, functionSettingsProduction, triggersEnabledProduction)
+  dependsOn: [
+    queues
+    cosmosStateContainer
+    cosmosProcessedContainer
+    cosmosFunctionDataContributor
+    sendbirdTokenSecret
+    intentKeySecret
+    cosmosKeySecret
+    storageConnectionSecret
+  ]
+}
+
+resource functionSlotConfigNames 'Microsoft.Web/sites/config@2023-12-01' = {
+  parent: functionApp
+  name: 'slotConfigNames'
+  properties: {
+    appSettingNames: functionSlotSettingNames
+  }
+}
+
+resource functionStaging 'Microsoft.Web/sites/slots@2023-12-01' = {
+  parent: functionApp
+  name: stagingSlotName
+  location: location
+  tags: tags
+  kind: 'functionapp,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${functionIdentity.id}': {}
+    }
+  }
+  properties: {
+    serverFarmId: functionPlan.id
+    reserved: true
+    httpsOnly: true
+    keyVaultReferenceIdentity: functionIdentity.id
+    siteConfig: union(functionSiteConfig, {
+      appSettings: concat(functionCreationSettings, [
+        {
+          name: 'WEBSITE_CONTENTSHARE'
+          value: functionStagingContentShare
+        }
+      ])
+    })
+  }
+}
+
+resource functionStagingSettingsConfig 'Microsoft.Web/sites/slots/config@2023-12-01' = {
+  parent: functionStaging
+  name: 'appsettings'
+  properties: union(functionAppSettings, functionSettingsStaging, triggersDisabledStaging)
+  dependsOn: [
+    functionAppSettingsConfig
+  ]
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Intent service: Web App for Containers with a `staging` slot
+// ---------------------------------------------------------------------------------------------------------
+
+resource intentPlan 'Microsoft.Web/serverfarms@2023-12-01' = {
+  name: intentPlanName
+  location: location
+  tags: tags
+  kind: 'linux'
+  sku: {
+    name: intentPlanSku
+  }
+  properties: {
+    reserved: true
+  }
+}
+
+// Placeholder until the pipeline pushes the first image (the registry is empty when it is created).
+var placeholderImage = 'mcr.microsoft.com/appsvc/staticsite:latest'
+var intentProductionImage = empty(intentImage) ? placeholderImage : intentImage
+var intentStagingSlotImage = empty(intentStagingImage) ? intentProductionImage : intentStagingImage
+
+var intentSettings = {
+  WEBSITES_PORT: '5088'
+  PORT: '5088'
+  WEBSITES_CONTAINER_START_TIME_LIMIT: string(intentStartTimeLimitSeconds)
+  WEBSITES_ENABLE_APP_SERVICE_STORAGE: 'false'
+  // A swap waits until the staging container answers 200 on /health/ready (model loaded).
+  WEBSITE_SWAP_WARMUP_PING_PATH: '/health/ready'
+  WEBSITE_SWAP_WARMUP_PING_STATUSES: '200'
+  INTENT_API_KEY: intentKeyReference
+  INTENT_MODEL: '/models/retail.joblib'
+  INTENT_MODEL_SHA256: intentModelSha256
+  INTENT_WORKERS: '1'
+  APPLICATIONINSIGHTS_CONNECTION_STRING: appInsights.properties.ConnectionString
+}
+
+var intentSiteConfig = {
+  acrUseManagedIdentityCreds: true
+  acrUserManagedIdentityID: intentIdentity.properties.clientId
+  alwaysOn: true
+  healthCheckPath: '/health/ready'
+  ftpsState: 'Disabled'
+  minTlsVersion: '1.2'
+  http20Enabled: true
+}
+
+resource intentApp 'Microsoft.Web/sites@2023-12-01' = {
+  name: intentAppName
+  location: location
+  tags: tags
+  kind: 'app,linux,container'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${intentIdentity.id}': {}
+    }
+  }
+  properties: {
+    serverFarmId: intentPlan.id
+    reserved: true
+    httpsOnly: true
+    keyVaultReferenceIdentity: intentIdentity.id
+    siteConfig: union(intentSiteConfig, {
+      linuxFxVersion: 'DOCKER|${intentProductionImage}'
+    })
+  }
+  dependsOn: [
+    intentAcrPull
+    intentSecretsUser
+  ]
+}
+
+resource intentAppSettingsConfig 'Microsoft.Web/sites/config@2023-12-01' = {
+  parent: intentApp
+  name: 'appsettings'
+  properties: intentSettings
+  dependsOn: [
+    intentKeySecret
+  ]
+}
+
+resource intentStaging 'Microsoft.Web/sites/slots@2023-12-01' = {
+  parent: intentApp
+  name: stagingSlotName
+  location: location
+  tags: tags
+  kind: 'app,linux,container'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${intentIdentity.id}': {}
+    }
+  }
+  properties: {
+    serverFarmId: intentPlan.id
+    reserved: true
+    httpsOnly: true
+    keyVaultReferenceIdentity: intentIdentity.id
+    siteConfig: union(intentSiteConfig, {
+      linuxFxVersion: 'DOCKER|${intentStagingSlotImage}'
+    })
+  }
+}
+
+resource intentStagingSettingsConfig 'Microsoft.Web/sites/slots/config@2023-12-01' = {
+  parent: intentStaging
+  name: 'appsettings'
+  properties: intentSettings
+  dependsOn: [
+    intentKeySecret
+  ]
+}
+
+// ---------------------------------------------------------------------------------------------------------
+// Outputs: what the workflows need (set them as GitHub repository variables, see README)
+// ---------------------------------------------------------------------------------------------------------
+
+output AZURE_RESOURCE_GROUP string = resourceGroup().name
+output AZURE_TENANT_ID string = subscription().tenantId
+output AZURE_SUBSCRIPTION_ID string = subscription().subscriptionId
+output AZURE_CLIENT_ID string = empty(githubRepository) ? '' : githubIdentity.properties.clientId
+output FUNCTION_APP_NAME string = functionApp.name
+output FUNCTION_STAGING_HOSTNAME string = functionStaging.properties.defaultHostName
+output INTENT_APP_NAME string = intentApp.name
+output INTENT_STAGING_HOSTNAME string = intentStaging.properties.defaultHostName
+output REGISTRY_NAME string = registry.name
+output REGISTRY_LOGIN_SERVER string = registry.properties.loginServer
+output KEY_VAULT_NAME string = keyVault.name
+output STORAGE_ACCOUNT_NAME string = storage.name
+output MODELS_CONTAINER string = modelsContainerName

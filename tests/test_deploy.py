@@ -1,0 +1,930 @@
+"""Deployment files: infra/main.bicep, its parameter file, the GitHub Actions workflows and the deploy scripts.
+
+No Bicep compiler installs from the registries the dev machines reach (see infra/README.md, "Validation"), so
+besides compiling when a `bicep` binary is on PATH, these tests read main.bicep with a small parser and an
+evaluator for the expressions it uses in names and app settings, and check what matters for this app: every app
+setting the app reads (shared.settings.setting_names()) is defined, in both connection modes, with values the
+settings module accepts; secrets are Key Vault references; names fit Azure's limits; role assignment names are
+deterministic; queues and staged triggers match the code. Workflows are validated against the GitHub Actions
+workflow schema vendored by check-jsonschema, and the smoke scripts run against the real intake code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import importlib
+import importlib.util
+import inspect
+import json
+import os
+import re
+import shutil
+import string
+import subprocess
+import sys
+import threading
+from contextlib import contextmanager
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from shared import signature
+from shared.intake import handle_webhook
+from shared.models import INBOUND_QUEUE, REPLY_QUEUE, Route, poison_queue_name
+from shared.settings import SettingsError, load_settings, setting_names
+
+ROOT = Path(__file__).resolve().parent.parent
+INFRA = ROOT / "infra"
+BICEP = INFRA / "main.bicep"
+PARAMS = INFRA / "main.parameters.json"
+WORKFLOWS = ROOT / ".github" / "workflows"
+FIXTURES = Path(__file__).resolve().parent / "deploy_fixtures"
+SAMPLE = json.loads((ROOT / "local.settings.sample.json").read_text(encoding="utf-8"))["Values"]
+
+#: Settings the platform (Functions host, App Service, azure-identity) reads; not in shared/settings.py.
+PLATFORM_SETTINGS = {
+    "FUNCTIONS_EXTENSION_VERSION", "FUNCTIONS_WORKER_RUNTIME", "AzureWebJobsFeatureFlags", "WEBSITE_RUN_FROM_PACKAGE",
+    "SCM_DO_BUILD_DURING_DEPLOYMENT", "ENABLE_ORYX_BUILD", "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
+    "WEBSITE_CONTENTSHARE", "AZURE_CLIENT_ID", "AzureWebJobsStorage__credential",
+}
+#: Settings for features being added now (the idempotency container); the app ignores unknown settings.
+PENDING_SETTINGS = {"COSMOS_PROCESSED_CONTAINER"}
+#: The identity-based and the connection-string forms of the queue connection: either satisfies the app.
+STORAGE_FORMS = {"AzureWebJobsStorage", "AzureWebJobsStorage__accountName"}
+#: Settings whose value depends on the deployment (endpoints, secrets); the others must equal the sample's.
+DEPLOYMENT_SPECIFIC = {
+    "AzureWebJobsStorage", "SENDBIRD_API_TOKEN", "SENDBIRD_API_BASE_URL", "SENDBIRD_BOT_USER_ID", "COSMOS_ENDPOINT",
+    "COSMOS_KEY", "COSMOS_VERIFY_TLS", "COSMOS_CREATE_IF_MISSING", "INTENT_ENDPOINT", "INTENT_API_KEY",
+    "APPLICATIONINSIGHTS_CONNECTION_STRING",
+}
+KEY_VAULT_REFERENCE = "@Microsoft.KeyVault(SecretUri="
+GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# A small reader for the subset of Bicep main.bicep uses
+# ------------------------------------------------------------------------------------------------------------
+
+def _strip_comment(line: str) -> str:
+    """The line without a trailing // comment (outside strings)."""
+    in_str = False
+    for i, ch in enumerate(line):
+        if ch == "'":
+            in_str = not in_str
+        elif not in_str and line.startswith("//", i):
+            return line[:i].rstrip()
+    return line.rstrip()
+
+
+class Bicep:
+    def __init__(self, text: str):
+        self.text = text
+        self.lines = [_strip_comment(line) for line in text.splitlines()]
+        self.params: dict[str, dict] = {}
+        self.vars: dict[str, str] = {}
+        self.resources: dict[str, dict] = {}
+        self.outputs: dict[str, str] = {}
+        self._parse()
+
+    def _block(self, start: int) -> tuple[str, int]:
+        """Text from line ``start`` to the line closing its first bracket (column 0), and the next index."""
+        depth, out, i = 0, [], start
+        while i < len(self.lines):
+            line = self.lines[i]
+            out.append(line)
+            depth += _depth_change(line)
+            i += 1
+            if depth <= 0:
+                break
+        return "\n".join(out), i
+
+    def _parse(self) -> None:
+        decorators: list[str] = []
+        i = 0
+        while i < len(self.lines):
+            line = self.lines[i]
+            if line.startswith("@"):
+                block, i = self._block(i) if _depth_change(line) > 0 else (line, i + 1)
+                decorators.append(block)
+                continue
+            if m := re.match(r"^param (\w+) (\w+)(?: = (.+))?$", line):
+                self.params[m[1]] = {"type": m[2], "default": m[3], "decorators": decorators}
+            elif m := re.match(r"^var (\w+) = (.+)$", line):
+                block, nxt = self._block(i) if _depth_change(line) > 0 else (line, i + 1)
+                self.vars[m[1]] = block.split(" = ", 1)[1]
+                i = nxt
+                decorators = []
+                continue
+            elif m := re.match(r"^resource (\w+) '([^'@]+)@([^']+)'(?: existing)? = (?:if \((.+?)\) )?[\[{]", line):
+                block, nxt = self._block(i)
+                self.resources[m[1]] = {"type": m[2], "api": m[3], "condition": m[4], "body": block}
+                i = nxt
+                decorators = []
+                continue
+            elif m := re.match(r"^output (\w+) \w+ = (.+)$", line):
+                self.outputs[m[1]] = m[2]
+            decorators = []
+            i += 1
+
+    def object_var(self, name: str) -> dict[str, str]:
+        """``var name = { KEY: expr ... }`` as {KEY: expression text} (top-level keys only)."""
+        body = self.vars[name]
+        assert body.startswith("{"), f"var {name} is not an object literal"
+        return _object_entries(body)
+
+    def array_var(self, name: str) -> list[str]:
+        body = self.vars[name]
+        assert body.startswith("["), f"var {name} is not an array literal"
+        return [m for m in re.findall(r"^\s+'([^']*)'$", body, re.M)]
+
+    def of_type(self, rtype: str) -> dict[str, dict]:
+        return {k: v for k, v in self.resources.items() if v["type"] == rtype}
+
+
+def _depth_change(line: str) -> int:
+    depth, in_str = 0, False
+    for ch in line:
+        if ch == "'":
+            in_str = not in_str
+        elif not in_str and ch in "{[(":
+            depth += 1
+        elif not in_str and ch in "}])":
+            depth -= 1
+    return depth
+
+
+def _without_string_text(code: str) -> str:
+    """``code`` with the literal text of every string removed; ``${...}`` interpolations are kept as code."""
+    out, i, in_str, depth = [], 0, False, 0
+    while i < len(code):
+        ch = code[i]
+        if in_str:
+            if code.startswith("${", i):
+                out.append(" ")
+                in_str, depth, i = False, 1, i + 2
+                continue
+            if ch == "'":
+                out.append("''")
+                in_str = False
+            i += 1
+            continue
+        if ch == "'":
+            in_str = True
+        elif depth and ch == "{":
+            depth += 1
+        elif depth and ch == "}":
+            depth -= 1
+            if depth == 0:
+                in_str = True
+                out.append(" ")
+                i += 1
+                continue
+        else:
+            out.append(ch)
+        if ch in "{" and depth:
+            out.append(ch)
+        i += 1
+    return "".join(out)
+
+
+def _object_entries(body: str) -> dict[str, str]:
+    entries: dict[str, str] = {}
+    depth = 0
+    for line in body.splitlines():
+        if depth == 1 and (m := re.match(r"^\s*('[^']+'|[\w.]+):\s*(.*)$", line)):
+            entries[m[1].strip("'")] = m[2]
+        depth += _depth_change(line)
+    return entries
+
+
+class Evaluator:
+    """Evaluates Bicep expressions made of string interpolation, params, vars, a few functions, member access."""
+
+    def __init__(self, bicep: Bicep, params: dict, resources: dict | None = None, unique: str = "q7x3k2m9p4w8z"):
+        self.bicep, self.params, self.resources, self.unique = bicep, params, resources or {}, unique
+
+    def value(self, name: str):
+        if name in self.params:
+            return self.params[name]
+        if name in self.bicep.vars:
+            return self.eval(self.bicep.vars[name])
+        if name in self.resources:
+            return self.resources[name]
+        if name in ("true", "false"):
+            return name == "true"
+        raise KeyError(f"unknown identifier {name!r}")
+
+    def eval(self, expr: str):
+        value, rest = self._expr(expr.strip())
+        if rest.strip().startswith("?"):  # ternary: cond ? a : b (unnested)
+            then, other = _split_top(rest.strip()[1:], ":")
+            return self.eval(then) if value else self.eval(other)
+        assert not rest.strip(), f"cannot evaluate {expr!r} (left: {rest!r})"
+        return value
+
+    def _expr(self, s: str):
+        s = s.lstrip()
+        if s.startswith("!"):
+            value, rest = self._expr(s[1:])
+            return not value, rest
+        if s.startswith("'"):
+            value, rest = self._string(s)
+        elif m := re.match(r"^-?\d+", s):
+            value, rest = int(m[0]), s[m.end():]
+        elif m := re.match(r"^(\w+)\(", s):
+            args, rest = self._args(s[m.end():])
+            value = self._call(m[1], args)
+        elif m := re.match(r"^\w+", s):
+            value, rest = self.value(m[0]), s[m.end():]
+        else:
+            raise AssertionError(f"cannot evaluate {s!r}")
+        while True:
+            if m := re.match(r"^\.(\w+)\(\)", rest):  # method such as listKeys()
+                value, rest = value[m[1]](), rest[m.end():]
+            elif m := re.match(r"^\.(\w+)", rest):
+                value, rest = value[m[1]], rest[m.end():]
+            elif m := re.match(r"^\[(\d+)\]", rest):
+                value, rest = value[int(m[1])], rest[m.end():]
+            else:
+                return value, rest
+
+    def _args(self, s: str):
+        args = []
+        s = s.lstrip()
+        while not s.startswith(")"):
+            value, s = self._expr(s)
+            args.append(value)
+            s = s.lstrip()
+            if s.startswith(","):
+                s = s[1:].lstrip()
+        return args, s[1:]
+
+    def _string(self, s: str):
+        out, i = [], 1
+        while s[i] != "'":
+            if s.startswith("${", i):
+                depth, j = 1, i + 2
+                while depth:
+                    depth += {"{": 1, "}": -1}.get(s[j], 0)
+                    j += 1
+                out.append(str(self.eval(s[i + 2:j - 1])))
+                i = j
+            else:
+                out.append(s[i])
+                i += 1
+        return "".join(out), s[i + 1:]
+
+    def _call(self, name: str, args: list):
+        funcs = {
+            "take": lambda v, n: v[:n], "toLower": lambda v: v.lower(), "replace": lambda v, a, b: v.replace(a, b),
+            "string": lambda v: str(v).lower() if isinstance(v, bool) else str(v), "empty": lambda v: not v,
+            "uniqueString": lambda *a: self.unique,
+            "subscription": lambda: {"id": "/subscriptions/00000000-0000-0000-0000-000000000001",
+                                     "tenantId": "00000000-0000-0000-0000-00000000000a"},
+            "resourceGroup": lambda: {"id": "/subscriptions/x/resourceGroups/rg-chatbot", "location": "koreacentral",
+                                      "name": "rg-chatbot"},
+            "environment": lambda: {"suffixes": {"storage": "core.windows.net"}},
+        }
+        assert name in funcs, f"the test evaluator does not know {name}()"
+        return funcs[name](*args)
+
+
+def _split_top(s: str, sep: str) -> tuple[str, str]:
+    depth, in_str = 0, False
+    for i, ch in enumerate(s):
+        if ch == "'":
+            in_str = not in_str
+        elif not in_str:
+            depth += {"(": 1, "{": 1, "[": 1, ")": -1, "}": -1, "]": -1}.get(ch, 0)
+            if ch == sep and depth == 0:
+                return s[:i], s[i + 1:]
+    raise AssertionError(f"no {sep!r} in {s!r}")
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Fixtures
+# ------------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def bicep() -> Bicep:
+    return Bicep(BICEP.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def param_file() -> dict:
+    return {k: v["value"] for k, v in json.loads(PARAMS.read_text(encoding="utf-8"))["parameters"].items()}
+
+
+def param_values(bicep: Bicep, param_file: dict, **overrides) -> dict:
+    """Parameter values of a deployment: the file, the defaults, then overrides (what `az deployment` does)."""
+    ev = Evaluator(bicep, {})
+    values = {}
+    for name, p in bicep.params.items():
+        if p["default"] == "{":  # an object literal default (tags)
+            values[name] = {}
+        elif p["default"] is not None:
+            ev.params = values
+            values[name] = ev.eval(p["default"])
+    values.update(param_file)
+    values.update(overrides)
+    return values
+
+
+FAKE_RESOURCES = {
+    "storage": {"name": "stchatbotq7x3k2m9p4w8z", "listKeys": lambda: {"keys": [{"value": "a2V5"}]}},
+    "cosmos": {"properties": {"documentEndpoint": "https://cosmos-chatbot-q7x3k2m9p4w8z.documents.azure.com:443/"}},
+    "intentApp": {"properties": {"defaultHostName": "intent-chatbot-q7x3k2.azurewebsites.net"}},
+    "appInsights": {"properties": {"ConnectionString": "InstrumentationKey=00000000-0000-0000-0000-000000000000"}},
+    "functionIdentity": {"properties": {"clientId": "11111111-1111-1111-1111-111111111111"}},
+    "keyVault": {"properties": {"vaultUri": "https://kv-chatbot-q7x3k2m9p4.vault.azure.net/"}},
+}
+
+
+def function_settings(bicep: Bicep, params: dict, slot: str = "production") -> dict[str, str]:
+    """The function app's app settings as main.bicep defines them for ``params``, evaluated."""
+    ev = Evaluator(bicep, params, FAKE_RESOURCES)
+    conn = params["useConnectionStrings"]
+    objects = ["appSettingsCommon",
+               "storageSettingsConnectionString" if conn else "storageSettingsIdentity",
+               "cosmosSettingsConnectionString" if conn else "cosmosSettingsIdentity",
+               "functionSettingsProduction" if slot == "production" else "functionSettingsStaging"]
+    settings = {k: ev.eval(v) for name in objects for k, v in bicep.object_var(name).items()}
+    disabled = "false" if slot == "production" else "true"
+    settings.update({f"AzureWebJobs.{f}.Disabled": disabled for f in bicep.array_var("queueTriggeredFunctions")})
+    return settings
+
+
+def defined_setting_texts(bicep: Bicep) -> dict[str, str]:
+    """Every function app setting main.bicep defines (both modes), as expression text."""
+    names = ["appSettingsCommon", "storageSettingsIdentity", "storageSettingsConnectionString",
+             "cosmosSettingsIdentity", "cosmosSettingsConnectionString", "functionSettingsProduction"]
+    return {k: v for name in names for k, v in bicep.object_var(name).items()}
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Bicep: structure and compiler
+# ------------------------------------------------------------------------------------------------------------
+
+def test_bicep_compiles_when_a_compiler_is_available(tmp_path):
+    """Runs only where a `bicep` binary is on PATH (not installable from PyPI/npm here; see infra/README.md)."""
+    exe = shutil.which("bicep")
+    if not exe:
+        pytest.skip("no bicep compiler on PATH (none installs from PyPI/npm without a download): parsed instead")
+    out = subprocess.run([exe, "build", str(BICEP), "--outfile", str(tmp_path / "main.json")],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+
+
+def test_bicep_brackets_balance_and_every_reference_is_declared(bicep):
+    assert sum(_depth_change(line) for line in bicep.lines) == 0
+    declared = set(bicep.params) | set(bicep.vars) | set(bicep.resources)
+    code = "\n".join(bicep.lines)
+    code = _without_string_text(code)
+    refs = set(re.findall(r"(?<![\w.'])([a-z]\w*)\.(?:id|name|properties|listKeys)\b", code))
+    assert refs <= declared, f"undeclared: {refs - declared}"
+    for m in re.finditer(r"\bparent: (\w+)|\bscope: (\w+)|^\s+(\w+)$", code, re.M):
+        name = next(g for g in m.groups() if g)
+        if name not in ("true", "false") and m.group(0).strip() == name:
+            continue  # a bare array item (dependsOn entries are checked below)
+        assert name in bicep.resources, f"{m.group(0).strip()}: not a resource"
+    for res in bicep.resources.values():
+        if dm := re.search(r"dependsOn: \[(.*?)\]", res["body"], re.S):
+            for dep in dm[1].split():
+                assert dep in bicep.resources, f"dependsOn {dep}: not a resource"
+    for name, p in bicep.params.items():
+        uses = len(re.findall(rf"\b{name}\b", code))
+        assert uses > 1, f"param {name} is never used"
+    assert "newGuid(" not in code and "utcNow(" not in code, "names and values must be deterministic"
+
+
+def test_resource_types_and_api_versions(bicep):
+    expected = {
+        "Microsoft.Web/sites": "2023-12-01", "Microsoft.Web/sites/slots": "2023-12-01",
+        "Microsoft.Web/serverfarms": "2023-12-01", "Microsoft.Web/sites/config": "2023-12-01",
+        "Microsoft.Web/sites/slots/config": "2023-12-01",
+        "Microsoft.Storage/storageAccounts": "2023-05-01",
+        "Microsoft.Storage/storageAccounts/queueServices": "2023-05-01",
+        "Microsoft.Storage/storageAccounts/queueServices/queues": "2023-05-01",
+        "Microsoft.Storage/storageAccounts/blobServices": "2023-05-01",
+        "Microsoft.Storage/storageAccounts/blobServices/containers": "2023-05-01",
+        "Microsoft.DocumentDB/databaseAccounts": "2024-05-15",
+        "Microsoft.DocumentDB/databaseAccounts/sqlDatabases": "2024-05-15",
+        "Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers": "2024-05-15",
+        "Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments": "2024-05-15",
+        "Microsoft.KeyVault/vaults": "2023-07-01", "Microsoft.KeyVault/vaults/secrets": "2023-07-01",
+        "Microsoft.ContainerRegistry/registries": "2023-07-01",
+        "Microsoft.Authorization/roleAssignments": "2022-04-01",
+        "Microsoft.ManagedIdentity/userAssignedIdentities": "2023-01-31",
+        "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials": "2023-01-31",
+        "Microsoft.Insights/components": "2020-02-02", "Microsoft.OperationalInsights/workspaces": "2022-10-01",
+    }
+    for name, res in bicep.resources.items():
+        assert expected.get(res["type"]) == res["api"], f"{name}: {res['type']}@{res['api']}"
+    present = {r["type"] for r in bicep.resources.values()}
+    for required in ("Microsoft.Web/sites/slots", "Microsoft.ContainerRegistry/registries", "Microsoft.KeyVault/vaults",
+                     "Microsoft.Insights/components", "Microsoft.OperationalInsights/workspaces"):
+        assert required in present
+
+
+# ------------------------------------------------------------------------------------------------------------
+# App settings vs. the app
+# ------------------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("use_connection_strings", [False, True], ids=["identity", "connection-strings"])
+def test_every_setting_the_app_reads_is_defined(bicep, param_file, use_connection_strings):
+    params = param_values(bicep, param_file, useConnectionStrings=use_connection_strings)
+    defined = set(function_settings(bicep, params))
+    other_form = STORAGE_FORMS - defined
+    assert STORAGE_FORMS & defined, "no queue connection (AzureWebJobsStorage or AzureWebJobsStorage__accountName)"
+    if not use_connection_strings:
+        assert "AzureWebJobsStorage" not in defined, "the host prefers a connection string over __accountName"
+    for name in setting_names():
+        if name in other_form or (name.startswith("AzureWebJobsStorage__") and use_connection_strings):
+            continue  # the other form of the queue connection
+        assert name in defined, f"{name} (read by shared/settings.py) is not in main.bicep's app settings"
+
+
+def test_every_sample_setting_is_defined_with_the_same_value(bicep, param_file):
+    texts = defined_setting_texts(bicep)
+    params = param_values(bicep, param_file)
+    ev = Evaluator(bicep, params, FAKE_RESOURCES)
+    for name, sample_value in SAMPLE.items():
+        assert name in texts, f"{name} (local.settings.sample.json) is not in main.bicep's app settings"
+        if name not in DEPLOYMENT_SPECIFIC:
+            assert ev.eval(texts[name]) == sample_value, f"{name}: main.bicep differs from local.settings.sample.json"
+
+
+def test_no_unknown_app_settings(bicep):
+    known = set(setting_names()) | set(SAMPLE) | PLATFORM_SETTINGS | PENDING_SETTINGS | STORAGE_FORMS
+    unknown = set(defined_setting_texts(bicep)) - known
+    assert not unknown, f"main.bicep sets settings nobody reads (typo?): {unknown}"
+
+
+def test_connection_string_mode_settings_load_in_the_settings_module(bicep, param_file):
+    params = param_values(bicep, param_file, useConnectionStrings=True)
+    env = {k: ("resolved-secret-value" if v.startswith(KEY_VAULT_REFERENCE) else v)
+           for k, v in function_settings(bicep, params).items()}
+    config = load_settings(env)
+    assert config.settings.cosmos_verify_tls is True and config.settings.cosmos_create_if_missing is False
+
+
+def test_identity_mode_settings_load_in_the_settings_module(bicep, param_file):
+    params = param_values(bicep, param_file, useConnectionStrings=False)
+    env = {k: ("resolved-secret-value" if v.startswith(KEY_VAULT_REFERENCE) else v)
+           for k, v in function_settings(bicep, params).items()}
+    assert env["COSMOS_KEY"] == "" and env["AzureWebJobsStorage__accountName"]
+    try:
+        load_settings(env)
+    except SettingsError as exc:
+        if all(part.split(":")[0].strip() in {"AzureWebJobsStorage", "COSMOS_KEY"}
+               for part in str(exc).split("invalid app settings:")[-1].split(";")):
+            pytest.skip(f"shared/settings.py does not accept identity-based connections yet: {exc}")
+        raise
+
+
+def test_secrets_are_key_vault_references(bicep, param_file):
+    for conn in (False, True):
+        settings = function_settings(bicep, param_values(bicep, param_file, useConnectionStrings=conn))
+        secrets = {"SENDBIRD_API_TOKEN", "INTENT_API_KEY"} | ({"AzureWebJobsStorage", "COSMOS_KEY"} if conn else set())
+        for name in secrets:
+            assert settings[name].startswith(KEY_VAULT_REFERENCE), name
+            assert re.fullmatch(r"@Microsoft\.KeyVault\(SecretUri=https://[\w-]+\.vault\.azure\.net/secrets/[\w-]+\)",
+                                settings[name]), settings[name]
+        for name, value in settings.items():
+            assert "AccountKey=" not in value or name == "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING", name
+    intent = bicep.object_var("intentSettings")
+    assert intent["INTENT_API_KEY"] == "intentKeyReference"
+    for p in ("sendbirdApiToken", "intentApiKey"):
+        assert any("@secure()" in d for d in bicep.params[p]["decorators"]), f"{p} must be @secure()"
+    secret_names = {Evaluator(bicep, {}).eval(res["body"].split("name: ", 1)[1].split("\n")[0])
+                    for res in bicep.of_type("Microsoft.KeyVault/vaults/secrets").values()}
+    assert {"sendbird-api-token", "intent-api-key", "cosmos-key", "storage-connection-string"} == secret_names
+
+
+def test_staging_slot_settings_stick_and_disable_queue_triggers(bicep, param_file):
+    params = param_values(bicep, param_file)
+    prod, staging = function_settings(bicep, params), function_settings(bicep, params, "staging")
+    assert prod["WEBSITE_CONTENTSHARE"] != staging["WEBSITE_CONTENTSHARE"]
+    sticky = {"WEBSITE_CONTENTSHARE"} | {k for k in prod if k.startswith("AzureWebJobs.")}
+    assert "functionSlotSettingNames" in bicep.resources["functionSlotConfigNames"]["body"]
+    assert "'WEBSITE_CONTENTSHARE'" in bicep.vars["functionSlotSettingNames"]
+    assert "AzureWebJobs.${f}.Disabled" in bicep.vars["functionSlotSettingNames"]
+    assert {k for k in staging if k.endswith(".Disabled") and staging[k] == "true"} == sticky - {"WEBSITE_CONTENTSHARE"}
+    assert all(prod[k] == "false" for k in sticky if k.endswith(".Disabled"))
+    # every queue-triggered function of the app, indexed like the worker does
+    saved = dict(os.environ)
+    os.environ.update(SAMPLE)
+    try:
+        for name in [m for m in sys.modules if m == "function_app" or m.startswith("functions.")]:
+            del sys.modules[name]
+        app = importlib.import_module("function_app").app
+        queue_triggered = {f.get_function_name() for f in app.get_functions()
+                           if any(b["type"] == "queueTrigger" for b in json.loads(f.get_function_json())["bindings"])}
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    assert set(bicep.array_var("queueTriggeredFunctions")) == queue_triggered
+
+
+def test_queues_match_the_code(bicep):
+    stage = {INBOUND_QUEUE, REPLY_QUEUE} | {r.queue for r in Route}
+    assert set(bicep.array_var("stageQueues")) == stage
+    assert "map(stageQueues, q => '${q}-poison')" in bicep.vars["queueNames"]
+    assert all(poison_queue_name(q) == f"{q}-poison" for q in stage)
+    for q in stage:
+        assert re.fullmatch(r"(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*", poison_queue_name(q))
+
+
+def test_cosmos_database_and_containers(bicep):
+    ev = Evaluator(bicep, {})
+    common = bicep.object_var("appSettingsCommon")
+    assert ev.eval(common["COSMOS_DATABASE"]) == SAMPLE["COSMOS_DATABASE"] == "chatbot"
+    assert ev.eval(common["COSMOS_STATE_CONTAINER"]) == SAMPLE["COSMOS_STATE_CONTAINER"] == "user_state"
+    containers = bicep.of_type("Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers")
+    assert set(containers) == {"cosmosStateContainer", "cosmosProcessedContainer"}
+    for res in containers.values():
+        assert "cosmosPartitionKeyPath" in res["body"] and "version: 2" in res["body"]
+    assert ev.eval(bicep.vars["cosmosPartitionKeyPath"]) == "/user_id"
+    assert ev.eval(bicep.vars["cosmosProcessedContainerName"]) == "processed"
+    assert "defaultTtl: processedTtlSeconds" in containers["cosmosProcessedContainer"]["body"]
+    assert "defaultTtl" not in containers["cosmosStateContainer"]["body"], "user state must not expire"
+    assert int(bicep.params["processedTtlSeconds"]["default"]) == 7 * 24 * 3600
+    role = bicep.resources["cosmosFunctionDataContributor"]["body"]
+    assert "cosmosDataContributorRoleId" in role
+    assert ev.eval(bicep.vars["cosmosDataContributorRoleId"]) == "00000000-0000-0000-0000-000000000002"
+    assert "disableLocalAuth: !useConnectionStrings" in bicep.resources["cosmos"]["body"]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Hosting: plans, slots, intent service
+# ------------------------------------------------------------------------------------------------------------
+
+def test_function_app_plan_keeps_an_instance_warm(bicep, param_file):
+    plan = bicep.resources["functionPlan"]["body"]
+    assert "name: 'EP1'" in plan and "tier: 'ElasticPremium'" in plan and "reserved: true" in plan
+    config = bicep.object_var("functionSiteConfig")
+    assert config["linuxFxVersion"] == "'Python|3.11'"
+    assert config["minimumElasticInstanceCount"] == "functionAlwaysReadyInstances"
+    assert param_values(bicep, param_file)["functionAlwaysReadyInstances"] >= 1
+    assert bicep.resources["functionStaging"]["type"] == "Microsoft.Web/sites/slots"
+    assert bicep.resources["intentStaging"]["type"] == "Microsoft.Web/sites/slots"
+    assert Evaluator(bicep, {}).eval(bicep.vars["stagingSlotName"]) == "staging"
+    for site in ("functionApp", "functionStaging", "intentApp", "intentStaging"):
+        body = bicep.resources[site]["body"]
+        assert "httpsOnly: true" in body and "keyVaultReferenceIdentity:" in body and "'UserAssigned'" in body
+
+
+def test_intent_service_app_settings_match_its_image(bicep, param_file):
+    dockerfile = (ROOT / "intent_service" / "Dockerfile").read_text(encoding="utf-8")
+    port = re.search(r"\bPORT=(\d+)", dockerfile)[1]
+    model = re.search(r"\bINTENT_MODEL=(\S+)", dockerfile)[1]
+    ev = Evaluator(bicep, param_values(bicep, param_file), FAKE_RESOURCES)
+    settings = {k: ev.eval(v) for k, v in bicep.object_var("intentSettings").items()}
+    assert settings["WEBSITES_PORT"] == settings["PORT"] == port
+    assert settings["INTENT_MODEL"] == model
+    assert 230 <= int(settings["WEBSITES_CONTAINER_START_TIME_LIMIT"]) <= 1800
+    assert settings["WEBSITE_SWAP_WARMUP_PING_PATH"] == "/health/ready"
+    site = bicep.object_var("intentSiteConfig")
+    assert site["healthCheckPath"] == "'/health/ready'" and site["acrUseManagedIdentityCreds"] == "true"
+    overlay = (INFRA / "docker" / "intent-with-model.Dockerfile").read_text(encoding="utf-8")
+    assert f"COPY --chown=10001:10001 retail.joblib {model}" in overlay
+    assert "USER 10001" in dockerfile
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Names, parameters, role assignments
+# ------------------------------------------------------------------------------------------------------------
+
+NAME_RULES = {  # var: (min, max, pattern)
+    "storageAccountName": (3, 24, r"[a-z0-9]+"),
+    "keyVaultName": (3, 24, r"[a-zA-Z](?!.*--)[a-zA-Z0-9-]*[a-zA-Z0-9]"),
+    "registryName": (5, 50, r"[a-zA-Z0-9]+"),
+    "cosmosAccountName": (3, 44, r"[a-z0-9](?!.*--)[a-z0-9-]*[a-z0-9]"),
+    "functionAppName": (2, 24, r"[a-z0-9](?!.*--)[a-z0-9-]*[a-z0-9]"),  # <= 24: slot host ID stays distinct
+    "intentAppName": (2, 60, r"[a-z0-9][a-z0-9-]*[a-z0-9]"),
+    "functionPlanName": (1, 60, r"[\w-]+"),
+    "intentPlanName": (1, 60, r"[\w-]+"),
+    "logWorkspaceName": (4, 63, r"[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]"),
+    "appInsightsName": (1, 260, r"[\w.()-]+"),
+    "functionIdentityName": (3, 128, r"[a-zA-Z0-9][\w-]*"),
+    "intentIdentityName": (3, 128, r"[a-zA-Z0-9][\w-]*"),
+    "githubIdentityName": (3, 128, r"[a-zA-Z0-9][\w-]*"),
+    "functionContentShare": (3, 63, r"[a-z0-9](?!.*--)[a-z0-9-]*[a-z0-9]"),
+    "functionStagingContentShare": (3, 63, r"[a-z0-9](?!.*--)[a-z0-9-]*[a-z0-9]"),
+    "modelsContainerName": (3, 63, r"[a-z0-9](?!.*--)[a-z0-9-]*[a-z0-9]"),
+}
+
+
+@pytest.mark.parametrize("prefix", ["chatbot", "ab", "retail-bot", "shop2bot99"])
+@pytest.mark.parametrize("unique", ["q7x3k2m9p4w8z", "4kz0000000000"])
+def test_resource_names_fit_azure_limits(bicep, param_file, prefix, unique):
+    pattern = bicep.params["prefix"]
+    lo = int(re.search(r"@minLength\((\d+)\)", "".join(pattern["decorators"]))[1])
+    hi = int(re.search(r"@maxLength\((\d+)\)", "".join(pattern["decorators"]))[1])
+    assert lo <= len(prefix) <= hi
+    ev = Evaluator(bicep, param_values(bicep, param_file, prefix=prefix), unique=unique)
+    names = {}
+    for var, (mn, mx, rx) in NAME_RULES.items():
+        name = ev.eval(bicep.vars[var])
+        assert mn <= len(name) <= mx and re.fullmatch(rx, name), f"{var} = {name!r} ({mn}-{mx}, {rx})"
+        names[var] = name
+    assert len(f"{names['functionAppName']}-staging") <= 32
+
+
+PREFIX_RULE = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
+
+
+def test_parameter_file(bicep, param_file):
+    assert set(param_file) <= set(bicep.params), set(param_file) - set(bicep.params)
+    required = {n for n, p in bicep.params.items() if p["default"] is None}
+    assert required <= set(param_file), f"required parameters missing from the file: {required - set(param_file)}"
+    assert not {"sendbirdApiToken", "intentApiKey"} & set(param_file), "secrets never go into the parameter file"
+    values = param_values(bicep, param_file)
+    for name, p in bicep.params.items():
+        deco = "\n".join(p["decorators"])
+        v = values[name]
+        expected_type = {"string": str, "int": int, "bool": bool, "object": dict}[p["type"]]
+        assert isinstance(v, expected_type) and not (expected_type is int and isinstance(v, bool)), name
+        if m := re.search(r"@minValue\((-?\d+)\)", deco):
+            assert v >= int(m[1]), name
+        if m := re.search(r"@maxValue\((-?\d+)\)", deco):
+            assert v <= int(m[1]), name
+        if m := re.search(r"@minLength\((\d+)\)", deco):
+            assert len(v) >= int(m[1]), name
+        if m := re.search(r"@maxLength\((\d+)\)", deco):
+            assert len(v) <= int(m[1]), name
+        if "@allowed(" in deco:
+            assert f"'{v}'" in deco, f"{name}={v!r} not in @allowed"
+    assert PREFIX_RULE.match(values["prefix"]) and "--" not in values["prefix"]
+    assert values["sendbirdApiBaseUrl"].startswith("https://api-") and values["sendbirdApiBaseUrl"].endswith(
+        ".sendbird.com")
+
+
+def test_role_assignments_are_deterministic_and_least_privilege(bicep):
+    roles = {k: v.strip("'") for k, v in bicep.object_var("roles").items()}
+    assert all(GUID.match(v) for v in roles.values()) and len(set(roles.values())) == len(roles)
+    identities = set(bicep.of_type("Microsoft.ManagedIdentity/userAssignedIdentities"))
+    seen = set()
+    assignments = bicep.of_type("Microsoft.Authorization/roleAssignments")
+    assert len(assignments) >= 10
+    for name, res in assignments.items():
+        body = res["body"]
+        m = re.search(r"name: guid\((\w+)\(?\)?\.id, (\w+)\.id, roles\.(\w+)\)", body)
+        assert m, f"{name}: name must be guid(<scope>.id, <identity>.id, roles.<role>)"
+        scope, identity, role = m.groups()
+        assert identity in identities and role in roles, name
+        assert f"roles.{role})" in body.split("roleDefinitionId:")[1].split("\n")[0], f"{name}: role mismatch"
+        assert f"principalId: {identity}.properties.principalId" in body, name
+        assert "principalType: 'ServicePrincipal'" in body, name
+        if scope != "resourceGroup":
+            assert f"scope: {scope}" in body, f"{name}: guid() scope and scope: differ"
+        assert (scope, identity, role) not in seen
+        seen.add((scope, identity, role))
+    granted = {(identity, role) for _, identity, role in seen}
+    assert {("functionIdentity", "storageBlobDataOwner"), ("functionIdentity", "storageQueueDataContributor"),
+            ("functionIdentity", "keyVaultSecretsUser"), ("intentIdentity", "acrPull"),
+            ("githubIdentity", "acrPush"), ("githubIdentity", "websiteContributor")} <= granted
+    assert not any(role in ("owner", "contributor") for _, role in granted)
+    fed = bicep.resources["githubFederatedCredential"]["body"]
+    assert "https://token.actions.githubusercontent.com" in fed and "api://AzureADTokenExchange" in fed
+    assert "repo:${githubRepository}:ref:refs/heads/main" in fed
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Workflows
+# ------------------------------------------------------------------------------------------------------------
+
+def _check_jsonschema(*files: Path) -> subprocess.CompletedProcess:
+    if importlib.util.find_spec("check_jsonschema") is None:
+        pytest.fail("check-jsonschema is not installed: pip install -r infra/requirements-dev.txt")
+    return subprocess.run([sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.github-workflows",
+                           *map(str, files)], capture_output=True, text=True, timeout=60)
+
+
+def workflow_files() -> list[Path]:
+    return sorted(WORKFLOWS.glob("*.yml")) + sorted(WORKFLOWS.glob("*.yaml"))
+
+
+def test_workflows_validate_against_the_github_actions_schema():
+    files = workflow_files()
+    assert files, "no workflow in .github/workflows"
+    out = _check_jsonschema(*files)
+    assert out.returncode == 0, out.stdout + out.stderr
+    bad = _check_jsonschema(FIXTURES / "invalid_workflow.yml")
+    assert bad.returncode != 0 and "stepz" in bad.stdout, "the schema check must reject an invalid workflow"
+
+
+@pytest.fixture(scope="module")
+def workflow() -> dict:
+    yaml = pytest.importorskip("yaml", reason="PyYAML: pip install -r infra/requirements-dev.txt")
+    data = yaml.safe_load((WORKFLOWS / "deploy.yml").read_text(encoding="utf-8"))
+    data["on"] = data.pop(True, data.get("on"))  # YAML 1.1 reads the key `on` as true
+    return data
+
+
+def _steps(job: dict) -> list[dict]:
+    return job["steps"]
+
+
+def _index(steps: list[dict], predicate) -> int:
+    return next(i for i, s in enumerate(steps) if predicate(s))
+
+
+def test_workflow_tests_then_deploys_through_staging_with_oidc(workflow, bicep):
+    assert workflow["on"]["push"]["branches"] == ["main"]
+    jobs = workflow["jobs"]
+    assert any(s.get("run", "").strip() == "make test" for s in _steps(jobs["test"]))
+    text = (WORKFLOWS / "deploy.yml").read_text(encoding="utf-8")
+    assert "secrets." not in text and "creds:" not in text and "publish-profile" not in text, "no stored passwords"
+    for name, job in jobs.items():
+        for step in _steps(job):
+            if "uses" in step:
+                assert re.search(r"@v\d+$", step["uses"]), f"{name}: pin {step['uses']} to a major version"
+            if step.get("uses", "").startswith("azure/login@"):
+                assert set(step["with"]) == {"client-id", "tenant-id", "subscription-id"}
+                assert job["permissions"]["id-token"] == "write", f"{name}: OIDC needs id-token: write"
+    deploy_jobs = {n: j for n, j in jobs.items() if n != "test"}
+    for name, job in deploy_jobs.items():
+        needs = job["needs"] if isinstance(job["needs"], list) else [job["needs"]]
+        assert "test" in needs or all("test" in _as_list(jobs[n].get("needs")) for n in needs), name
+
+    fa = _steps(jobs["function-app"])
+    deploy = _index(fa, lambda s: s.get("uses", "").startswith("azure/functions-action@"))
+    assert fa[deploy]["with"]["slot-name"] == "staging"
+    smoke = _index(fa, lambda s: "infra/scripts/smoke_webhook.py" in s.get("run", ""))
+    swap = _index(fa, lambda s: "deployment slot swap" in s.get("run", ""))
+    assert deploy < smoke < swap and fa[swap].get("id") == "swap"
+    assert "--slot staging --target-slot production" in fa[swap]["run"]
+    assert "staging" in fa[smoke]["run"]
+    rollback = fa[-1]
+    assert "failure()" in rollback["if"] and "deployment slot swap" in rollback["run"]
+
+    image = _steps(jobs["intent-image"])
+    fetch = _index(image, lambda s: "az storage blob download" in s.get("run", ""))
+    build = _index(image, lambda s: "docker push" in s.get("run", ""))
+    assert fetch < build and "--auth-mode login" in image[fetch]["run"]
+    assert "infra/docker/intent-with-model.Dockerfile" in image[build]["run"]
+    intent = _steps(jobs["intent-deploy"])
+    staged = _index(intent, lambda s: s.get("uses", "").startswith("azure/webapps-deploy@"))
+    assert intent[staged]["with"]["slot-name"] == "staging"
+    ready = _index(intent, lambda s: "infra/scripts/wait_ready.py" in s.get("run", ""))
+    swap = _index(intent, lambda s: "slot swap" in s.get("run", ""))
+    assert staged < ready < swap and "staging" in intent[ready]["run"]
+    assert "failure()" in intent[-1]["if"]
+
+
+def _as_list(value) -> list:
+    return [] if value is None else value if isinstance(value, list) else [value]
+
+
+def test_workflow_variables_and_names_come_from_the_infrastructure(bicep):
+    text = "\n".join(p.read_text(encoding="utf-8") for p in workflow_files())
+    used = set(re.findall(r"vars\.(\w+)", text))
+    optional = {"INTENT_MODEL_BLOB", "INTENT_MODEL_SHA256"}
+    assert used - optional <= set(bicep.outputs), f"variables not output by main.bicep: {used - optional - set(bicep.outputs)}"
+    ev = Evaluator(bicep, {})
+    for var in ("sendbirdTokenSecretName", "intentKeySecretName"):
+        assert f"--name {ev.eval(bicep.vars[var])} " in text, var
+    assert f"--container-name {ev.eval(bicep.vars['modelsContainerName'])} " in text
+    for script in re.findall(r"infra/(?:scripts|docker)/[\w.-]+", text):
+        assert (ROOT / script).is_file(), script
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Smoke and readiness scripts, against the real intake code and a stand-in intent service
+# ------------------------------------------------------------------------------------------------------------
+
+def _load_script(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"infra_{name}", INFRA / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@contextmanager
+def serve(handler_fn):
+    """An HTTP server on a free loopback port; ``handler_fn(method, path, headers, body) -> (status, dict)``."""
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def _do(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            status, payload, *extra = handler_fn(self.command, self.path, {k.lower(): v for k, v in
+                                                                           self.headers.items()}, body)
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            for k, v in (extra[0] if extra else {}).items():
+                self.send_header(k, v)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        do_GET = do_POST = _do
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def intake_server(token: str, warmup_503: int = 0):
+    """The real intake decision (shared/intake.py) behind POST /api/sendbird/webhook, settings from the sample."""
+    settings = load_settings(SAMPLE | {"SENDBIRD_API_TOKEN": token}).settings
+    state = {"warmup": warmup_503}
+
+    def handle(method, path, headers, body):
+        if state["warmup"] > 0:
+            state["warmup"] -= 1
+            return 503, {"error": "warming up"}
+        if method != "POST" or path != "/api/sendbird/webhook":
+            return 404, {}
+        decision = handle_webhook(body, headers, settings)
+        return decision.status, decision.body
+    return serve(handle)
+
+
+def test_smoke_script_signs_like_the_app():
+    smoke = _load_script("smoke_webhook")
+    body = smoke.event(user_id="u1", text="안녕", channel_url="c", message_id=1, bot_user_id="ssg_bot")
+    assert smoke.sign(body, "tok-12345678") == signature.sign(body, "tok-12345678")
+    assert smoke.SIGNATURE_HEADER == signature.SIGNATURE_HEADER
+
+
+def test_smoke_script_passes_against_the_real_intake_after_warm_up():
+    smoke = _load_script("smoke_webhook")
+    token = SAMPLE["SENDBIRD_API_TOKEN"]
+    with intake_server(token, warmup_503=2) as url:
+        failures = smoke.run(url, token, SAMPLE["SENDBIRD_BOT_USER_ID"], deadline_s=10, interval=0.05, timeout=5,
+                             accept_user_id="smoke_user", channel_url="smoke_channel")
+    assert failures == []
+
+
+def test_smoke_script_fails_on_a_wrong_token_or_a_wrong_bot():
+    smoke = _load_script("smoke_webhook")
+    with intake_server("the-deployed-token-1234") as url:
+        failures = smoke.run(url, "another-token-5678", SAMPLE["SENDBIRD_BOT_USER_ID"], deadline_s=1, interval=0.05)
+        assert failures and "expected 200, got 401" in failures[0]
+        failures = smoke.run(url, "the-deployed-token-1234", "not_the_bot", deadline_s=1, interval=0.05)
+        assert failures and "sent_by_bot" in failures[0]
+    with serve(lambda *a: (200, {"status": "ignored", "reason": "sent_by_bot"})) as url:  # no signature check
+        failures = smoke.run(url, "tok-12345678", "ssg_bot", deadline_s=1, interval=0.05)
+        assert failures and "expected 401" in failures[0]
+    assert smoke.main(["--base-url", "http://127.0.0.1:9", "--bot-user-id", "b",
+                       "--token-env", "SMOKE_TOKEN_THAT_IS_NOT_SET"]) == 2
+
+
+def intent_standin(key: str, not_ready: int):
+    state = {"not_ready": not_ready}
+
+    def handle(method, path, headers, body):
+        if path == "/health/ready":
+            if state["not_ready"] > 0:
+                state["not_ready"] -= 1
+                return 503, {"status": "loading"}
+            return 200, {"status": "ready"}
+        if path.startswith("/language/:analyze-conversations") and method == "POST":
+            if headers.get("ocp-apim-subscription-key") != key:
+                return 401, {"error": {"code": "401", "message": "bad key"}}
+            return 200, {"kind": "ConversationResult", "result": {"query": json.loads(body)["analysisInput"][
+                "conversationItem"]["text"], "prediction": {"topIntent": "Greeting", "intents": []}}}, {
+                "x-model-data-sha256": "abc"}
+        return 404, {}
+    return serve(handle)
+
+
+def test_wait_ready_script_waits_for_readiness_and_checks_a_prediction():
+    ready = _load_script("wait_ready")
+    with intent_standin("k" * 16, not_ready=3) as url:
+        assert ready.run(url, key="k" * 16, deadline_s=10, interval=0.05, expect_data_sha256="abc") == []
+        failures = ready.run(url, key="wrong-key", deadline_s=10, interval=0.05)
+        assert failures and "analyze-conversations" in failures[0]
+    with intent_standin("k", not_ready=10_000) as url:
+        failures = ready.run(url, deadline_s=0.3, interval=0.05)
+        assert failures and "/health/ready did not answer 200" in failures[0]
+
+
+def test_deploy_script_is_valid_bash():
+    out = subprocess.run(["bash", "-n", str(INFRA / "scripts" / "deploy_infra.sh")], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    text = (INFRA / "scripts" / "deploy_infra.sh").read_text(encoding="utf-8")
+    assert "intentImage=" in text and "main.parameters.json" in text
+
+
+def test_infra_readme_covers_deploy_costs_rotation_and_rollback():
+    readme = (INFRA / "README.md").read_text(encoding="utf-8")
+    for heading in ("## Deploy", "cost", "Rotate the SendBird token", "Roll back a swap", "Validation"):
+        assert heading.lower() in readme.lower(), heading
+    for command in ("az deployment group create", "az functionapp deployment slot swap", "az keyvault secret set"):
+        assert command in readme, command
+    requirements = (INFRA / "requirements-dev.txt").read_text(encoding="utf-8")
+    assert re.search(r"^check-jsonschema==[\d.]+$", requirements, re.M)
+    assert re.search(r"^PyYAML==[\d.]+$", requirements, re.M)
