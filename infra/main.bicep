@@ -96,9 +96,9 @@ param intentConfidenceThreshold string = '0.5'
 @description('Cosmos DB serverless (pay per request unit; right for a chatbot with bursts) or provisioned throughput.')
 param cosmosServerless bool = true
 
-@description('Time to live of the idempotency / sent-replies records in the `processed` container, seconds (default 7 days).')
-@minValue(3600)
-param processedTtlSeconds int = 604800
+@description('Time to live of the state document of a user after its last write, seconds (default 90 days). The idempotency records (turns, sent replies) live in that document and expire with it.')
+@minValue(86400)
+param userStateTtlSeconds int = 7776000
 
 @description('Log Analytics daily ingestion cap in GB (-1: none). Caps the telemetry bill.')
 param logDailyQuotaGb int = 1
@@ -170,7 +170,6 @@ var queueTriggeredFunctions = [
 // Cosmos DB (shared/clients/cosmos.py): database, per-user state, idempotency / sent-replies records.
 var cosmosDatabaseName = 'chatbot'
 var cosmosStateContainerName = 'user_state'
-var cosmosProcessedContainerName = 'processed'
 var cosmosPartitionKeyPath = '/user_id'
 
 // Built-in role definition ids.
@@ -360,25 +359,8 @@ resource cosmosStateContainer 'Microsoft.DocumentDB/databaseAccounts/sqlDatabase
         kind: 'Hash'
         version: 2
       }
-    }
-  }
-}
-
-resource cosmosProcessedContainer 'Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers@2024-05-15' = {
-  parent: cosmosDatabase
-  name: cosmosProcessedContainerName
-  properties: {
-    resource: {
-      id: cosmosProcessedContainerName
-      partitionKey: {
-        paths: [
-          cosmosPartitionKeyPath
-        ]
-        kind: 'Hash'
-        version: 2
-      }
-      // Idempotency / sent-replies records expire on their own (a document may set its own `ttl`).
-      defaultTtl: processedTtlSeconds
+      // Inactive users' state (with its idempotency records) expires on its own.
+      defaultTtl: userStateTtlSeconds
     }
   }
 }
@@ -625,7 +607,6 @@ var appSettingsCommon = {
   COSMOS_ENDPOINT: cosmos.properties.documentEndpoint
   COSMOS_DATABASE: cosmosDatabaseName
   COSMOS_STATE_CONTAINER: cosmosStateContainerName
-  COSMOS_PROCESSED_CONTAINER: cosmosProcessedContainerName
   COSMOS_VERIFY_TLS: 'true'
   COSMOS_CREATE_IF_MISSING: 'false'
   COSMOS_TIMEOUT_SECONDS: '5'
@@ -754,7 +735,6 @@ resource functionAppSettingsConfig 'Microsoft.Web/sites/config@2023-12-01' = {
   dependsOn: [
     queues
     cosmosStateContainer
-    cosmosProcessedContainer
     cosmosFunctionDataContributor
     sendbirdTokenSecret
     intentKeySecret

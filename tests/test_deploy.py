@@ -50,7 +50,7 @@ PLATFORM_SETTINGS = {
     "WEBSITE_CONTENTSHARE", "AZURE_CLIENT_ID", "AzureWebJobsStorage__credential",
 }
 #: Settings for features being added now (the idempotency container); the app ignores unknown settings.
-PENDING_SETTINGS = {"COSMOS_PROCESSED_CONTAINER"}
+PENDING_SETTINGS: set[str] = set()
 #: The identity-based and the connection-string forms of the queue connection: either satisfies the app.
 STORAGE_FORMS = {"AzureWebJobsStorage", "AzureWebJobsStorage__accountName"}
 #: Settings whose value depends on the deployment (endpoints, secrets); the others must equal the sample's.
@@ -543,14 +543,13 @@ def test_cosmos_database_and_containers(bicep):
     assert ev.eval(common["COSMOS_DATABASE"]) == SAMPLE["COSMOS_DATABASE"] == "chatbot"
     assert ev.eval(common["COSMOS_STATE_CONTAINER"]) == SAMPLE["COSMOS_STATE_CONTAINER"] == "user_state"
     containers = bicep.of_type("Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers")
-    assert set(containers) == {"cosmosStateContainer", "cosmosProcessedContainer"}
+    assert set(containers) == {"cosmosStateContainer"}
     for res in containers.values():
         assert "cosmosPartitionKeyPath" in res["body"] and "version: 2" in res["body"]
     assert ev.eval(bicep.vars["cosmosPartitionKeyPath"]) == "/user_id"
-    assert ev.eval(bicep.vars["cosmosProcessedContainerName"]) == "processed"
-    assert "defaultTtl: processedTtlSeconds" in containers["cosmosProcessedContainer"]["body"]
-    assert "defaultTtl" not in containers["cosmosStateContainer"]["body"], "user state must not expire"
-    assert int(bicep.params["processedTtlSeconds"]["default"]) == 7 * 24 * 3600
+    # the idempotency records (turns, sent dedup ids) live in the user's document and expire with it
+    assert "defaultTtl: userStateTtlSeconds" in containers["cosmosStateContainer"]["body"]
+    assert int(bicep.params["userStateTtlSeconds"]["default"]) == 90 * 24 * 3600
     role = bicep.resources["cosmosFunctionDataContributor"]["body"]
     assert "cosmosDataContributorRoleId" in role
     assert ev.eval(bicep.vars["cosmosDataContributorRoleId"]) == "00000000-0000-0000-0000-000000000002"
