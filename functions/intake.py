@@ -27,7 +27,7 @@ def sendbird_webhook(req: func.HttpRequest, inbound: func.Out[str]) -> func.Http
     with telemetry.stage("intake", None, route="sendbird/webhook") as span:
         decision = handle_webhook(req.get_body(), req.headers, services.settings(), telemetry=telemetry,
                                   traceparent=span.traceparent)
-        span.set(status_code=decision.status)
+        span.set_status_code(decision.status)
     if decision.inbound is not None:
         inbound.set(decision.inbound.to_queue_text())
     return func.HttpResponse(json.dumps(decision.body, ensure_ascii=False), status_code=decision.status,

@@ -31,12 +31,16 @@ import secrets
 import threading
 import time
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, Iterator, Literal
 
 log = logging.getLogger(__name__)
 
 PiiMode = Literal["off", "mask", "strict"]
+
+#: (trace_id, span_id) of the stage running in this context, whether sampled or not.
+_stage_ids: ContextVar[tuple[str, str] | None] = ContextVar("telemetry_stage_ids", default=None)
 
 #: Request names (one per stage function).
 STAGES = ("intake", "intent_stage", "branch_handler", "reply_sender")
@@ -90,12 +94,23 @@ def parse_traceparent(value: str | None) -> tuple[str, str] | None:
     return m.group(1), m.group(2)
 
 
+def is_sampled(trace_id: str, rate: float) -> bool:
+    """The sampling decision of a whole operation: the lower 64 bits of the trace id against ``rate``
+    (the rule of opencensus' ProbabilitySampler, so requests, dependencies and events agree)."""
+    return rate >= 1.0 or int(trace_id[16:], 16) <= rate * 0xFFFFFFFFFFFFFFFF
+
+
 @dataclass
 class Span:
     """The current stage's span. ``traceparent`` is what the next queue message must carry."""
 
     traceparent: str | None
     _span: Any = None
+
+    def set_status_code(self, status: int) -> None:
+        """HTTP status of an HTTP-triggered stage: the request's ``resultCode``; success = 2xx/3xx."""
+        if self._span is not None:
+            self._span.add_attribute("http.status_code", status)
 
     def set(self, **properties: Any) -> None:
         if self._span is not None:
@@ -178,6 +193,8 @@ class Telemetry:
             if envelope.data.baseType == "RequestData" and not getattr(base, "name", ""):
                 base.name = base.properties.get("stage", "stage")
                 envelope.tags["ai.operation.name"] = base.name
+            if envelope.data.baseType == "RemoteDependencyData":
+                base.target = base.properties.pop("target", "")
             return True
 
         self._trace_exporter = counting(AzureExporter)(**options)
@@ -232,15 +249,30 @@ class Telemetry:
         if not self.enabled:
             return
         try:
-            self._event_handler.flush(timeout=timeout)
-            self._log_handler.flush(timeout=timeout)
+            for exporter in (self._trace_exporter, self._event_handler, self._log_handler):
+                _force_flush(exporter._queue, timeout)
             self.flush_metrics()
         except Exception:  # noqa: BLE001
             self.export_failures += 1
 
     def close(self) -> None:
+        """Flush and stop the exporters; detach the log handler. Never raises."""
         self._stop.set()
+        if not self.enabled:
+            return
         self.flush()
+        logging.getLogger().removeHandler(self._log_handler)
+        self._events.removeHandler(self._event_handler)
+        for closable in (self._event_handler, self._log_handler):
+            try:
+                closable.close(timeout=2)
+            except Exception:  # noqa: BLE001
+                pass
+        try:
+            self._trace_exporter._worker.stop(timeout=2)
+        except Exception:  # noqa: BLE001
+            pass
+        self.enabled = False
 
     # ------------------------------------------------------------------ traces
     @contextmanager
@@ -261,19 +293,25 @@ class Telemetry:
         from opencensus.trace.tracer import Tracer
 
         ids = parse_traceparent(traceparent)
-        context = SpanContext(trace_id=ids[0], span_id=ids[1], from_header=True,
-                              trace_options=TraceOptions("1")) if ids else SpanContext()
+        trace_id = ids[0] if ids else secrets.token_hex(16)
+        sampled = is_sampled(trace_id, self._sampling_rate)
+        context = SpanContext(trace_id=trace_id, span_id=ids[1] if ids else None, from_header=bool(ids),
+                              trace_options=TraceOptions("1" if sampled else "0"))
         tracer = Tracer(span_context=context, sampler=self._sampler, exporter=self._trace_exporter)
         try:
             with tracer.span(name=name) as span:
                 span.span_kind = SpanKind.SERVER
-                current = Span(f"00-{tracer.span_context.trace_id}-{span.span_id}-01", span)
+                span_id = getattr(span, "span_id", None) or (ids[1] if ids else secrets.token_hex(8))
+                current = Span(f"00-{trace_id}-{span_id}-{'01' if sampled else '00'}", span if sampled else None)
                 current.set(stage=name, **properties)
+                token = _stage_ids.set((trace_id, span_id))
                 try:
                     yield current
                 except Exception as exc:
                     span.status = Status(code=2, message=f"{type(exc).__name__}: {exc}")
                     raise
+                finally:
+                    _stage_ids.reset(token)
         finally:
             execution_context.clean()
 
@@ -309,7 +347,7 @@ class Telemetry:
         if not self.enabled:
             return
         ids = parse_traceparent(traceparent) or self._current_ids()
-        if ids and self._sampling_rate < 1.0 and int(ids[0][-8:], 16) / 0xFFFFFFFF >= self._sampling_rate:
+        if not self._sampled(ids):
             return
         props = {k: v for k, v in self.redact(properties or {}).items() if v is not None}
         try:
@@ -320,6 +358,12 @@ class Telemetry:
             })
         except Exception:  # noqa: BLE001
             self.export_failures += 1
+
+    def _sampled(self, ids: tuple[str, str] | None) -> bool:
+        """Events follow their operation's sampling decision (same trace id, same answer); without one, random."""
+        if ids is None:
+            return self._sampling_rate >= 1.0 or secrets.randbelow(1_000_000) < self._sampling_rate * 1_000_000
+        return is_sampled(ids[0], self._sampling_rate)
 
     def metric(self, name: str, value: float, **dimensions: str | None) -> None:
         """Record one value of a pre-aggregated metric (:data:`METRICS`)."""
@@ -339,12 +383,27 @@ class Telemetry:
 
     @staticmethod
     def _current_ids() -> tuple[str, str] | None:
+        """(trace_id, span_id) of the innermost current span, else of the current stage, else None."""
         from opencensus.trace import execution_context
         span = execution_context.get_current_span()
         tracer = execution_context.get_opencensus_tracer()
-        if span is None or tracer is None or not hasattr(tracer, "span_context"):
-            return None
-        return tracer.span_context.trace_id, span.span_id
+        if span is not None and tracer is not None and hasattr(tracer, "span_context") and \
+                getattr(span, "span_id", None):
+            return tracer.span_context.trace_id, span.span_id
+        return _stage_ids.get()
+
+
+def _force_flush(queue, timeout: float) -> None:
+    """Make an exporter's worker send what it holds now.
+
+    opencensus' ``Queue.flush`` returns at once when its queue is empty, even while the worker thread
+    holds items in a batch it is still filling (up to the export interval), so we always post the
+    flush event the worker answers to.
+    """
+    from opencensus.common.schedule import QueueEvent
+    event = QueueEvent("flush")
+    queue.put(event, block=True, timeout=timeout)
+    event.wait(timeout)
 
 
 class _TraceContextFilter(logging.Filter):

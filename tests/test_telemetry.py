@@ -1,0 +1,216 @@
+"""Telemetry against a local ingestion sink: operation trees across queue hops, events, metrics, PII modes,
+failure counting, and the whole chain through the running gateway."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+
+import pytest
+
+from devstack.telemetry_sink import TelemetrySink
+from shared import timing
+from shared.telemetry import EVENTS, METRICS, Telemetry, new_traceparent, parse_traceparent, redact_text, set_current
+
+
+@pytest.fixture
+def sink():
+    with TelemetrySink() as s:
+        yield s
+
+
+def kinds(envelopes, base_type):
+    return [e for e in envelopes if e["data"]["baseType"] == base_type]
+
+
+def wait_envelopes(fetch, predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = fetch()
+        if predicate(got):
+            return got
+        time.sleep(0.1)
+    raise AssertionError(f"telemetry not recorded within {timeout} s; got {len(fetch())} envelopes")
+
+
+def test_disabled_without_connection_string_sends_nothing_and_starts_no_threads():
+    before = threading.active_count()
+    tel = Telemetry("")
+    with tel.stage("intake", None) as span:
+        tel.event("MessageReceived", {"text": "hi"})
+        tel.metric("e2e_latency_ms", 5)
+    tel.flush()
+    assert not tel.enabled and span.traceparent is None and threading.active_count() == before
+
+
+def test_stages_form_one_operation_tree_with_dependencies(sink):
+    tel = Telemetry(sink.connection_string, export_interval_seconds=0.3)
+    set_current(tel)
+    try:
+        with tel.stage("intake", None) as a:
+            pass
+        with tel.stage("intent_stage", a.traceparent) as b:
+            with timing.dependency("intent", "POST /language/:analyze-conversations", "127.0.0.1:5088"):
+                pass
+        with tel.stage("branch_handler", b.traceparent) as c:
+            pass
+        tel.flush()
+        got = wait_envelopes(sink.envelopes, lambda e: len(kinds(e, "RequestData")) == 3
+                             and kinds(e, "RemoteDependencyData"))
+    finally:
+        set_current(Telemetry(""))
+    requests = {e["data"]["baseData"]["name"]: e for e in kinds(got, "RequestData")}
+    trace_id = parse_traceparent(a.traceparent)[0]
+    assert {e["tags"]["ai.operation.id"] for e in got if e["data"]["baseType"] != "MetricData"} == {trace_id}
+    assert "ai.operation.parentId" not in requests["intake"]["tags"]
+    assert requests["intent_stage"]["tags"]["ai.operation.parentId"] == requests["intake"]["data"]["baseData"]["id"]
+    assert requests["branch_handler"]["tags"]["ai.operation.parentId"] == \
+        requests["intent_stage"]["data"]["baseData"]["id"]
+    [dep] = kinds(got, "RemoteDependencyData")
+    assert dep["tags"]["ai.operation.parentId"] == requests["intent_stage"]["data"]["baseData"]["id"]
+    assert dep["data"]["baseData"]["target"] == "127.0.0.1:5088"
+    assert all(e["tags"]["ai.cloud.role"] == "chatbot-gateway" for e in got)
+
+
+def test_events_and_pre_aggregated_metrics(sink):
+    tel = Telemetry(sink.connection_string, export_interval_seconds=60)
+    tp = new_traceparent()
+    tel.event("ReplySent", {"route": "greeting", "user_id": "u-1"}, {"e2e_latency_ms": 42.0}, traceparent=tp)
+    for v in (10, 30, 20):
+        tel.metric("e2e_latency_ms", v, route="greeting")
+    tel.flush()
+    got = wait_envelopes(sink.envelopes, lambda e: kinds(e, "EventData") and kinds(e, "MetricData"))
+    [event] = kinds(got, "EventData")
+    assert event["data"]["baseData"]["name"] == "ReplySent"
+    assert event["data"]["baseData"]["measurements"] == {"e2e_latency_ms": 42.0}
+    assert event["tags"]["ai.operation.id"] == parse_traceparent(tp)[0]
+    [metric] = kinds(got, "MetricData")
+    point = metric["data"]["baseData"]["metrics"][0]
+    assert (point["name"], point["value"], point["count"], point["min"], point["max"]) == \
+        ("e2e_latency_ms", 60.0, 3, 10.0, 30.0)
+    assert metric["data"]["baseData"]["properties"] == {"route": "greeting"}
+
+
+@pytest.mark.parametrize("mode", ["mask", "strict"])
+def test_pii_modes_redact_ids_and_text(sink, mode):
+    tel = Telemetry(sink.connection_string, pii_mode=mode)
+    tel.event("MessageReceived", {"user_id": "customer_1042", "channel_url": "ch-9",
+                                  "text": "order 20261119-0042, call 010-1234-5678 or me@example.com"})
+    tel.flush()
+    [event] = kinds(wait_envelopes(sink.envelopes, lambda e: kinds(e, "EventData")), "EventData")
+    props = event["data"]["baseData"]["properties"]
+    assert re.fullmatch("[0-9a-f]{16}", props["user_id"]) and props["channel_url"] != "ch-9"
+    if mode == "mask":
+        assert "20261119" not in props["text"] and "1234" not in props["text"] and "example.com" not in props["text"]
+        assert props["text"].startswith("order ")
+    else:
+        assert "text" not in props
+
+
+def test_text_masking_keeps_short_numbers():
+    assert redact_text("2 pairs of size 270", "mask") == "2 pairs of size 270"
+    assert redact_text("order 20261119-0042", "mask") == "order " + "#" * 13
+
+
+def test_export_failures_are_counted_never_raised():
+    tel = Telemetry("InstrumentationKey=00000000-0000-0000-0000-000000000000;IngestionEndpoint=http://127.0.0.1:9/")
+    tel.event("MessageReceived", {"text": "hi"})
+    tel.metric("e2e_latency_ms", 1)
+    tel.flush(timeout=5)
+    assert tel.export_failures >= 1
+    tel.close()
+
+
+@pytest.mark.parametrize("rate", [0.0, 0.5])
+def test_sampling_is_decided_once_per_operation(sink, rate):
+    """Every stage of one message follows the intake's decision; rate 0 sends no traces or events."""
+    tel = Telemetry(sink.connection_string, sampling_rate=rate)
+    decisions = {}
+    for _ in range(20):
+        with tel.stage("intake", None) as a:
+            tel.event("MessageReceived", {"text": "hi"})
+        with tel.stage("intent_stage", a.traceparent) as b:
+            tel.event("IntentClassified", {"text": "hi"})
+        assert parse_traceparent(a.traceparent)[0] == parse_traceparent(b.traceparent)[0]
+        assert a.traceparent[-2:] == b.traceparent[-2:]
+        decisions[parse_traceparent(a.traceparent)[0]] = a.traceparent.endswith("-01")
+    tel.flush()
+    time.sleep(1.5)
+    per_op: dict[str, int] = {}
+    for e in sink.envelopes():
+        if e["data"]["baseType"] in ("RequestData", "EventData"):
+            per_op[e["tags"]["ai.operation.id"]] = per_op.get(e["tags"]["ai.operation.id"], 0) + 1
+    assert set(per_op) == {t for t, sampled in decisions.items() if sampled}
+    assert all(n == 4 for n in per_op.values())  # all or nothing: 2 requests + 2 events
+    if rate == 0.0:
+        assert per_op == {}
+    tel.close()
+
+
+# ------------------------------------------------------------------ through the running gateway
+@pytest.fixture(scope="module")
+def telemetry_gateway(stack_settings, stack_logs):
+    """A second runner of the real app, exporting to an in-process sink."""
+    from devstack.stack import FunctionsRunner
+    from tests.conftest import ROOT
+    with TelemetrySink() as sink:
+        env = {**stack_settings, "COSMOS_DATABASE": "telemetry", "APPLICATIONINSIGHTS_CONNECTION_STRING":
+               sink.connection_string, "TELEMETRY_EXPORT_INTERVAL_SECONDS": "0.5", "TELEMETRY_PII_MODE": "mask"}
+        runner = FunctionsRunner(ROOT, 0, env, log_dir=stack_logs).start()
+        try:
+            yield runner, sink
+        finally:
+            runner.stop()
+
+
+@pytest.mark.stack
+def test_one_message_is_one_operation_from_webhook_to_reply(telemetry_gateway, sendbird_standin):
+    import requests as http
+
+    from tools import webhooks
+    from tools.gateway_stack import LOCAL_API_TOKEN
+    runner, sink = telemetry_gateway
+    channel, user = f"sendbird_group_channel_{uuid.uuid4().hex[:8]}", f"tel-{uuid.uuid4().hex[:6]}"
+    mid = int(uuid.uuid4().int % 10**12)
+    body = webhooks.encode(webhooks.message_send_event(user_id=user, text="where is my order 20261119-0042?",
+                                                       message_id=mid, channel_url=channel))
+    r = webhooks.post(http.Session(), runner.base_url, body, LOCAL_API_TOKEN)
+    assert r.status == 200
+    sendbird_standin.control.wait_for_messages(1, timeout=20, channel_url=channel)
+
+    def chain(envs):
+        ops = {e["tags"].get("ai.operation.id") for e in kinds(envs, "EventData")
+               if e["data"]["baseData"]["properties"].get("correlation_id") == r.body["correlation_id"]}
+        if len(ops) != 1:
+            return None
+        op = ops.pop()
+        return [e for e in envs if e["tags"].get("ai.operation.id") == op]
+
+    got = wait_envelopes(sink.envelopes, lambda e: (c := chain(e)) is not None
+                         and {"intake", "intent_stage", "branch_handler", "reply_sender"}
+                         <= {x["data"]["baseData"]["name"] for x in kinds(c, "RequestData")}
+                         and "ReplySent" in {x["data"]["baseData"]["name"] for x in kinds(c, "EventData")}
+                         and len(kinds(c, "RemoteDependencyData")) >= 4, timeout=30)
+    op = chain(got)
+    requests = {e["data"]["baseData"]["name"]: e for e in kinds(op, "RequestData")}
+    ids = {n: e["data"]["baseData"]["id"] for n, e in requests.items()}
+    parent = {n: e["tags"].get("ai.operation.parentId") for n, e in requests.items()}
+    assert parent["intent_stage"] == ids["intake"]
+    assert parent["branch_handler"] == ids["intent_stage"]
+    assert parent["reply_sender"] == ids["branch_handler"]
+    deps = {(e["data"]["baseData"]["properties"]["system"], e["tags"]["ai.operation.parentId"])
+            for e in kinds(op, "RemoteDependencyData")}
+    assert ("intent", ids["intent_stage"]) in deps and ("sendbird", ids["reply_sender"]) in deps
+    assert ("cosmos", ids["intent_stage"]) in deps and ("cosmos", ids["branch_handler"]) in deps
+    events = {e["data"]["baseData"]["name"]: e["data"]["baseData"] for e in kinds(op, "EventData")}
+    assert {"MessageReceived", "IntentClassified", "ReplySent"} <= set(events) <= set(EVENTS)
+    sent = events["ReplySent"]
+    assert sent["measurements"]["e2e_latency_ms"] > 0 and sent["properties"]["route"]
+    # PII mode "mask": ids hashed, order number masked, in every event
+    for e in events.values():
+        assert e["properties"].get("user_id") != user
+    assert "20261119" not in events["IntentClassified"]["properties"]["text"]
+    names = {e["data"]["baseData"]["metrics"][0]["name"] for e in kinds(got, "MetricData")}
+    assert {"e2e_latency_ms", "stage_latency_ms", "queue_wait_ms", "intent_confidence"} <= names <= set(METRICS)
