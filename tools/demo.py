@@ -25,7 +25,7 @@ from pathlib import Path
 
 import requests
 
-from tools import webhooks
+from tools import telemetry_summary, webhooks
 from tools.gateway_stack import BOT_USER_ID, LOCAL_API_TOKEN, build_stack
 
 REPLY_TIMEOUT_SECONDS = 15.0
@@ -181,6 +181,26 @@ def _summary(rows: list[dict]) -> int:
     return 1 if problems else 0
 
 
+def print_telemetry(stack, rows: list[dict], out=sys.stdout) -> None:
+    """What the gateway sent to Application Insights (recorded by the local sink), and one message's tree."""
+    time.sleep(2.5)  # the runner's exporters send every second
+    envelopes = stack["telemetry"].envelopes()
+    c = telemetry_summary.counts(envelopes)
+    print(f"\nTelemetry recorded by the local Application Insights sink ({len(envelopes)} envelopes):", file=out)
+    for kind in ("requests", "dependencies", "events", "metrics"):
+        print(f"  {kind:13}" + ", ".join(f"{k} {v}" for k, v in sorted(c[kind].items())), file=out)
+    sample = next((r for r in rows if r.get("reply") and r["text"].startswith("Where is my order")), None)
+    if sample is None:
+        return
+    correlation = sample["intake"].get("correlation_id")
+    op = next((e["tags"].get("ai.operation.id") for e in envelopes if e["data"]["baseType"] == "EventData"
+               and e["data"]["baseData"].get("properties", {}).get("correlation_id") == correlation), None)
+    if op:
+        print(f"\nOperation tree of {sample['text']!r} (operation_Id {op}):", file=out)
+        for line in telemetry_summary.operation_tree(envelopes, op):
+            print("  " + line, file=out)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.split("\n")[0])
     parser.add_argument("mode", nargs="?", choices=["demo", "run"], default="demo")
@@ -188,10 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--free-ports", action="store_true", help="use free ports instead of the default ones")
     args = parser.parse_args(argv)
 
-    ports = {k: 0 for k in ("azurite", "cosmos", "sendbird", "intent", "functions")} if args.free_ports else None
-    stack = build_stack(ports=ports)
+    ports = ({k: 0 for k in ("azurite", "cosmos", "sendbird", "intent", "functions", "telemetry")}
+             if args.free_ports else None)
+    stack = build_stack(ports=ports, with_telemetry=True)
     print("starting the local stack (Azurite, Cosmos DB stand-in, SendBird stand-in, intent service, "
-          "functions runner)...", flush=True)
+          "Application Insights ingestion sink, functions runner)...", flush=True)
     t0 = time.monotonic()
     with stack:
         print(f"stack ready in {time.monotonic() - t0:.1f} s:")
@@ -211,7 +232,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.payload:
             return post_payload(stack, args.payload)
-        return _summary(run_script(stack))
+        rows = run_script(stack)
+        status = _summary(rows)
+        print_telemetry(stack, rows)
+        return status
 
 
 if __name__ == "__main__":

@@ -14,7 +14,8 @@ import sys
 from pathlib import Path
 from typing import Mapping
 
-from devstack.stack import LocalStack
+from devstack.stack import DEFAULT_PORTS, FunctionsRunner, LocalStack
+from devstack.telemetry_sink import TelemetrySinkService
 
 ROOT = Path(__file__).resolve().parent.parent
 RETAIL_MODEL = ROOT / "intent_service" / "models" / "retail.joblib"
@@ -37,6 +38,9 @@ def ensure_retail_model() -> Path:
 def gateway_env(stack: LocalStack, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
     """App settings for the functions runner: the sample settings pointed at the stack's services."""
     env = sample_settings()
+    if "telemetry" in stack:
+        env.update({"APPLICATIONINSIGHTS_CONNECTION_STRING": stack["telemetry"].connection_string,
+                    "TELEMETRY_EXPORT_INTERVAL_SECONDS": "1"})
     env.update({
         "AzureWebJobsStorage": stack["azurite"].connection_string,
         "COSMOS_ENDPOINT": stack["cosmos"].endpoint,
@@ -50,11 +54,22 @@ def gateway_env(stack: LocalStack, overrides: Mapping[str, str] | None = None) -
 
 
 def build_stack(*, ports: Mapping[str, int] | None = None, log_dir: str | os.PathLike | None = None,
-                env_overrides: Mapping[str, str] | None = None, with_functions: bool = True) -> LocalStack:
-    """The whole local stack (not started). ``ports``: key -> port (0 = any free port)."""
-    return LocalStack.default(
-        intent_model=ensure_retail_model(),
-        functions_app_root=ROOT if with_functions else None,
-        functions_env=lambda s: gateway_env(s, env_overrides),
+                env_overrides: Mapping[str, str] | None = None, with_functions: bool = True,
+                with_telemetry: bool = False) -> LocalStack:
+    """The whole local stack (not started). ``ports``: key -> port (0 = any free port).
+
+    ``with_telemetry`` adds the local Application Insights ingestion sink (key ``telemetry``) and
+    points the gateway's telemetry at it.
+    """
+    stack = LocalStack.default(
+        intent_model=ensure_retail_model(), functions_app_root=None,
         ports=ports, sendbird_api_token=LOCAL_API_TOKEN, bot_user_id=BOT_USER_ID, log_dir=log_dir,
     )
+    if with_telemetry:
+        port = (ports or {}).get("telemetry", TelemetrySinkService.default_port)
+        stack.add(TelemetrySinkService(port, log_dir=log_dir), "telemetry")
+    if with_functions:  # last: its settings point at the other services, whose ports are known by now
+        functions_port = (ports or {}).get("functions", DEFAULT_PORTS["functions"])
+        stack.add(FunctionsRunner(ROOT, functions_port, gateway_env(stack, env_overrides), log_dir=log_dir),
+                  "functions")
+    return stack
