@@ -592,6 +592,9 @@ var appSettingsCommon = {
   FUNCTIONS_EXTENSION_VERSION: '~4'
   FUNCTIONS_WORKER_RUNTIME: 'python'
   AzureWebJobsFeatureFlags: 'EnableWorkerIndexing'
+  // The stages wait on HTTP (intent service, Cosmos DB, SendBird): more threads than the default
+  // min(32, cores + 4) keep a slow intent service from starving the webhook intake.
+  PYTHON_THREADPOOL_THREAD_COUNT: '32'
   WEBSITE_RUN_FROM_PACKAGE: '1'
   SCM_DO_BUILD_DURING_DEPLOYMENT: 'false'
   ENABLE_ORYX_BUILD: 'false'

@@ -179,7 +179,31 @@ def test_client_errors_do_not_trip_the_circuit(httpserver: HTTPServer):
     for _ in range(4):
         with pytest.raises(PermanentError):
             client.analyze("hi", "en", "u", "1")
-    assert client.breaker.current_state == "closed"
+    assert client.breaker.state == "closed"
+
+
+def test_concurrent_intent_calls_run_in_parallel():
+    """The breaker must not serialize calls: 4 calls of 0.4 s each take ~0.4 s together, not 1.6 s."""
+    import concurrent.futures
+
+    httpserver = HTTPServer(threaded=True)
+    httpserver.start()
+
+    def slow(request):
+        time.sleep(0.4)
+        from werkzeug import Response
+        return Response(json.dumps(clu_prediction("Greeting", 0.9)), content_type="application/json")
+
+    httpserver.expect_request("/language/:analyze-conversations").respond_with_handler(slow)
+    client = IntentClient(settings_with(INTENT_ENDPOINT=httpserver.url_for("/")))
+    started = time.perf_counter()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(lambda i: client.analyze("hi", "en", "u", str(i)), range(4)))
+    finally:
+        httpserver.stop()
+    assert [r.top_intent for r in results] == ["Greeting"] * 4
+    assert time.perf_counter() - started < 1.2
 
 
 def test_intent_retries_a_503_then_succeeds(httpserver: HTTPServer):

@@ -14,20 +14,22 @@ connection errors, read timeouts and 502/503/504 (urllib3 ``Retry``). Then:
 - other 4xx (bad key, bad request) -> :class:`~shared.errors.PermanentError`;
 - a 2xx body that is not a CLU conversation result -> :class:`~shared.errors.TransientError`.
 
-Circuit breaker (pybreaker, one per worker): after ``INTENT_BREAKER_FAILURES``
-transient failures in a row the circuit opens and calls fail at once with a
-:class:`~shared.errors.TransientError` for ``INTENT_BREAKER_RESET_SECONDS``; then
-one trial call decides. So a dead intent service costs the queue stages
-milliseconds per attempt, not the full timeout-and-retries budget. Permanent
-errors (4xx) do not count.
+Circuit breaker (the ``circuitbreaker`` package, one per worker): after
+``INTENT_BREAKER_FAILURES`` transient failures in a row the circuit opens and
+calls fail at once with a :class:`~shared.errors.TransientError` for
+``INTENT_BREAKER_RESET_SECONDS``; then calls go through again and the first
+result decides. So a dead intent service costs the queue stages milliseconds
+per attempt, not the full timeout-and-retries budget. Permanent errors (4xx)
+do not count. Calls are not serialized (pybreaker holds a lock around each
+call, which limited a worker to one intent call at a time).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-import pybreaker
 import requests
+from circuitbreaker import CircuitBreaker, CircuitBreakerError
 from pydantic import BaseModel, ValidationError
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
@@ -84,6 +86,7 @@ class IntentClient:
         self._deployment = settings.intent_deployment_name
         self._timeout = (min(1.0, settings.intent_timeout_seconds), settings.intent_timeout_seconds)
         self._session = requests.Session()
+        self._session.trust_env = False  # no per-request proxy/netrc look-ups (profiled: ~12% of runner CPU)
         retry = Retry(total=settings.intent_retries, connect=settings.intent_retries, read=settings.intent_retries,
                       status=settings.intent_retries, status_forcelist=(502, 503, 504),
                       allowed_methods=frozenset({"POST"}), backoff_factor=0.1,
@@ -93,10 +96,10 @@ class IntentClient:
         self._session.headers["Content-Type"] = "application/json"
         if settings.intent_api_key:
             self._session.headers["Ocp-Apim-Subscription-Key"] = settings.intent_api_key
-        self.breaker = pybreaker.CircuitBreaker(fail_max=settings.intent_breaker_failures,
-                                                reset_timeout=settings.intent_breaker_reset_seconds,
-                                                exclude=[PermanentError], throw_new_error_on_trip=False,
-                                                name="intent-service")
+        self.breaker = CircuitBreaker(failure_threshold=settings.intent_breaker_failures,
+                                      recovery_timeout=settings.intent_breaker_reset_seconds,
+                                      expected_exception=TransientError, name="intent-service")
+        self._guarded_post = self.breaker.decorate(self._post)
 
     def analyze(self, text: str, language: str, participant_id: str, item_id: str,
                 request_id: str | None = None) -> IntentPrediction:
@@ -116,10 +119,10 @@ class IntentClient:
         }
         headers = {"Apim-Request-Id": request_id} if request_id else None
         try:
-            return self.breaker.call(self._post, body, headers)
-        except pybreaker.CircuitBreakerError as exc:
-            raise TransientError(f"intent service circuit open after {self.breaker.fail_max} failures: "
-                                 f"failing fast for up to {self.breaker.reset_timeout:.0f} s") from exc
+            return self._guarded_post(body, headers)
+        except CircuitBreakerError as exc:
+            raise TransientError(f"intent service circuit open after {self.breaker.failure_count} failures: "
+                                 f"failing fast for {max(0.0, self.breaker.open_remaining):.0f} s more") from exc
 
     def _post(self, body: dict, headers: dict | None) -> IntentPrediction:
         try:

@@ -40,6 +40,7 @@ class SendBirdClient:
         self._timeout = (min(2.0, settings.sendbird_timeout_seconds), settings.sendbird_timeout_seconds)
         self._target = settings.sendbird_api_base_url.host or ""
         self._session = requests.Session()
+        self._session.trust_env = False  # no per-request proxy/netrc look-ups
         retry = Retry(total=2, connect=2, read=2, status=2, status_forcelist=(500, 502, 503, 504),
                       allowed_methods=frozenset({"POST"}), backoff_factor=0.2,
                       respect_retry_after_header=False, raise_on_status=False)

@@ -1,0 +1,427 @@
+"""The ops queries and workbook (``ops/``) against the telemetry the code declares and emits.
+
+1. every event, metric and request name, every customDimensions / customMeasurements key (and the
+   ``system`` / ``route`` values) a query uses is one ``shared/telemetry.py`` and the stages declare;
+2. every declared event and metric is emitted somewhere in ``shared/`` or ``functions/`` (and nothing
+   undeclared is emitted);
+3. ``ops/workbook.json`` is exactly what ``ops/build_workbook.py`` generates from the ``.kql`` files, and
+   has the shape the workbook import expects;
+4. a lexical sanity check of every ``.kql`` file.
+
+The KQL "parser" is lexical: comments are dropped, string literals are masked, and every
+``name == ...`` / ``customDimensions.X`` reference is attributed to the nearest table name before it
+(the queries are written so that this holds: each sub-pipeline names its table first).
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from shared import telemetry as tel
+from shared.models import Route
+
+ROOT = Path(__file__).resolve().parents[1]
+OPS = ROOT / "ops"
+QUERY_FILES = sorted((OPS / "queries").glob("*.kql"))
+TABLES = ("requests", "dependencies", "customEvents", "customMetrics", "traces", "exceptions")
+SOURCE_FILES = sorted([*(ROOT / "shared").rglob("*.py"), *(ROOT / "functions").rglob("*.py")])
+
+
+def _load_builder():
+    spec = importlib.util.spec_from_file_location("ops_build_workbook", OPS / "build_workbook.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+builder = _load_builder()
+
+
+# ---------------------------------------------------------------------------------------------- KQL lexing
+class KqlSyntaxError(ValueError):
+    pass
+
+
+def lex(text: str) -> tuple[str, str]:
+    """``(code, masked)``: ``code`` is ``text`` with ``//`` comments blanked; ``masked`` also blanks the contents
+    of string literals (quotes kept). Both have the length of ``text``, so positions line up.
+    Raises :class:`KqlSyntaxError` for an unterminated string."""
+    code, masked = list(text), list(text)
+    i, n = 0, len(text)
+    while i < n:
+        c = text[i]
+        if c == "/" and text.startswith("//", i):
+            j = text.find("\n", i)
+            j = n if j < 0 else j
+            for k in range(i, j):
+                code[k] = masked[k] = " "
+            i = j
+        elif c in "\"'" or (c == "@" and i + 1 < n and text[i + 1] in "\"'"):
+            verbatim = c == "@"
+            start = i + 1 if verbatim else i
+            quote = text[start]
+            j = start + 1
+            while True:
+                if j >= n or text[j] == "\n":
+                    line = text.count("\n", 0, i) + 1
+                    raise KqlSyntaxError(f"unterminated string on line {line}")
+                if not verbatim and text[j] == "\\":
+                    j += 2
+                    continue
+                if text[j] == quote:
+                    if verbatim and j + 1 < n and text[j + 1] == quote:
+                        j += 2
+                        continue
+                    break
+                j += 1
+            for k in range(start + 1, j):
+                masked[k] = " "
+            i = j + 1
+        else:
+            i += 1
+    return "".join(code), "".join(masked)
+
+
+def sanity_problems(text: str) -> list[str]:
+    """Lexical problems of one query file (empty when it looks sane)."""
+    problems = []
+    if "\t" in text:
+        problems.append("contains a tab")
+    if not text.startswith("// "):
+        problems.append("does not start with a '// ' comment line")
+    if not text.endswith("\n"):
+        problems.append("does not end with a newline")
+    try:
+        code, masked = lex(text)
+    except KqlSyntaxError as exc:
+        return [*problems, str(exc)]
+    stack: list[tuple[str, int]] = []
+    pairs = {")": "(", "]": "[", "}": "{"}
+    for pos, ch in enumerate(masked):
+        if ch in "([{":
+            stack.append((ch, pos))
+        elif ch in ")]}":
+            if not stack or stack[-1][0] != pairs[ch]:
+                problems.append(f"unbalanced {ch!r} on line {text.count(chr(10), 0, pos) + 1}")
+                return problems
+            stack.pop()
+    if stack:
+        ch, pos = stack[-1]
+        problems.append(f"unclosed {ch!r} from line {text.count(chr(10), 0, pos) + 1}")
+    first = next((line.strip() for line in code.split("\n") if line.strip()), "")
+    if not re.match(rf"^(let\s|({'|'.join(TABLES)})\b)", first):
+        problems.append(f"first statement does not start with a table name or 'let': {first[:40]!r}")
+    if "chatbot-gateway" not in code:
+        problems.append('does not filter cloud_RoleName == "chatbot-gateway"')
+    return problems
+
+
+_STR = r"""(?:"(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')"""
+_NAME_CMP = re.compile(
+    r"(?<![\w.])name\s*(?P<op>==|!=|=~|!~|!in~|in~|!in\b|in\b|!has\b|has\b|!contains\b|contains\b|startswith\b|"
+    r"endswith\b)\s*(?:\((?P<list>[^()]*)\)|(?P<one>" + _STR + r")|(?P<ident>\w+))")
+_BAG_KEY = re.compile(r"(?<![\w.])(?P<bag>customDimensions|customMeasurements)\s*(?:\.\s*(?P<dot>\w+)|"
+                      r"\[\s*(?P<idx>" + _STR + r")\s*\])")
+_VALUE_CMP = re.compile(r"customDimensions\s*\.\s*(?P<key>system|route)\s*\)\s*(?:==|=~|!=)\s*(?P<val>" + _STR + ")")
+_TABLE = re.compile(rf"(?<![\w.])({'|'.join(TABLES)})(?!\w)")
+
+
+def _literal(token: str) -> str:
+    return token[1:-1]
+
+
+def references(text: str) -> list[tuple[str, str, str]]:
+    """``(table, kind, value)`` of every schema reference in one query: kind ``name``, ``dim``, ``measure``,
+    ``system`` or ``route``. A reference that no table precedes, or a ``name`` compared with something
+    that is not a string literal, comes back with table ``?`` / kind ``name?``."""
+    code, masked = lex(text)
+    tables = [(m.start(), m.group(1)) for m in _TABLE.finditer(masked)]
+
+    def table_at(pos: int) -> str:
+        before = [t for p, t in tables if p < pos]
+        return before[-1] if before else "?"
+
+    refs = []
+    for m in _NAME_CMP.finditer(code):
+        if masked[m.start()] != "n":  # inside a string literal
+            continue
+        table = table_at(m.start())
+        if m.group("one"):
+            refs.append((table, "name", _literal(m.group("one"))))
+        elif m.group("ident"):
+            refs.append((table, "name?", m.group("ident")))
+        else:
+            items = [s.strip() for s in m.group("list").split(",") if s.strip()]
+            for item in items:
+                if re.fullmatch(_STR, item):
+                    refs.append((table, "name", _literal(item)))
+                else:
+                    refs.append((table, "name?", item))
+    for m in _BAG_KEY.finditer(code):
+        if masked[m.start()] == " ":
+            continue
+        key = m.group("dot") or _literal(m.group("idx"))
+        refs.append((table_at(m.start()), "dim" if m.group("bag") == "customDimensions" else "measure", key))
+    for m in _VALUE_CMP.finditer(code):
+        if masked[m.start()] == " ":
+            continue
+        refs.append((table_at(m.start()), m.group("key"), _literal(m.group("val"))))
+    return refs
+
+
+# ---------------------------------------------------------------------------------------------- what the code declares
+def _parse(path: Path) -> ast.AST:
+    return ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+
+
+def _calls(attr_names: set[str]):
+    for path in SOURCE_FILES:
+        for node in ast.walk(_parse(path)):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in attr_names:
+                yield path, node
+
+
+def _string_constants(node: ast.AST) -> set[str]:
+    """The literal string values an expression can take: a constant, or either branch of ``a if c else b``."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return {node.value}
+    if isinstance(node, ast.IfExp):
+        return _string_constants(node.body) | _string_constants(node.orelse)
+    return set()
+
+
+def request_dimensions() -> set[str]:
+    """customDimensions of requests: ``stage`` (set by ``Telemetry.stage``) plus the keyword arguments of every
+    ``telemetry.stage(...)`` call, plus what stage code adds through ``span.set(...)``."""
+    dims = {"stage"}
+    for _path, call in _calls({"stage", "set"}):
+        if call.func.attr == "stage" and len(call.args) >= 2 or call.func.attr == "set" and \
+                isinstance(call.func.value, ast.Name) and call.func.value.id == "span":
+            dims |= {kw.arg for kw in call.keywords if kw.arg}
+    return dims
+
+
+def dependency_dimensions() -> set[str]:
+    """customDimensions of dependencies: attributes ``Telemetry.dependency`` adds, minus those the telemetry
+    processor moves out of ``properties`` (``target``)."""
+    tree = _parse(ROOT / "shared" / "telemetry.py")
+    method = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "dependency")
+    added = {c.args[0].value for c in ast.walk(method) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)
+             and c.func.attr == "add_attribute" and isinstance(c.args[0], ast.Constant)}
+    popped = {c.args[0].value for c in ast.walk(tree) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)
+              and c.func.attr == "pop" and isinstance(c.func.value, ast.Attribute)
+              and c.func.value.attr == "properties" and c.args and isinstance(c.args[0], ast.Constant)}
+    return added - popped
+
+
+def dependency_systems() -> set[str]:
+    """The ``system`` of every ``timing.dependency("<system>", ...)`` call."""
+    return {call.args[0].value for _p, call in _calls({"dependency"})
+            if isinstance(call.func.value, ast.Name) and call.func.value.id == "timing"
+            and call.args and isinstance(call.args[0], ast.Constant)}
+
+
+def emitted() -> dict[str, set[str]]:
+    """Literal names passed to ``<x>.event(...)``, ``<x>.metric(...)`` and ``self._aggregates.add(...)``."""
+    out: dict[str, set[str]] = {"event": set(), "metric": set()}
+    for _path, call in _calls({"event", "metric", "add"}):
+        if not call.args:
+            continue
+        if call.func.attr == "add":
+            if not (isinstance(call.func.value, ast.Attribute) and call.func.value.attr == "_aggregates"):
+                continue
+            kind = "metric"
+        else:
+            kind = call.func.attr
+        out[kind] |= _string_constants(call.args[0])
+    return out
+
+
+def allowed() -> dict[tuple[str, str], set[str]]:
+    return {
+        ("customEvents", "name"): set(tel.EVENTS),
+        ("customEvents", "dim"): set(tel.EVENT_DIMENSIONS),
+        ("customEvents", "measure"): set(tel.EVENT_MEASUREMENTS),
+        ("customEvents", "route"): {r.value for r in Route},
+        ("customMetrics", "name"): set(tel.METRICS),
+        ("customMetrics", "dim"): set(tel.METRIC_DIMENSIONS),
+        ("customMetrics", "route"): {r.value for r in Route},
+        ("requests", "name"): set(tel.STAGES),
+        ("requests", "dim"): request_dimensions(),
+        ("dependencies", "dim"): dependency_dimensions(),
+        ("dependencies", "system"): dependency_systems(),
+    }
+
+
+def schema_problems(text: str, rules: dict[tuple[str, str], set[str]]) -> list[str]:
+    problems = []
+    for table, kind, value in references(text):
+        if table == "?":
+            problems.append(f"{kind} {value!r} is not preceded by any table name")
+        elif kind == "name?":
+            problems.append(f"{table}: name compared with {value!r}, not a string literal")
+        elif (table, kind) not in rules:
+            problems.append(f"{table}: {kind} {value!r} is not part of the declared schema of {table}")
+        elif value not in rules[(table, kind)]:
+            problems.append(f"{table}: {kind} {value!r} not in {sorted(rules[(table, kind)])}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------------- 1. schema
+def test_there_are_queries_for_every_panel_of_the_issue():
+    names = {p.stem for p in QUERY_FILES}
+    assert len(QUERY_FILES) >= 15, names
+    texts = "\n".join(p.read_text(encoding="utf-8") for p in QUERY_FILES)
+    for needle in ("ReplySent", "e2e_latency_ms", "queue_wait_ms", "IntentClassified", "MessagePoisoned",
+                   "SendBirdThrottled", "sendbird_429_count", "handoff_count", "intent_service_errors",
+                   "telemetry_export_failures", "{UserId}", "{CorrelationId}", "hash_sha256"):
+        assert needle in texts, needle
+
+
+@pytest.mark.parametrize("path", QUERY_FILES, ids=lambda p: p.name)
+def test_query_uses_only_declared_names_and_keys(path):
+    text = path.read_text(encoding="utf-8")
+    if set(_TABLE.findall(lex(text)[1])) - {"traces", "exceptions"}:
+        assert references(text), "no schema reference found: the parser or the query is broken"
+    assert schema_problems(text, allowed()) == []
+
+
+def test_code_derived_schema_is_what_the_dashboards_expect():
+    assert {"stage", "correlation_id", "message_id", "queue", "dequeue_count", "queue_wait_ms"} <= request_dimensions()
+    assert dependency_dimensions() == {"component", "system"}
+    assert dependency_systems() == {"intent", "cosmos", "sendbird"}
+
+
+@pytest.mark.parametrize("kql, fragment", [
+    ('customEvents\n| where name == "ReplySend"', "'ReplySend' not in"),
+    ('customEvents\n| where name in ("ReplySent", "Nope")', "'Nope' not in"),
+    ('requests\n| where name == "ReplySent"', "'ReplySent' not in"),
+    ('customMetrics\n| where name == "ReplySent"', "'ReplySent' not in"),
+    ('customMetrics\n| extend u = tostring(customDimensions.user_id)', "'user_id' not in"),
+    ('customEvents\n| extend x = customDimensions["no_such_key"]', "'no_such_key' not in"),
+    ('customEvents\n| extend x = todouble(customMeasurements.latency)', "'latency' not in"),
+    ('customMetrics\n| extend x = customMeasurements.e2e_latency_ms', "not part of the declared schema"),
+    ('dependencies\n| where tostring(customDimensions.system) == "redis"', "'redis' not in"),
+    ('customEvents\n| where tostring(customDimensions.route) == "order-status"', "'order-status' not in"),
+    ('let n = "ReplySent";\ncustomEvents\n| where name == n', "not a string literal"),
+    ('print x = customDimensions.stage', "not preceded by any table"),
+])
+def test_schema_check_catches_undeclared_names(kql, fragment):
+    problems = schema_problems(kql, allowed())
+    assert any(fragment in p for p in problems), problems
+
+
+def test_schema_check_ignores_strings_and_comments():
+    kql = ('// customEvents | where name == "Bogus"\ncustomEvents\n'
+           '| where name == "ReplySent" and tostring(customDimensions.reason) != "name == \\"x\\" customDimensions.y"')
+    assert schema_problems(kql, allowed()) == []
+    assert ("customEvents", "dim", "reason") in references(kql)
+
+
+# ---------------------------------------------------------------------------------------------- 2. emitted
+def test_every_declared_event_and_metric_is_emitted():
+    got = emitted()
+    assert set(tel.EVENTS) - got["event"] == set(), "declared but never emitted"
+    assert set(tel.METRICS) - got["metric"] == set(), "declared but never emitted"
+
+
+def test_nothing_undeclared_is_emitted():
+    got = emitted()
+    assert got["event"] - set(tel.EVENTS) == set()
+    assert got["metric"] - set(tel.METRICS) == set()
+
+
+# ---------------------------------------------------------------------------------------------- 3. workbook
+def test_workbook_json_is_generated_from_the_queries():
+    committed = (OPS / "workbook.json").read_text(encoding="utf-8")
+    assert committed == builder.render(builder.build()), "stale: run python ops/build_workbook.py"
+    assert builder.main(["--check"]) == 0
+
+
+def test_workbook_is_importable():
+    wb = json.loads((OPS / "workbook.json").read_text(encoding="utf-8"))
+    assert wb["version"] == "Notebook/1.0" and isinstance(wb["items"], list)
+    assert set(wb) == {"version", "items", "fallbackResourceIds", "$schema"}
+    names = [item["name"] for item in wb["items"]]
+    assert len(names) == len(set(names)), "item names must be unique"
+    assert {item["type"] for item in wb["items"]} == {1, 3, 9}
+    [params] = [item for item in wb["items"] if item["type"] == 9]
+    assert params["content"]["version"] == "KqlParameterItem/1.0"
+    declared = {p["name"]: p for p in params["content"]["parameters"]}
+    assert declared["TimeRange"]["type"] == 4 and declared["TimeRange"]["isRequired"]
+    assert declared["UserId"]["type"] == 1 and declared["CorrelationId"]["type"] == 1
+    assert all(p["version"] == "KqlParameterItem/1.0" and p["id"] for p in declared.values())
+    queries = [item for item in wb["items"] if item["type"] == 3]
+    assert len(queries) == len(QUERY_FILES)
+    for item in queries:
+        c = item["content"]
+        assert c["version"] == "KqlItem/1.0" and c["query"].strip() and c["title"], item["name"]
+        assert c["queryType"] == 0 and c["resourceType"] == "microsoft.insights/components", item["name"]
+        assert isinstance(c["size"], int) and c["visualization"] in builder.VISUALIZATIONS, item["name"]
+        assert c["timeContextFromParameter"] == "TimeRange", item["name"]
+        used = set(re.findall(r"\{(\w+)(?::\w+)?\}", c["query"]))
+        assert used <= set(declared), (item["name"], used)
+        assert "// @" not in c["query"], "directives must not reach the workbook"
+    for item in wb["items"]:
+        if item["type"] == 1:
+            assert item["content"]["json"].strip()
+
+
+def test_every_query_file_is_one_workbook_item():
+    wb = builder.build()
+    by_name = {item["name"]: item for item in wb["items"] if item["type"] == 3}
+    for path in QUERY_FILES:
+        _directives, _description, query = builder.parse_kql(path)
+        assert by_name[f"query - {path.stem}"]["content"]["query"] == query
+
+
+def test_lookup_accepts_raw_and_hashed_user_ids():
+    raw = "customer_1042"
+    stored = tel.redact_id(raw, "mask")
+    lookup = [p for p in QUERY_FILES if "lookup" in p.stem]
+    assert len(lookup) >= 2
+    for path in lookup:
+        text = path.read_text(encoding="utf-8")
+        # KQL: substring(hash_sha256(raw), 0, 16) is the stored id (hash_sha256 gives lowercase hex of the UTF-8 bytes)
+        assert "substring(hash_sha256(user_param), 0, 16)" in text and "{UserId}" in text and "{CorrelationId}" in text
+        assert "in (user_param, user_hash)" in text
+    assert len(stored) == 16 and stored == __import__("hashlib").sha256(raw.encode()).hexdigest()[:16]
+
+
+def test_builder_rejects_files_without_description_or_directives(tmp_path):
+    bad = tmp_path / "x.kql"
+    bad.write_text("customEvents\n| take 1\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="comment line"):
+        builder.parse_kql(bad)
+    bad.write_text("// something\n// @panel: table\ncustomEvents\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="@title"):
+        builder.parse_kql(bad)
+    bad.write_text("// something\n// @title: T\n// @panel: donut\ncustomEvents\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="@panel"):
+        builder.parse_kql(bad)
+
+
+# ---------------------------------------------------------------------------------------------- 4. sanity
+@pytest.mark.parametrize("path", QUERY_FILES, ids=lambda p: p.name)
+def test_query_file_is_sane(path):
+    text = path.read_text(encoding="utf-8")
+    assert sanity_problems(text) == []
+    builder.parse_kql(path)  # directives valid
+
+
+@pytest.mark.parametrize("kql, fragment", [
+    ('// x\ncustomEvents\n| where (name == "ReplySent"\n', "unclosed '('"),
+    ('// x\ncustomEvents\n| where name == "ReplySent)\n', "unterminated string"),
+    ('// x\ncustomEvents\n| where name == "ReplySent")\n', "unbalanced ')'"),
+    ('// x\ncustomEvents\n|\twhere name == "ReplySent"\n', "tab"),
+    ('// x\n| where name == "ReplySent"\n', "first statement"),
+    ('customEvents\n| take 1\n', "comment line"),
+])
+def test_sanity_check_catches_broken_kql(kql, fragment):
+    assert any(fragment in p for p in sanity_problems(kql)), sanity_problems(kql)
