@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 MODEL  := intent_service/models/retail.joblib
-PY_REQS := requirements.txt requirements-dev.txt intent_service/requirements.txt localrunner/requirements.txt devstack/requirements.txt infra/requirements-dev.txt
+PY_REQS := requirements.txt requirements-dev.txt intent_service/requirements.txt localrunner/requirements.txt devstack/requirements.txt infra/requirements-dev.txt bench/requirements.txt
 
 .PHONY: install demo run test unit bench clean
 
@@ -33,6 +33,10 @@ run: install
 ## Every test: unit, contract, integration and end-to-end (starts the local services it needs).
 test: install
 	$(BIN)/python -m pytest $(ARGS)
+
+## Benchmark: queue chain vs monolith under load (bench/README.md). ARGS="--rates 5,20 --duration 10" etc.
+bench: install
+	$(BIN)/python -m bench.run $(ARGS)
 
 ## Unit tests only (no servers).
 unit: install

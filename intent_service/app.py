@@ -12,6 +12,7 @@ in progress.
 """
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -136,9 +137,22 @@ def _validate(body: Any) -> Dict[str, Any]:
     return {"text": text, "stringIndexType": sit}
 
 
+def parse_added_latency_ms(value: Any) -> float:
+    """``INTENT_ADDED_LATENCY_MS``: a number of milliseconds >= 0 (empty/None = 0); ValueError otherwise."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return 0.0
+    ms = float(value)
+    if not ms >= 0 or ms == float("inf"):
+        raise ValueError(f"INTENT_ADDED_LATENCY_MS must be a number of ms >= 0, got {value!r}")
+    return ms
+
+
 def create_app(model_source: Optional[str] = None, api_key: Optional[str] = None,
-               model_sha256: Optional[str] = None) -> Starlette:
+               model_sha256: Optional[str] = None, added_latency_ms: float = 0.0) -> Starlette:
+    """``added_latency_ms``: extra delay of every prediction answer (benchmarks: a slow model). It is an
+    ``asyncio.sleep``, so the event loop keeps serving other requests meanwhile."""
     holder = ModelHolder(model_source, model_sha256)
+    added_latency_s = parse_added_latency_ms(added_latency_ms) / 1000.0
     key_bytes = api_key.encode("utf-8") if api_key else None
 
     def not_ready():
@@ -199,6 +213,8 @@ def create_app(model_source: Optional[str] = None, api_key: Optional[str] = None
         except BadRequest as exc:
             return error(400, "InvalidArgument", exc.message)
         prediction = model.analyze(req["text"], req["stringIndexType"])
+        if added_latency_s:
+            await asyncio.sleep(added_latency_s)
         headers = model_headers(model)
         headers["apim-request-id"] = request.headers.get("apim-request-id") or str(uuid.uuid4())
         return JSONResponse({"kind": "ConversationResult",
@@ -232,6 +248,7 @@ def create_app(model_source: Optional[str] = None, api_key: Optional[str] = None
         lifespan=lifespan,
     )
     app.state.holder = holder
+    app.state.added_latency_ms = added_latency_s * 1000.0
     return app
 
 
@@ -242,4 +259,5 @@ def create_app_from_env() -> Starlette:
     configure_logging()
     return create_app(model_source=os.environ.get("INTENT_MODEL"),
                       api_key=os.environ.get("INTENT_API_KEY") or None,
-                      model_sha256=os.environ.get("INTENT_MODEL_SHA256") or None)
+                      model_sha256=os.environ.get("INTENT_MODEL_SHA256") or None,
+                      added_latency_ms=parse_added_latency_ms(os.environ.get("INTENT_ADDED_LATENCY_MS")))

@@ -147,9 +147,20 @@ def cmd_serve(args) -> int:
         os.environ["INTENT_API_KEY"] = args.key
     if args.model_sha256:
         os.environ["INTENT_MODEL_SHA256"] = args.model_sha256
+    if args.added_latency_ms is not None:
+        from .app import parse_added_latency_ms
+
+        try:
+            parse_added_latency_ms(args.added_latency_ms)
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        os.environ["INTENT_ADDED_LATENCY_MS"] = str(args.added_latency_ms)
     print(f"intent_service: starting on http://{args.host}:{args.port} with {args.workers} "
           f"worker(s); model {redact_url(args.model)}; key check "
-          f"{'on' if os.environ.get('INTENT_API_KEY') else 'off'}", file=sys.stderr, flush=True)
+          f"{'on' if os.environ.get('INTENT_API_KEY') else 'off'}"
+          + (f"; added latency {os.environ['INTENT_ADDED_LATENCY_MS']} ms"
+             if os.environ.get("INTENT_ADDED_LATENCY_MS") else ""), file=sys.stderr, flush=True)
     uvicorn.run("intent_service.app:create_app_from_env", factory=True, host=args.host,
                 port=args.port, workers=args.workers, log_level=args.log_level.lower(),
                 access_log=args.access_log, timeout_graceful_shutdown=10)
@@ -217,6 +228,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="uvicorn worker processes (env INTENT_WORKERS; default 1)")
     s.add_argument("--log-level", default=os.environ.get("INTENT_LOG_LEVEL", "info"))
     s.add_argument("--access-log", action="store_true", help="log every request")
+    s.add_argument("--added-latency-ms", type=float, default=None,
+                   help="delay every prediction answer by this many ms without blocking the event loop "
+                        "(benchmarks: a slow model; env INTENT_ADDED_LATENCY_MS; default 0)")
     s.set_defaults(func=cmd_serve)
     return p
 

@@ -1,0 +1,348 @@
+"""Benchmark harness: the stack, the load generator, reply collection and the figures of one run.
+
+One *run* = one mode (``chain`` or ``monolith``) x one intent-service latency x one offered rate. The load
+is open-loop: webhook ``i`` is due at ``t0 + i / rate``; at most ``users`` webhooks are in flight (one
+sender thread per simulated user, each with its own keep-alive connection, like SendBird's pool). A webhook
+not answered within SendBird's 5 s is re-sent (same bytes) up to ``webhook_retries`` times, as SendBird does.
+Every figure after the HTTP answer comes from the replies the SendBird stand-in recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import requests
+
+from devstack.stack import Azurite, CosmosStandIn, FunctionsRunner, IntentService, LocalStack, SendBirdStandIn
+from tools import webhooks
+from tools.gateway_stack import BOT_USER_ID, LOCAL_API_TOKEN, ROOT, ensure_retail_model, gateway_env
+
+MONOLITH_APP = ROOT / "bench" / "monolith_app"
+APP_ROOTS = {"chain": ROOT, "monolith": MONOLITH_APP}
+#: SendBird's webhook timeout: no answer within it -> the same POST again (up to 3 times).
+SENDBIRD_TIMEOUT_S = 5.0
+
+#: Utterances the simulated users send (both languages, several routes). Any that the model sends to the
+#: handoff route are dropped at start (a handed-off user gets no replies, which would count as lost).
+UTTERANCES = [
+    "Hi there!", "What can you do?", "Where is my order 20261119-0042?", "Show me sneakers",
+    "Do you have running shoes?", "Thanks, bye!", "order status for 20261119-0042 please",
+    "안녕하세요", "운동화 보여주세요", "주문번호 20261119-0042 배송 조회해 주세요", "뭐 할 수 있어요?", "고마워요",
+    "what is the weather on mars", "Hello", "I want to see jackets",
+]
+
+
+# --------------------------------------------------------------------------- stack
+def infra_stack(intent_latency_ms: float, log_dir: str | os.PathLike | None = None) -> LocalStack:
+    """Azurite, Cosmos stand-in, SendBird stand-in and the intent service with an added latency (free ports)."""
+    stack = LocalStack()
+    stack.add(Azurite(0, log_dir=log_dir), "azurite")
+    stack.add(CosmosStandIn(0, log_dir=log_dir), "cosmos")
+    stack.add(SendBirdStandIn(0, LOCAL_API_TOKEN, BOT_USER_ID, log_dir=log_dir), "sendbird")
+    stack.add(IntentService(ensure_retail_model(), 0, env={"INTENT_ADDED_LATENCY_MS": str(intent_latency_ms)},
+                            log_dir=log_dir), "intent")
+    return stack
+
+
+def runner_for(stack: LocalStack, mode: str, log_dir: str | os.PathLike | None = None) -> FunctionsRunner:
+    """The functions runner hosting the chain (the repo's function_app.py) or the monolith app, not started."""
+    return FunctionsRunner(APP_ROOTS[mode], 0, gateway_env(stack), log_dir=log_dir)
+
+
+def usable_utterances(intent_base_url: str) -> list[str]:
+    """UTTERANCES minus those the model routes to a handoff (checked against the running intent service)."""
+    out = []
+    s = requests.Session()
+    for text in UTTERANCES:
+        body = {"kind": "Conversation",
+                "analysisInput": {"conversationItem": {"id": "1", "participantId": "bench", "text": text}},
+                "parameters": {"projectName": "retail-bot", "deploymentName": "production"}}
+        r = s.post(intent_base_url + "/language/:analyze-conversations", params={"api-version": "2023-04-01"},
+                   json=body, timeout=10)
+        r.raise_for_status()
+        if r.json()["result"]["prediction"]["topIntent"] != "HumanHandoff":
+            out.append(text)
+    return out
+
+
+# --------------------------------------------------------------------------- load
+@dataclass
+class Sent:
+    index: int
+    user: str
+    channel: str
+    message_id: int
+    scheduled_ms: float          # epoch ms it was due
+    sent_at_ms: int = 0          # epoch ms of the first POST
+    status: int | None = None    # final HTTP status (None: no answer)
+    latency_ms: float | None = None   # first delivery's answer time (None: timed out)
+    attempts: int = 0
+    timeouts: int = 0
+    error: str | None = None
+    accepted: bool = False
+
+
+def drive(base_url: str, *, rate: float, duration: float, users: int, texts: list[str], tag: str,
+          webhook_retries: int = 3, timeout_s: float = SENDBIRD_TIMEOUT_S) -> list[Sent]:
+    """Send ``rate * duration`` signed webhooks open-loop; returns one :class:`Sent` per webhook."""
+    count = max(1, int(round(rate * duration)))
+    rng = random.Random(42)
+    base_id = int(time.time() * 1000) * 1000
+    t0 = time.time() + 0.2
+    plan = [Sent(i, f"bench-{tag}-u{i % users}", f"bench_{tag}_ch{i % users}", base_id + i, (t0 + i / rate) * 1000)
+            for i in range(count)]
+    bodies = [webhooks.encode(webhooks.message_send_event(
+        user_id=s.user, text=rng.choice(texts), message_id=s.message_id, channel_url=s.channel,
+        bot_user_id=BOT_USER_ID)) for s in plan]
+    work: queue.Queue = queue.Queue()
+    hard_stop = t0 + duration + 4 * timeout_s * (webhook_retries + 1) + 30  # bound for every thread
+
+    def sender() -> None:
+        session = requests.Session()
+        while True:
+            item = work.get()
+            if item is None:
+                return
+            s: Sent = plan[item]
+            body = bodies[item]
+            for attempt in range(webhook_retries + 1):
+                if time.time() > hard_stop:
+                    s.error = s.error or "bench time bound reached"
+                    break
+                s.attempts += 1
+                try:
+                    res = webhooks.post(session, base_url, body, LOCAL_API_TOKEN, timeout=timeout_s)
+                except requests.Timeout:
+                    s.timeouts += 1
+                    if attempt == 0:
+                        s.sent_at_ms = int(time.time() * 1000 - timeout_s * 1000)
+                    session = requests.Session()  # the timed-out connection is unusable
+                    continue
+                except requests.RequestException as exc:
+                    s.error = f"{type(exc).__name__}: {exc}"[:200]
+                    session = requests.Session()
+                    continue
+                if attempt == 0:
+                    s.sent_at_ms, s.latency_ms = res.sent_at_ms, res.latency_ms
+                s.status = res.status
+                s.accepted = s.accepted or (res.status == 200 and res.body.get("status") == "accepted")
+                if res.status < 500:
+                    break
+            work.task_done()
+
+    threads = [threading.Thread(target=sender, daemon=True, name=f"user-{u}") for u in range(users)]
+    for t in threads:
+        t.start()
+    for i in range(count):
+        delay = plan[i].scheduled_ms / 1000 - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        work.put(i)
+    for _ in threads:
+        work.put(None)
+    for t in threads:
+        t.join(max(0.0, hard_stop - time.time()))
+    return plan
+
+
+def collect_replies(control, expected: set[str], *, drain_timeout: float, since_index: int = 0) -> dict[str, list[dict]]:
+    """dedup_id -> recorded messages, waiting until every expected reply is there or ``drain_timeout`` passes."""
+    deadline = time.monotonic() + drain_timeout
+    while True:
+        by_id: dict[str, list[dict]] = {}
+        for m in control.messages():
+            by_id.setdefault(m.get("dedup_id") or "", []).append(m)
+        if expected <= by_id.keys() or time.monotonic() >= deadline:
+            return by_id
+        time.sleep(0.25)
+
+
+# --------------------------------------------------------------------------- resource sampling
+class ProcSampler:
+    """CPU seconds (user+system) of several processes over a window, and the peak RSS of each (sampled 10 Hz)."""
+
+    def __init__(self, pids: dict[str, int], interval: float = 0.1):
+        self.procs = {k: psutil.Process(p) for k, p in pids.items() if p}
+        self.interval = interval
+        self.peak_rss = {k: 0 for k in self.procs}
+        self._stop = threading.Event()
+        self._cpu0: dict[str, float] = {}
+        self._t0 = 0.0
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def _cpu(p: psutil.Process) -> float:
+        t = p.cpu_times()
+        return t.user + t.system
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            for k, p in self.procs.items():
+                try:
+                    self.peak_rss[k] = max(self.peak_rss[k], p.memory_info().rss)
+                except psutil.Error:
+                    pass
+
+    def __enter__(self) -> "ProcSampler":
+        self._t0 = time.monotonic()
+        self._cpu0 = {k: self._cpu(p) for k, p in self.procs.items()}
+        self._self0 = self._cpu(psutil.Process())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.wall_s = time.monotonic() - self._t0
+        self.cpu_s = {k: self._cpu(p) - self._cpu0[k] for k, p in self.procs.items()}
+        self.cpu_s["bench_client"] = self._cpu(psutil.Process()) - self._self0
+
+
+def vm_hwm_bytes(pid: int) -> int | None:
+    """Peak RSS of a process over its life (VmHWM), Linux only."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+# --------------------------------------------------------------------------- figures
+def pct(values: list[float], q: float) -> float | None:
+    """Percentile ``q`` (0..100), nearest-rank on sorted values; None when empty."""
+    if not values:
+        return None
+    v = sorted(values)
+    k = max(0, min(len(v) - 1, math.ceil(q / 100 * len(v)) - 1))
+    return round(float(v[k]), 1)
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    return {"n": len(values), "p50": pct(values, 50), "p95": pct(values, 95), "p99": pct(values, 99),
+            "max": round(max(values), 1) if values else None,
+            "mean": round(sum(values) / len(values), 1) if values else None}
+
+
+@dataclass
+class RunFigures:
+    mode: str
+    intent_latency_ms: float
+    rate: float
+    duration_s: float
+    users: int
+    figures: dict = field(default_factory=dict)
+
+
+def compute_figures(plan: list[Sent], replies: dict[str, list[dict]], counters: dict, sampler: ProcSampler,
+                    runner_pid: int, stats: dict | None) -> dict[str, Any]:
+    sent = [s for s in plan if s.attempts]
+    accepted = [s for s in plan if s.accepted]
+    intake = [s.latency_ms for s in sent if s.latency_ms is not None]
+    e2e, overhead, intent_ms, cosmos_ms, sendbird_ms = [], [], [], [], []
+    waits: dict[str, list[float]] = {}
+    durations: dict[str, list[float]] = {}
+    last_reply_ms = 0
+    got = lost = visible_dups = 0
+    for s in accepted:
+        msgs = replies.get(f"reply-{s.message_id}", [])
+        if not msgs:
+            lost += 1
+            continue
+        got += 1
+        visible_dups += len(msgs) - 1
+        m = msgs[0]
+        last_reply_ms = max(last_reply_ms, m["created_at"])
+        total = m["created_at"] - s.sent_at_ms
+        e2e.append(total)
+        timings = json.loads(m.get("data") or "{}").get("timings", {})
+        dep = {"intent": 0.0, "cosmos": 0.0, "sendbird": 0.0}
+        for hop in timings.get("hops", []):
+            waits.setdefault(hop["stage"], []).append(hop["queue_wait_ms"])
+            durations.setdefault(hop["stage"], []).append(hop["duration_ms"])
+            for k in dep:
+                dep[k] += float(hop.get("dependency_ms", {}).get(k, 0) or 0)
+        if "reply_queue_wait_ms" in timings:
+            waits.setdefault("chat-reply", []).append(timings["reply_queue_wait_ms"])
+        intent_ms.append(dep["intent"])
+        cosmos_ms.append(dep["cosmos"])
+        sendbird_ms.append(dep["sendbird"])
+        overhead.append(total - dep["intent"] - dep["sendbird"])
+    first_sent = min((s.sent_at_ms for s in sent), default=0)
+    last_sent = max((s.sent_at_ms for s in sent), default=0)
+    span_s = max(1e-3, (last_reply_ms - first_sent) / 1000) if got else None
+    runner_cpu = sampler.cpu_s.get("runner", 0.0)
+    return {
+        "webhooks": len(plan), "sent": len(sent), "accepted": len(accepted),
+        "offered_rate": round(len(sent) / max(1e-3, (last_sent - first_sent) / 1000), 1) if len(sent) > 1 else None,
+        "send_lag_ms_p99": pct([s.sent_at_ms - s.scheduled_ms for s in sent if s.sent_at_ms], 99),
+        "http_status": {str(k): sum(1 for s in sent if s.status == k) for k in sorted({s.status for s in sent},
+                                                                                     key=str)},
+        "intake_ms": summary(intake),
+        "sendbird_timeouts": sum(s.timeouts for s in sent),
+        "webhook_redeliveries": sum(s.attempts - 1 for s in sent),
+        "webhooks_over_5s": sum(1 for s in sent if s.timeouts),
+        "errors": sorted({s.error for s in sent if s.error})[:5],
+        "replies": got, "lost": lost,
+        "duplicate_replies_visible": visible_dups,
+        "duplicate_sends_deduplicated": counters.get("deduplicated", 0),
+        "sendbird_attempts": counters.get("attempts", 0),
+        "e2e_ms": summary(e2e),
+        "gateway_overhead_ms": summary(overhead),
+        "intent_ms": summary(intent_ms), "cosmos_ms": summary(cosmos_ms), "sendbird_dep_ms": summary(sendbird_ms),
+        "queue_wait_ms": {k: summary(v) for k, v in waits.items()},
+        "stage_duration_ms": {k: summary(v) for k, v in durations.items()},
+        "throughput_msgs_s": round(got / span_s, 2) if span_s else 0.0,
+        "wall_s": round(sampler.wall_s, 2),
+        "cpu_s": {k: round(v, 2) for k, v in sampler.cpu_s.items()},
+        "runner_cpu_pct": round(100 * runner_cpu / max(1e-3, sampler.wall_s), 1),
+        "runner_cpu_ms_per_msg": round(1000 * runner_cpu / got, 2) if got else None,
+        "stack_cpu_ms_per_msg": round(1000 * sum(v for k, v in sampler.cpu_s.items() if k != "bench_client") / got, 2)
+        if got else None,
+        "runner_peak_rss_mb": round(sampler.peak_rss.get("runner", 0) / 2**20, 1),
+        "runner_vmhwm_mb": round((vm_hwm_bytes(runner_pid) or 0) / 2**20, 1),
+        "runner_stats": stats,
+    }
+
+
+def run_once(stack: LocalStack, runner: FunctionsRunner, *, mode: str, intent_latency_ms: float, rate: float,
+             duration: float, users: int, texts: list[str], tag: str, webhook_retries: int = 3,
+             drain_timeout: float | None = None) -> dict[str, Any]:
+    """One measured run against an already started stack + runner; returns its figures."""
+    control = stack["sendbird"].control
+    control.reset()
+    pids = {"runner": runner.pid, **{k: stack[k].pid for k in ("azurite", "cosmos", "sendbird", "intent")}}
+    with ProcSampler(pids) as sampler:
+        plan = drive(runner.base_url, rate=rate, duration=duration, users=users, texts=texts, tag=tag,
+                     webhook_retries=webhook_retries)
+        expected = {f"reply-{s.message_id}" for s in plan if s.accepted}
+        if drain_timeout is None:
+            drain_timeout = 15 + 3 * intent_latency_ms / 1000 * max(1.0, rate * duration / 50)
+        replies = collect_replies(control, expected, drain_timeout=min(drain_timeout, 120))
+    try:
+        stats = requests.get(runner.base_url + "/admin/localrunner/stats", timeout=5).json()
+    except (requests.RequestException, ValueError):
+        stats = None
+    figures = compute_figures(plan, replies, control.counters(), sampler, runner.pid, _compact_stats(stats))
+    figures["loadavg_1min_after"] = round(os.getloadavg()[0], 2)  # other jobs on the machine skew the figures
+    return {"mode": mode, "intent_latency_ms": intent_latency_ms, "rate": rate, "duration_s": duration,
+            "users": users, **figures}
+
+
+def _compact_stats(stats: dict | None) -> dict | None:
+    if not stats:
+        return None
+    fns = {k: {c: v[c] for c in ("invocations", "failures", "timeouts", "poisoned") if v.get(c)}
+           for k, v in stats.get("functions", {}).items()}
+    return {"functions": {k: v for k, v in fns.items() if v}}

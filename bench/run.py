@@ -1,0 +1,193 @@
+"""Benchmark: the queue chain vs the monolith (every stage inline in the webhook request), on the local stack.
+
+    python -m bench.run                      # the README figures (both modes, intent +0/+300/+2000 ms), < 10 min
+    python -m bench.run --mode chain --rates 5,20,50 --duration 20 --users 50 --intent-latency-ms 0,300
+    python -m bench.run --smoke              # a few seconds: tiny rate, both modes, checks figures exist, lost == 0
+    python -m bench.run --mode chain --rates 50,100,150 --intent-latency-ms 0 --profile   # ceiling + py-spy
+
+For each intent-service latency it starts Azurite, the Cosmos DB stand-in, the SendBird stand-in and the
+intent service (``INTENT_ADDED_LATENCY_MS``) on free loopback ports; for each mode a functions runner
+(``localrunner``) hosting the chain (``function_app.py``) or ``bench/monolith_app``; for each rate one run.
+Prints a table; writes ``bench/results/<name>.json`` (all figures) and PNG plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from bench import harness
+
+RESULTS = Path(__file__).resolve().parent / "results"
+#: Intent latencies at or above this many ms run only the rates in --slow-rates (a 2 s model cannot keep up
+#: with 50 msg/s in either mode; its backlog would take minutes to drain).
+SLOW_MS = 1000
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__.split("\n")[0])
+    p.add_argument("--mode", choices=["chain", "monolith", "both"], default="both")
+    p.add_argument("--rates", type=_floats, default=[5, 20, 50], help="offered webhooks/s, comma-separated")
+    p.add_argument("--slow-rates", type=_floats, default=[5, 20],
+                   help=f"rates used when the intent latency is >= {SLOW_MS} ms (default 5,20)")
+    p.add_argument("--duration", type=float, default=10, help="seconds of load per run (default 10)")
+    p.add_argument("--users", type=int, default=50,
+                   help="simulated users = sender threads = max webhooks in flight (default 50)")
+    p.add_argument("--intent-latency-ms", type=_floats, default=[0, 300, 2000],
+                   help="added intent-service latency per prediction, comma-separated (default 0,300,2000)")
+    p.add_argument("--webhook-retries", type=int, default=3,
+                   help="re-sends of a webhook not answered within 5 s, as SendBird does (default 3)")
+    p.add_argument("--name", default=None, help="results file stem (default: 'results', or 'smoke')")
+    p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--profile", action="store_true",
+                   help="py-spy the chain runner during each chain run; top functions go into the JSON")
+    p.add_argument("--smoke", action="store_true", help="quick check: 2 msg/s for 2 s, both modes, intent +0 ms")
+    p.add_argument("--log-dir", default=None)
+    a = p.parse_args(argv)
+    if a.smoke:
+        a.rates, a.slow_rates, a.duration, a.users, a.intent_latency_ms = [2], [2], 2, 4, [0]
+        a.name = a.name or "smoke"
+        a.no_plots = True
+    a.name = a.name or "results"
+    return a
+
+
+def threading_is_main() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _profile_start(pid: int, out: Path, duration: float) -> subprocess.Popen | None:
+    exe = Path(sys.executable).parent / "py-spy"
+    if not exe.exists():
+        return None
+    return subprocess.Popen([str(exe), "record", "-p", str(pid), "-d", str(int(duration)), "-r", "50",
+                             "-f", "raw", "-o", str(out), "--nonblocking"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def top_functions(raw: Path, n: int = 15) -> dict:
+    """From py-spy's collapsed stacks: the functions with most samples (inclusive and self), as % of samples."""
+    inclusive: dict[str, int] = {}
+    self_: dict[str, int] = {}
+    total = 0
+    idle_markers = ("wait (threading.py", "_wait_for_tstate_lock", "select (selectors.py", "get (queue.py",
+                    "poll (selectors.py", "accept (socket.py", "_worker (concurrent/futures/thread.py")
+    active = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        c = int(count)
+        total += c
+        frames = stack.split(";")
+        leaf = frames[-1]
+        if any(m in leaf for m in idle_markers):
+            continue
+        active += c
+        self_[leaf] = self_.get(leaf, 0) + c
+        for f in set(frames):
+            inclusive[f] = inclusive.get(f, 0) + c
+
+    def top(d: dict[str, int]) -> list[list]:
+        return [[k, round(100 * v / max(1, active), 1)] for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:n]]
+
+    return {"samples": total, "active_samples": active, "self_pct_of_active": top(self_),
+            "inclusive_pct_of_active": top(inclusive)}
+
+
+def run(a: argparse.Namespace) -> dict:
+    modes = ["chain", "monolith"] if a.mode == "both" else [a.mode]
+    results: list[dict] = []
+    t_all = time.monotonic()
+    for latency in a.intent_latency_ms:
+        rates = a.slow_rates if latency >= SLOW_MS else a.rates
+        stack = harness.infra_stack(latency, a.log_dir)
+        with stack:
+            texts = harness.usable_utterances(stack["intent"].base_url)
+            for mode in modes:
+                runner = harness.runner_for(stack, mode, a.log_dir)
+                with runner:
+                    # warm-up: clients, connections, Cosmos database/container, first imports
+                    harness.run_once(stack, runner, mode=mode, intent_latency_ms=latency, rate=5, duration=1,
+                                     users=5, texts=texts, tag=f"warm{mode}{int(latency)}", drain_timeout=20)
+                    for rate in rates:
+                        tag = f"{mode[0]}{int(latency)}r{int(rate)}t{int(time.time()) % 100000}"
+                        prof = None
+                        if a.profile and mode == "chain":
+                            raw = RESULTS / f"profile-{mode}-{int(latency)}ms-{int(rate)}rps.txt"
+                            prof = _profile_start(runner.pid, raw, a.duration + 2)
+                        fig = harness.run_once(stack, runner, mode=mode, intent_latency_ms=latency, rate=rate,
+                                               duration=a.duration, users=a.users, texts=texts, tag=tag,
+                                               webhook_retries=a.webhook_retries)
+                        if prof is not None:
+                            try:
+                                prof.wait(30)
+                            except subprocess.TimeoutExpired:
+                                prof.terminate()
+                            if raw.exists():
+                                fig["profile"] = {"raw_file": raw.name, **top_functions(raw)}
+                        results.append(fig)
+                        print(_row(fig), flush=True)
+    return {"meta": {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.platform(),
+                     "cpus": __import__("os").cpu_count(), "python": platform.python_version(),
+                     "args": {k: v for k, v in vars(a).items()},
+                     "total_s": round(time.monotonic() - t_all, 1)},
+            "runs": results}
+
+
+HEADER = (f"{'mode':8} {'intent':>6} {'rate':>5} {'thru':>6} | {'intake p50/p95/p99 ms':>23} | "
+          f"{'e2e p50/p95/p99 ms':>21} | {'overhead p50/p99':>16} | {'>5s':>4} {'lost':>4} {'dup':>4} | "
+          f"{'cpu%':>5} {'ms/msg':>6} {'rss MB':>6}")
+
+
+def _row(f: dict) -> str:
+    def three(s: dict) -> str:
+        return "/".join("-" if s.get(k) is None else f"{s[k]:.0f}" for k in ("p50", "p95", "p99"))
+
+    ov = f["gateway_overhead_ms"]
+    return (f"{f['mode']:8} {f['intent_latency_ms']:>6.0f} {f['rate']:>5.0f} {f['throughput_msgs_s']:>6.1f} | "
+            f"{three(f['intake_ms']):>23} | {three(f['e2e_ms']):>21} | "
+            f"{('-' if ov['p50'] is None else f'{ov[chr(112)+chr(53)+chr(48)]:.0f}/{ov[chr(112)+chr(57)+chr(57)]:.0f}'):>16} | "
+            f"{f['webhooks_over_5s']:>4} {f['lost']:>4} {f['duplicate_replies_visible']:>4} | "
+            f"{f['runner_cpu_pct']:>5.0f} {f['runner_cpu_ms_per_msg'] or 0:>6.1f} {f['runner_peak_rss_mb']:>6.0f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    import signal
+
+    # SIGTERM -> SystemExit, so the ``with`` blocks stop every service this run started
+    if threading_is_main():
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    print(HEADER, flush=True)
+    data = run(a)
+    out = RESULTS / f"{a.name}.json"
+    out.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
+    print(f"\n{HEADER}")
+    for f in data["runs"]:
+        print(_row(f))
+    print(f"\nthru = replies/s sustained; >5s = webhooks SendBird would have re-sent; dup = visible duplicate replies; "
+          f"cpu% = runner CPU (100 = one core); ms/msg = runner CPU per reply\nwrote {out} "
+          f"({data['meta']['total_s']} s)")
+    if not a.no_plots:
+        from bench import plots
+
+        for p in plots.plot_all(data, RESULTS, a.name):
+            print(f"wrote {p}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,7 @@
+"""bench tests run with the repository root on sys.path (pytest --import-mode=importlib, pythonpath = .)."""
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
