@@ -683,3 +683,62 @@ class LocalStack:
             key: {"class": type(s).__name__, "port": s.port, "pid": s.pid, "log": str(s.log_path)}
             for key, s in self.services.items()
         }
+
+
+# --------------------------------------------------------------------------- fault injection
+class ChaosProxy(Service):
+    """``python -m devstack.chaos_proxy``: a fault-injecting reverse proxy in front of ``upstream``.
+
+    ``tls=True`` listens on HTTPS (self-signed certificate generated at start). ``.control`` is a
+    :class:`devstack.chaos_proxy.ChaosControlClient` (``set_rules``, ``stats``...). ``name`` distinguishes
+    several proxies' log files (``<name>-<port>.log``).
+    """
+
+    name = "chaos-proxy"
+    default_port = 0
+
+    def __init__(
+        self,
+        upstream: str,
+        port: int | None = 0,
+        tls: bool = False,
+        *,
+        name: str | None = None,
+        seed: int | None = None,
+        access_log: bool = False,
+        log_dir: str | os.PathLike | None = None,
+        startup_timeout: float = 20.0,
+    ) -> None:
+        super().__init__(port, log_dir=log_dir, startup_timeout=startup_timeout)
+        from devstack.chaos_proxy import ChaosControlClient
+
+        if name:
+            self.name = name
+        self.upstream = upstream
+        self.tls = tls
+        self.seed = seed
+        self.access_log = access_log
+        self.control = ChaosControlClient(self.base_url)
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "devstack.chaos_proxy", "--upstream", self.upstream,
+               "--host", self.host, "--port", str(self.port)]
+        if self.tls:
+            cmd.append("--tls")
+        if self.seed is not None:
+            cmd += ["--seed", str(self.seed)]
+        if self.access_log:
+            cmd.append("--access-log")
+        return cmd
+
+    def is_ready(self) -> bool:
+        return _http_status(f"{self.base_url}/__chaos/health") == 200
+
+    @property
+    def base_url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://{self.host}:{self.port}"
+
+    @property
+    def endpoint(self) -> str:
+        """``base_url`` with a trailing slash (the form COSMOS_ENDPOINT takes)."""
+        return self.base_url + "/"

@@ -34,8 +34,9 @@ def process_routed(route: Route, msg: func.QueueMessage, reply: func.Out[str]) -
         msg.get_body(), dequeue_count=msg.dequeue_count or 1, queue=route.queue, model=RoutedMessage,
         work=lambda m: handle(m, state_store=services.state_store(), catalog=services.catalog(),
                               settings=cfg.settings, reschedule=_requeue, telemetry=services.telemetry()),
-        queues=services.queues(), max_dequeue_count=cfg.host.max_dequeue_count, on_poison=_apologize,
-        telemetry=services.telemetry(), stage="branch_handler",
+        queues=services.queues(), max_dequeue_count=cfg.host.max_dequeue_count,
+        retry_budget_seconds=cfg.settings.retry_budget_seconds, on_poison=_apologize,
+        telemetry=services.telemetry(), stage="branch_handler", route=route.value,
     )
     if answer is not None:
         reply.set(answer.to_queue_text())

@@ -46,7 +46,8 @@ def intent_stage(msg: func.QueueMessage, to_greeting: func.Out[str], to_help: fu
         msg.get_body(), dequeue_count=msg.dequeue_count or 1, queue=INBOUND_QUEUE, model=InboundMessage,
         work=lambda m: classify(m, state_store=services.state_store(), intent_client=services.intent_client(),
                                 settings=cfg.settings, telemetry=services.telemetry()),
-        queues=services.queues(), max_dequeue_count=cfg.host.max_dequeue_count, on_poison=_apologize,
+        queues=services.queues(), max_dequeue_count=cfg.host.max_dequeue_count,
+        retry_budget_seconds=cfg.settings.retry_budget_seconds, on_poison=_apologize,
         telemetry=services.telemetry(), stage="intent_stage",
     )
     if routed is not None:

@@ -28,6 +28,7 @@ def reply_sender(msg: func.QueueMessage) -> None:
                                state_store=services.state_store(), settings=cfg.settings,
                                telemetry=services.telemetry()),
         queues=services.queues(), max_dequeue_count=cfg.host.max_dequeue_count,
+        retry_budget_seconds=cfg.settings.retry_budget_seconds,
         on_poison=lambda m, reason: mark_failed(m, services.state_store(), cfg.settings),
         telemetry=services.telemetry(), stage="reply_sender",
     )

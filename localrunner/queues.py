@@ -120,7 +120,8 @@ class _Lease:
 
 class QueueListener:
     def __init__(self, spec: FunctionSpec, invoker: Invoker, options: QueuesOptions,
-                 service: QueueService, stats: Stats, lease_seconds: int):
+                 service: QueueService, stats: Stats, lease_seconds: int,
+                 chaos_skip_delete_rate: float = 0.0, rng: Optional[random.Random] = None):
         self.spec = spec
         self.target = spec.queue.target
         self.poison_target = QueueTarget(self.target.connection_name, self.target.connection_string,
@@ -130,6 +131,10 @@ class QueueListener:
         self.service = service
         self.stats = stats
         self.lease_seconds = max(1, int(lease_seconds))
+        # chaos (LOCALRUNNER_CHAOS_SKIP_DELETE_RATE): probability that a successful invocation's message is
+        # not deleted, so it reappears after the lease, as if the worker died after doing its work
+        self.chaos_skip_delete_rate = float(chaos_skip_delete_rate)
+        self._rng = rng or random.Random()
         self._wake = threading.Event()
         self._stopping = threading.Event()
         self._abandon = threading.Event()
@@ -147,6 +152,8 @@ class QueueListener:
         self._lease_thread: Optional[threading.Thread] = None
         for k in ("polls", "empty_polls", "messages", "wakeups", "woken_waits", "renewals", "poll_errors"):
             stats.inc_listener(spec.name, k, 0)
+        if self.chaos_skip_delete_rate > 0:
+            stats.inc(spec.name, "chaos_skipped_deletes", 0)
 
     # -- lifecycle ---------------------------------------------------------------
     def start(self) -> None:
@@ -319,7 +326,16 @@ class QueueListener:
                 log.warning("Runner stopped before '%s' finished message %s; it will reappear after its "
                             "visibility window", self.spec.name, m.id)
             elif result.ok:
-                self._delete(lease)
+                if self.chaos_skip_delete_rate > 0 and self._rng.random() < self.chaos_skip_delete_rate:
+                    # outputs are flushed already; leave the message hidden until its lease lapses
+                    self.stats.inc(self.spec.name, "chaos_skipped_deletes")
+                    log.warning("chaos: not deleting message %s of '%s' after success (dequeue count %d); "
+                                "it reappears after the %d s lease", m.id, self.target.queue_name,
+                                m.dequeue_count, self.lease_seconds)
+                    with lease.lock:
+                        lease.done = True
+                else:
+                    self._delete(lease)
             elif m.dequeue_count >= opts.max_dequeue_count:
                 self._poison(lease)
             else:

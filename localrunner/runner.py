@@ -40,6 +40,7 @@ class Runner:
         lease_seconds: Optional[int] = None,
         thread_count: Optional[int] = None,
         print_ready: bool = False,
+        chaos_skip_delete_rate: Optional[float] = None,
     ) -> None:
         self.app_root = os.path.abspath(app_root)
         self.requested_port = port
@@ -52,6 +53,8 @@ class Runner:
         self._lease_seconds = lease_seconds
         self._thread_count = thread_count
         self.print_ready = print_ready
+        self._chaos_skip_delete_rate = chaos_skip_delete_rate
+        self.chaos_skip_delete_rate = 0.0
 
         self.state = "Created"
         self.port: Optional[int] = None
@@ -197,6 +200,17 @@ class Runner:
                 raise ConfigError(f"LOCALRUNNER_LEASE_SECONDS must be an integer number of seconds, got {raw!r}") from None
         if lease < 1:
             raise ConfigError(f"lease seconds must be >= 1, got {lease}")
+        chaos = self._chaos_skip_delete_rate
+        if chaos is None:
+            raw = os.environ.get("LOCALRUNNER_CHAOS_SKIP_DELETE_RATE")
+            try:
+                chaos = float(raw) if raw else 0.0
+            except ValueError:
+                raise ConfigError("LOCALRUNNER_CHAOS_SKIP_DELETE_RATE must be a probability 0..1, "
+                                  f"got {raw!r}") from None
+        if not 0.0 <= chaos <= 1.0:
+            raise ConfigError(f"LOCALRUNNER_CHAOS_SKIP_DELETE_RATE must be a probability 0..1, got {chaos}")
+        self.chaos_skip_delete_rate = chaos
         threads = self._thread_count
         if threads is None:
             raw = os.environ.get("PYTHON_THREADPOOL_THREAD_COUNT")
@@ -231,7 +245,12 @@ class Runner:
         self._server_thread.start()
         for s in self.specs:
             if s.queue:
-                self.listeners.append(QueueListener(s, invoker, hc.queues, self._queues, self.stats_obj, lease))
+                self.listeners.append(QueueListener(s, invoker, hc.queues, self._queues, self.stats_obj, lease,
+                                                    chaos_skip_delete_rate=chaos))
+        if chaos:
+            log.warning("chaos: %.0f%% of successfully processed queue messages will NOT be deleted "
+                        "(LOCALRUNNER_CHAOS_SKIP_DELETE_RATE=%s); they reappear after the %d s lease",
+                        chaos * 100, chaos, lease)
         for l in self.listeners:
             l.start()
         for s in self.specs:

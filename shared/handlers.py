@@ -22,7 +22,7 @@ from shared.catalog import ResponseCatalog
 from shared.language import detect_language
 from shared.models import InboundMessage, ReplyMessage, Route, RoutedMessage, now_ms
 from shared.settings import Settings
-from shared.state import StateStore, UserState
+from shared.state import APOLOGY_KEY, StateStore, UserState, apology_dedup_id, reply_dedup_id
 from shared.telemetry import DISABLED, Telemetry
 
 log = logging.getLogger(__name__)
@@ -46,18 +46,7 @@ class Context:
     now_ms: int
 
 
-APOLOGY_KEY = "apology.error"
 
-
-def reply_dedup_id(message_id: int) -> str:
-    """SendBird ``dedup_id`` of the bot's reply to user message ``message_id``."""
-    return f"reply-{message_id}"
-
-
-def apology_dedup_id(message_id: int) -> str:
-    """SendBird ``dedup_id`` of the apology for user message ``message_id`` (differs from the reply's,
-    so that a replay after a fix can still deliver the real answer)."""
-    return f"apology-{message_id}"
 
 
 def greeting(msg: RoutedMessage, state: UserState, ctx: Context) -> Outcome:
@@ -136,8 +125,8 @@ def handle(msg: RoutedMessage, *, state_store: StateStore, catalog: ResponseCata
     """Run ``msg.route``'s handler in one state update; return the reply to enqueue, or None.
 
     - Idempotent: a turn already answered re-emits its recorded reply (same ``dedup_id``) instead of
-      running the handler again; a silent turn stays silent. A turn that only got an apology (its
-      message was poisoned, then replayed) is handled for real.
+      running the handler again; a silent turn stays silent. A turn that got an apology (its message
+      was poisoned) or whose reply failed is answered for real only when the message is a replay.
     - Ordered per user: while an earlier message of the same user is not final (sent, silent or failed),
       this one is re-queued with ``reschedule(msg, delay_seconds)`` and None is returned, for at most
       ``ORDER_MAX_WAIT_SECONDS`` after the intake received it; then it is handled anyway.
@@ -154,7 +143,9 @@ def handle(msg: RoutedMessage, *, state_store: StateStore, catalog: ResponseCata
             turn = state.admit(msg.message_id, msg.correlation_id, msg.received_at_ms, settings.state_history_limit)
         if turn.status == "silent":
             return None
-        answered = turn.reply_key not in (None, APOLOGY_KEY) and turn.status in ("answered", "sent")
+        if (turn.apologized or turn.status == "failed") and not msg.replayed:
+            return None  # the user was told it failed; only an explicit replay answers it now
+        answered = turn.answered and not (turn.status == "failed")
         if not answered:
             waiting_for = state.pending_before(turn)
             if waiting_for and now - msg.received_at_ms < settings.order_max_wait_seconds * 1000:

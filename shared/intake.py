@@ -99,6 +99,7 @@ def handle_webhook(body: bytes, headers: Mapping[str, str], settings: Settings, 
 def _report(d: IntakeDecision, telemetry: Telemetry) -> None:
     if d.inbound is not None:
         m = d.inbound
+        telemetry.metric("messages_received", 1)
         telemetry.event("MessageReceived", {
             "correlation_id": m.correlation_id, "message_id": m.message_id, "channel_url": m.channel_url,
             "user_id": m.user_id, "message_type": m.message_type, "text": m.text,

@@ -47,7 +47,9 @@ def admit(msg: InboundMessage, state: UserState, settings: Settings, now: int) -
 
     - a turn for this ``message_id`` from another delivery (another correlation id) -> ``duplicate``
       (a SendBird webhook retry: the first delivery is being handled by its own queue message);
-    - the same delivery again (a queue redelivery) -> re-admitted with its recorded sequence number;
+    - the same delivery again (a queue redelivery) after the message was handled (answered, sent or
+      failed) -> ``duplicate``; before that -> re-admitted with its recorded sequence number;
+      an operator's replay of a message that got an apology or failed -> re-admitted;
     - the conversation is handed off -> recorded as ``silent``;
     - otherwise a new turn with the next per-user sequence number.
     """
@@ -57,6 +59,9 @@ def admit(msg: InboundMessage, state: UserState, settings: Settings, now: int) -
             return Admission("duplicate", turn.seq)
         if turn.status == "silent":
             return Admission("silent", turn.seq)
+        handled = turn.status in ("answered", "sent", "failed")
+        if handled and not (msg.replayed and (turn.apologized or turn.status == "failed")):
+            return Admission("duplicate", turn.seq)
         return Admission("admitted", turn.seq, state.pending_slot, state.language)
     if state.is_handed_off(now):
         turn = state.admit(msg.message_id, msg.correlation_id, msg.received_at_ms, settings.state_history_limit,

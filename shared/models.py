@@ -98,6 +98,7 @@ class QueueMessageBase(BaseModel):
     received_at_ms: int = Field(ge=0, description="when the webhook intake accepted it, epoch ms")
     enqueued_at_ms: int = Field(ge=0, description="when this message was put on its queue, epoch ms")
     hops: tuple[Hop, ...] = Field(default=(), max_length=16, description="stages passed so far, oldest first")
+    replayed: bool = Field(default=False, description="re-sent from a poison queue by an operator")
 
     def to_queue_text(self) -> str:
         """JSON text for a queue (output binding value or SDK message body); UTF-8, not ASCII-escaped."""

@@ -73,6 +73,19 @@ def parse_entry(source_queue: str, storage_id: str, content: str) -> PoisonEntry
                        "recorded)", None, None, correlation_id, message_id, None, content)
 
 
+def mark_replayed(original: str) -> str:
+    """The original body with ``replayed: true`` when it is one of our queue messages (else unchanged),
+    so the stages may answer a message that already got an apology."""
+    try:
+        data = json.loads(original)
+    except ValueError:
+        return original
+    if isinstance(data, dict) and data.get("type") in ("inbound", "routed", "reply"):
+        data["replayed"] = True
+        return json.dumps(data, ensure_ascii=False)
+    return original
+
+
 def list_poison(queues: QueueSender, source_queues: tuple[str, ...] = SOURCE_QUEUES) -> list[PoisonEntry]:
     """Poison messages of ``source_queues`` (up to 32 per queue: Storage's peek limit), oldest first."""
     entries = []
@@ -122,7 +135,7 @@ def replay(queues: QueueSender, request: ReplayRequest) -> list[PoisonEntry]:
                 for m in batch:
                     entry = parse_entry(q, m.id, m.content)
                     if request.selects(entry):
-                        queues.send(q, entry.original)
+                        queues.send(q, mark_replayed(entry.original))
                         client.delete_message(m)
                         replayed.append(entry)
                     else:

@@ -21,7 +21,7 @@ from typing import Callable, TypeVar
 
 from shared import timing
 from shared.clients.queues import QueueSender
-from shared.errors import GatewayError, PermanentError
+from shared.errors import GatewayError, PermanentError, RateLimited
 from shared.models import PoisonRecord, QueueMessageBase, decode, now_ms
 from shared.telemetry import DISABLED, Telemetry
 
@@ -33,7 +33,8 @@ R = TypeVar("R")
 def run_queue_stage(body: bytes, *, dequeue_count: int, queue: str, model: type[M], work: Callable[[M], R],
                     queues: QueueSender, max_dequeue_count: int,
                     on_poison: Callable[[M, str], None] | None = None,
-                    telemetry: Telemetry = DISABLED, stage: str = "") -> R | None:
+                    telemetry: Telemetry = DISABLED, stage: str = "", route: str | None = None,
+                    retry_budget_seconds: float = 0) -> R | None:
     """Run ``work(decode(body, model))``; returns its result, or None when the message was poisoned.
 
     ``dequeue_count`` is 1 on the first attempt. Re-raises transient failures before the last attempt.
@@ -48,24 +49,34 @@ def run_queue_stage(body: bytes, *, dequeue_count: int, queue: str, model: type[
     try:
         msg = decode(body, model)
         with telemetry.stage(stage, msg.traceparent, correlation_id=msg.correlation_id, message_id=msg.message_id,
-                             queue=queue, dequeue_count=dequeue_count,
+                             queue=queue, dequeue_count=dequeue_count, route=route,
                              queue_wait_ms=started - msg.enqueued_at_ms) as span, timing.scope() as dependency_ms:
             result = work(msg)
         if isinstance(result, QueueMessageBase):
             result = result.with_hop(queue, started - msg.enqueued_at_ms, started, dependency_ms, span.traceparent)
-        telemetry.metric("stage_latency_ms", now_ms() - started, stage=stage)
-        telemetry.metric("queue_wait_ms", max(0, started - msg.enqueued_at_ms), stage=stage)
+        telemetry.metric("stage_latency_ms", now_ms() - started, stage=stage, route=route)
+        telemetry.metric("queue_wait_ms", max(0, started - msg.enqueued_at_ms), stage=stage, route=route)
         return result
     except PermanentError as exc:
         reason, error_type = exc.reason, type(exc).__name__
     except Exception as exc:  # noqa: BLE001 - every failure is either retried or poisoned
         reason = exc.reason if isinstance(exc, GatewayError) else f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, RateLimited) and msg is not None:
+            age = (now_ms() - msg.received_at_ms) / 1000
+            if age + exc.retry_after_seconds <= retry_budget_seconds:
+                # wait without using up an attempt: the same message again, invisible for the asked delay
+                queues.send(queue, body.decode("utf-8") if isinstance(body, bytes) else body,
+                            delay_seconds=exc.retry_after_seconds)
+                log.warning("%s: %s; message_id=%s re-queued in %.0f s (age %.0f s of a %.0f s budget)", queue,
+                            reason, msg.message_id, exc.retry_after_seconds, age, retry_budget_seconds)
+                telemetry.metric("retry_count", 1, stage=stage, route=route)
+                return None
         if dequeue_count < max_dequeue_count:
             logger = log.warning if isinstance(exc, GatewayError) else log.exception
             logger("%s attempt %d/%d failed (message_id=%s, correlation_id=%s): %s; will retry", queue,
                    dequeue_count, max_dequeue_count, getattr(msg, "message_id", None),
                    getattr(msg, "correlation_id", None), reason)
-            telemetry.metric("retry_count", 1, stage=stage)
+            telemetry.metric("retry_count", 1, stage=stage, route=route)
             raise
         reason, error_type = f"failed {dequeue_count} times; last error: {reason}", type(exc).__name__
     queues.send_poison(PoisonRecord(

@@ -13,7 +13,9 @@ Exactly-once visible delivery, built from two records in the user's state (ETag-
 A crash between 2 and 3 leaves a claim that expires; the next attempt sends again with the same
 ``dedup_id``, which SendBird de-duplicates. Outcomes:
 
-- ``"sent"``; ``"duplicate"`` (sent before, nothing done);
+- ``"sent"``; ``"duplicate"`` (sent before, nothing done); ``"superseded"``: the real reply and the
+  apology of one message exclude each other (an apology after the real answer, or a real answer after an
+  apology unless the message is an operator's replay), so the user sees one answer;
 - ``"rescheduled"``: SendBird 429 (re-queued invisible for ``X-RateLimit-RetryAfter`` seconds,
   ``reschedules`` + 1, at most ``REPLY_MAX_RESCHEDULES``) or a live claim elsewhere;
 - 5xx / timeouts: :class:`~shared.errors.TransientError` propagates (host retry), claim released;
@@ -32,12 +34,12 @@ from shared.clients.sendbird import SendBirdClient
 from shared.errors import GatewayError, PermanentError, RateLimited
 from shared.models import REPLY_QUEUE, ReplyMessage, now_ms
 from shared.settings import Settings
-from shared.state import SendClaim, StateStore, Turn, UserState
+from shared.state import APOLOGY_KEY, SendClaim, StateStore, Turn, UserState
 from shared.telemetry import DISABLED, Telemetry
 
 log = logging.getLogger(__name__)
 
-Outcome = Literal["sent", "duplicate", "rescheduled"]
+Outcome = Literal["sent", "duplicate", "superseded", "rescheduled"]
 
 
 def reply_data(reply: ReplyMessage) -> str:
@@ -70,13 +72,22 @@ def deliver(reply: ReplyMessage, *, sendbird: SendBirdClient, queues: QueueSende
     """
     lease_ms = settings.reply_send_lease_seconds * 1000
 
+    apology = reply.reply_key == APOLOGY_KEY
+
     def claim(state: UserState) -> tuple[str, int]:
         now = clock()
         turn = _turn(state, reply, settings)
         if reply.dedup_id in turn.sent_dedup_ids:
             return "duplicate", 0
-        if turn.sending and turn.sending.dedup_id == reply.dedup_id and now - turn.sending.since_ms < lease_ms:
-            return "busy", turn.sending.since_ms + lease_ms - now
+        # One visible answer per message: the real reply and the apology exclude each other.
+        if apology and (turn.answered or any(d.startswith("reply-") for d in turn.sent_dedup_ids)):
+            return "superseded", 0
+        if not apology and turn.apologized and not reply.replayed:
+            return "superseded", 0
+        if turn.sending and now - turn.sending.since_ms < lease_ms:
+            if turn.sending.dedup_id == reply.dedup_id or not apology:
+                return "busy", turn.sending.since_ms + lease_ms - now
+            return "superseded", 0  # an apology while the real reply is being sent
         turn.sending = SendClaim(dedup_id=reply.dedup_id, since_ms=now)
         return "claimed", 0
 
@@ -95,10 +106,11 @@ def deliver(reply: ReplyMessage, *, sendbird: SendBirdClient, queues: QueueSende
     verdict, wait_ms = state_store.update(reply.user_id, reply.channel_url, claim)
     ids = {"correlation_id": reply.correlation_id, "message_id": reply.message_id,
            "channel_url": reply.channel_url, "user_id": reply.user_id}
-    if verdict == "duplicate":
-        log.info("reply %s for message_id=%s was sent before: not sending again", reply.dedup_id, reply.message_id)
-        telemetry.event("ReplyDeduplicated", {**ids, "reply_key": reply.reply_key})
-        return "duplicate"
+    if verdict in ("duplicate", "superseded"):
+        log.info("reply %s for message_id=%s not sent: %s", reply.dedup_id, reply.message_id,
+                 "sent before" if verdict == "duplicate" else "the message already has its answer")
+        telemetry.event("ReplyDeduplicated", {**ids, "reply_key": reply.reply_key, "reason": verdict})
+        return verdict
     if verdict == "busy":
         return _reschedule(reply, queues, settings, max(1.0, wait_ms / 1000), "another sender holds the claim")
     started = time.perf_counter()

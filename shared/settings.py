@@ -111,6 +111,7 @@ class Settings(BaseModel):
     reply_max_reschedules: int = Field(default=10, ge=0)
     reply_send_lease_seconds: int = Field(default=15, ge=1, le=600)
     order_max_wait_seconds: int = Field(default=30, ge=0, le=600)
+    retry_budget_seconds: int = Field(default=60, ge=0, le=3600)
 
     # --- Telemetry (Application Insights); empty disables it ---
     applicationinsights_connection_string: str = Field(default="", repr=False)

@@ -22,6 +22,21 @@ T = TypeVar("T")
 SLOT_ENTITIES = {"order_number": "OrderNumber", "product_category": "ProductCategory"}
 
 
+#: Catalog key of the apology a user gets when their message was poisoned.
+APOLOGY_KEY = "apology.error"
+
+
+def reply_dedup_id(message_id: int) -> str:
+    """SendBird ``dedup_id`` of the bot's reply to user message ``message_id``."""
+    return f"reply-{message_id}"
+
+
+def apology_dedup_id(message_id: int) -> str:
+    """SendBird ``dedup_id`` of the apology for user message ``message_id`` (differs from the reply's,
+    so that a replay after a fix can still deliver the real answer)."""
+    return f"apology-{message_id}"
+
+
 TurnStatus = Literal["received", "answered", "sent", "silent", "failed"]
 #: A turn in one of these states no longer holds back the user's later messages.
 FINAL_STATUSES: frozenset[str] = frozenset({"sent", "silent", "failed"})
@@ -58,6 +73,16 @@ class Turn(BaseModel):
     sending: SendClaim | None = None
     sent_dedup_ids: list[str] = Field(default_factory=list, description="replies SendBird accepted for this turn")
     sent_at_ms: int | None = None
+
+    @property
+    def answered(self) -> bool:
+        """The handler produced a real answer (not only an apology)."""
+        return self.reply_key not in (None, APOLOGY_KEY) and self.status in ("answered", "sent")
+
+    @property
+    def apologized(self) -> bool:
+        """The user got an apology for this message (it was poisoned)."""
+        return any(d.startswith("apology-") for d in self.sent_dedup_ids)
 
 
 class UserState(BaseModel):

@@ -57,11 +57,15 @@ EVENT_MEASUREMENTS = ("confidence", "webhook_delay_ms", "text_length", "intent_l
                       "intent_stage_ms", "handler_stage_ms", "sendbird_ms", "reschedules", "dequeue_count",
                       "retry_after_seconds")
 #: customMetrics names (pre-aggregated).
-METRICS = ("e2e_latency_ms", "stage_latency_ms", "queue_wait_ms", "intent_confidence", "fallback_count",
-           "handoff_count", "retry_count", "poison_count", "sendbird_429_count", "intent_service_errors",
-           "telemetry_export_failures")
+METRICS = ("messages_received", "e2e_latency_ms", "stage_latency_ms", "queue_wait_ms", "intent_confidence",
+           "fallback_count", "handoff_count", "retry_count", "poison_count", "sendbird_429_count",
+           "intent_service_errors", "intent_breaker_open_count", "telemetry_export_failures")
 #: customDimensions of metrics.
 METRIC_DIMENSIONS = ("stage", "route", "queue")
+#: customDimensions of stage requests.
+REQUEST_DIMENSIONS = ("stage", "correlation_id", "message_id", "queue", "dequeue_count", "queue_wait_ms", "route")
+#: ``customDimensions.system`` of dependencies.
+DEPENDENCY_SYSTEMS = ("intent", "cosmos", "sendbird")
 
 _DIGITS = re.compile(r"\d[\d\- ]{2,}\d")
 _EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")
@@ -152,6 +156,7 @@ class Telemetry:
         self.enabled = bool(connection_string)
         self.pii_mode: PiiMode = pii_mode
         self.export_failures = 0
+        self._export_failures_reported = 0
         self._aggregates = _Aggregates()
         self._interval = export_interval_seconds
         self._stop = threading.Event()
@@ -189,6 +194,8 @@ class Telemetry:
 
         def processor(envelope) -> bool:
             envelope.tags["ai.cloud.role"] = role_name
+            if envelope.data.baseType != "MetricData" and sampling_rate < 1.0:
+                envelope.sampleRate = sampling_rate * 100  # so itemCount scales sampled counts back up
             base = envelope.data.baseData
             if envelope.data.baseType == "RequestData" and not getattr(base, "name", ""):
                 base.name = base.properties.get("stage", "stage")
@@ -228,8 +235,10 @@ class Telemetry:
         from opencensus.ext.azure.common.protocol import Data, DataPoint, Envelope, MetricData
         from opencensus.ext.azure.common import utils
 
-        if self.export_failures:
-            self._aggregates.add("telemetry_export_failures", 0, {})
+        new_failures = self.export_failures - self._export_failures_reported
+        if new_failures:
+            self._export_failures_reported += new_failures
+            self._aggregates.add("telemetry_export_failures", new_failures, {})
         envelopes = []
         now = utils.timestamp_to_iso_str(time.time())
         for (name, dims), (total, count, lo, hi) in self._aggregates.drain().items():
@@ -316,18 +325,21 @@ class Telemetry:
             execution_context.clean()
 
     @contextmanager
-    def dependency(self, system: str, name: str, target: str, dependency_type: str = "HTTP") -> Iterator[None]:
-        """A dependency (client span) of the current stage: ``system`` is ``intent``, ``cosmos`` or ``sendbird``."""
+    def dependency(self, system: str, name: str, target: str, dependency_type: str = "HTTP") -> Iterator[Span]:
+        """A dependency (client span) of the current stage: ``system`` is one of :data:`DEPENDENCY_SYSTEMS`.
+
+        Yields a :class:`Span`; ``set_status_code(status)`` records an HTTP answer (``resultCode``; success = 2xx/3xx).
+        """
         if not self.enabled:
-            yield
+            yield Span(None)
             return
         from opencensus.trace import execution_context
         from opencensus.trace.span import SpanKind
         from opencensus.trace.status import Status
 
         tracer = execution_context.get_opencensus_tracer()
-        if tracer is None or not hasattr(tracer, "span"):
-            yield
+        if tracer is None or not hasattr(tracer, "span") or _stage_ids.get() is None:
+            yield Span(None)
             return
         with tracer.span(name=name) as span:
             span.span_kind = SpanKind.CLIENT
@@ -335,7 +347,7 @@ class Telemetry:
             span.add_attribute("target", target)
             span.add_attribute("system", system)
             try:
-                yield
+                yield Span(None, span)
             except Exception as exc:
                 span.status = Status(code=2, message=f"{type(exc).__name__}: {exc}")
                 raise

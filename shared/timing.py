@@ -31,13 +31,15 @@ def scope() -> Iterator[dict[str, float]]:
 
 
 @contextmanager
-def dependency(name: str, operation: str = "", target: str = "", dependency_type: str = "HTTP") -> Iterator[None]:
+def dependency(name: str, operation: str = "", target: str = "",
+               dependency_type: str = "HTTP") -> Iterator[telemetry.Span]:
     """Add the wall time of the ``with`` block (ms) to ``name`` in the current scope, if any, and
-    report it as a telemetry dependency (``operation`` on ``target``) of the current stage."""
+    report it as a telemetry dependency (``operation`` on ``target``) of the current stage.
+    Yields the dependency span (``set_status_code`` for HTTP answers)."""
     start = time.perf_counter()
     try:
-        with telemetry.current().dependency(name, operation or name, target, dependency_type):
-            yield
+        with telemetry.current().dependency(name, operation or name, target, dependency_type) as span:
+            yield span
     finally:
         totals = _current.get()
         if totals is not None:

@@ -167,10 +167,11 @@ def test_dead_intent_service_trips_the_circuit_and_fails_fast(httpserver: HTTPSe
             client.analyze("hi", "en", "u", "1")
     calls = len(httpserver.log)
     started = time.perf_counter()
-    with pytest.raises(TransientError, match="circuit open"):
+    with pytest.raises(RateLimited, match="circuit open") as err:
         client.analyze("hi", "en", "u", "1")
     assert len(httpserver.log) == calls  # no request at all
     assert time.perf_counter() - started < 0.05
+    assert 1 <= err.value.retry_after_seconds <= 30  # the stage re-queues the message for that long
 
 
 def test_client_errors_do_not_trip_the_circuit(httpserver: HTTPServer):

@@ -122,11 +122,43 @@ def test_apology_then_replay_delivers_the_real_answer_once(chain, catalog, setti
     # the handler stage was poisoned: the user gets an apology
     assert chain.send(apology_reply(routed, catalog, settings)) == "sent"
     assert chain.turn(1).status == "sent" and chain.turn(1).reply_key == "apology.error"
-    # after a fix, the poisoned message is replayed: the real answer goes out, once
-    replay = chain.handle(routed)
-    assert replay.reply_key == "greeting.hello" and chain.send(replay) == "sent"
-    assert chain.send(chain.handle(routed)) == "duplicate"
+    # a late copy of the original message does not answer it a second time
+    assert chain.handle(routed) is None
+    # after a fix, the poisoned message is replayed (flagged by the poison tooling): the real answer goes out, once
+    replayed = routed.model_copy(update={"replayed": True})
+    replay = chain.handle(replayed)
+    assert replay.reply_key == "greeting.hello" and replay.replayed and chain.send(replay) == "sent"
+    assert chain.send(chain.handle(replayed)) == "duplicate"
     assert [m["dedup_id"] for m in sendbird.messages] == ["apology-1", "reply-1"]
+
+
+def test_an_apology_after_the_real_answer_is_not_shown(chain, catalog, settings, sendbird):
+    routed = chain.route(inbound("hi", 1))
+    reply = chain.handle(routed)
+    apology = apology_reply(routed, catalog, settings)
+    assert chain.send(apology) == "superseded"  # answered but not yet sent: the reply wins
+    assert chain.send(reply) == "sent"
+    assert chain.send(apology) == "superseded"
+    assert [m["dedup_id"] for m in sendbird.messages] == ["reply-1"]
+
+
+def test_a_queued_real_reply_after_an_apology_is_sent_only_for_a_replay(chain, catalog, settings, sendbird):
+    routed = chain.route(inbound("hi", 1))
+    assert chain.send(apology_reply(routed, catalog, settings)) == "sent"  # poisoned before any answer
+    from shared.state import reply_dedup_id
+    late = ReplyMessage(**routed.next_hop(), text="Hello!", language="en", route=Route.GREETING,
+                        reply_key="greeting.hello", dedup_id=reply_dedup_id(1), seq=routed.seq)
+    assert chain.send(late) == "superseded"
+    assert chain.send(late.model_copy(update={"replayed": True})) == "sent"
+    assert [m["dedup_id"] for m in sendbird.messages] == ["apology-1", "reply-1"]
+
+
+def test_redelivered_inbound_after_it_was_answered_is_not_routed_again(chain, intent):
+    msg = inbound("hi", 1)
+    chain.send(chain.handle(chain.route(msg)))
+    calls = len(intent.calls)
+    assert chain.route(msg) is None  # same delivery, already handled: no second intent call
+    assert len(intent.calls) == calls
 
 
 def test_handed_off_conversation_admits_silently(chain, intent):

@@ -127,3 +127,30 @@ def test_a_stage_that_produces_a_message_appends_its_hop(queues):
     [hop] = out.hops
     assert hop.stage == INBOUND_QUEUE and hop.queue_wait_ms >= 150
     assert hop.dependency_ms["intent"] >= 20 and hop.duration_ms >= hop.dependency_ms["intent"]
+
+
+def test_rate_limited_work_is_requeued_with_the_delay_within_the_budget(queues):
+    from shared.errors import RateLimited
+
+    def work(m):
+        raise RateLimited("intent service circuit open", 4)
+
+    body = inbound().to_queue_text().encode()
+    assert run_queue_stage(body, dequeue_count=1, queue=INBOUND_QUEUE, model=InboundMessage, work=work,
+                           queues=queues, max_dequeue_count=5, retry_budget_seconds=60) is None
+    assert queues.sent[INBOUND_QUEUE] == [(body.decode(), 4)]  # same message, delayed, no attempt used up
+
+
+def test_rate_limited_beyond_the_budget_is_retried_then_poisoned(queues):
+    from shared.errors import RateLimited
+
+    def work(m):
+        raise RateLimited("intent service circuit open", 4)
+
+    old = inbound(received_at_ms=now_ms() - 59_000).to_queue_text().encode()
+    with pytest.raises(RateLimited):
+        run_queue_stage(old, dequeue_count=1, queue=INBOUND_QUEUE, model=InboundMessage, work=work,
+                        queues=queues, max_dequeue_count=5, retry_budget_seconds=60)
+    run_queue_stage(old, dequeue_count=5, queue=INBOUND_QUEUE, model=InboundMessage, work=work,
+                    queues=queues, max_dequeue_count=5, retry_budget_seconds=60)
+    assert INBOUND_QUEUE not in queues.sent and "circuit open" in queues.poison_records(INBOUND_QUEUE)[0].reason

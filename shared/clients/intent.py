@@ -16,7 +16,8 @@ connection errors, read timeouts and 502/503/504 (urllib3 ``Retry``). Then:
 
 Circuit breaker (the ``circuitbreaker`` package, one per worker): after
 ``INTENT_BREAKER_FAILURES`` transient failures in a row the circuit opens and
-calls fail at once with a :class:`~shared.errors.TransientError` for
+calls fail at once with :class:`~shared.errors.RateLimited` (retry after the
+remaining open time; the queue stage re-queues the message with that delay) for
 ``INTENT_BREAKER_RESET_SECONDS``; then calls go through again and the first
 result decides. So a dead intent service costs the queue stages milliseconds
 per attempt, not the full timeout-and-retries budget. Permanent errors (4xx)
@@ -34,8 +35,8 @@ from pydantic import BaseModel, ValidationError
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from shared import timing
-from shared.errors import PermanentError, TransientError
+from shared import telemetry, timing
+from shared.errors import PermanentError, RateLimited, TransientError
 from shared.models import Entity, IntentScore
 from shared.settings import Settings
 
@@ -121,14 +122,17 @@ class IntentClient:
         try:
             return self._guarded_post(body, headers)
         except CircuitBreakerError as exc:
-            raise TransientError(f"intent service circuit open after {self.breaker.failure_count} failures: "
-                                 f"failing fast for {max(0.0, self.breaker.open_remaining):.0f} s more") from exc
+            telemetry.current().metric("intent_breaker_open_count", 1)
+            wait = max(1.0, self.breaker.open_remaining)
+            raise RateLimited(f"intent service circuit open after {self.breaker.failure_count} failures: "
+                              f"failing fast for {wait:.0f} s more", wait) from exc
 
     def _post(self, body: dict, headers: dict | None) -> IntentPrediction:
         try:
-            with timing.dependency("intent", "POST /language/:analyze-conversations", self._target):
+            with timing.dependency("intent", "POST /language/:analyze-conversations", self._target) as dep:
                 resp = self._session.post(self._url, params=self._params, json=body, headers=headers,
                                           timeout=self._timeout)
+                dep.set_status_code(resp.status_code)
         except requests.RequestException as exc:
             raise TransientError(f"intent service unreachable: {type(exc).__name__}: {exc}") from exc
         if resp.status_code == 429 or resp.status_code >= 500:

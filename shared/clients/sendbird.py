@@ -59,8 +59,9 @@ class SendBirdClient:
         if data:
             body["data"] = data
         try:
-            with timing.dependency("sendbird", "POST /v3/bots/{bot_userid}/send", self._target):
+            with timing.dependency("sendbird", "POST /v3/bots/{bot_userid}/send", self._target) as dep:
                 resp = self._session.post(self._url, json=body, timeout=self._timeout)
+                dep.set_status_code(resp.status_code)
         except requests.RequestException as exc:
             raise TransientError(f"SendBird unreachable: {type(exc).__name__}: {exc}") from exc
         if resp.status_code == 429:

@@ -1,0 +1,61 @@
+"""What the suite injects, and how much: one :class:`FaultPlan` per run (presets: ``ci`` and ``full``)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, replace
+
+
+@dataclass(frozen=True)
+class FaultPlan:
+    # ---- load
+    users: int = 16
+    messages: int = 15                       # per user (keep <= STATE_HISTORY_LIMIT, 20)
+    seed: int = 1
+    gap_ms: tuple[int, int] = (150, 600)     # pause between a user's messages
+    # ---- SendBird webhook deliveries: how many times each message is posted (1..3) and when
+    deliveries_weights: tuple[float, float, float] = (0.5, 0.3, 0.2)
+    concurrent_share: float = 0.5            # share of extra deliveries posted at the same time as the first
+    late_delivery_s: tuple[float, float] = (0.3, 4.0)  # the others: this much later
+    webhook_timeout_s: float = 5.0           # SendBird's webhook timeout
+    webhook_retry_backoff_s: tuple[float, ...] = (1.5, 3.0, 6.0)  # re-posts after a failure/timeout
+    # ---- queue redeliveries (localrunner)
+    skip_delete_rate: float = 0.1            # LOCALRUNNER_CHAOS_SKIP_DELETE_RATE
+    lease_seconds: int = 3                   # LOCALRUNNER_LEASE_SECONDS
+    # ---- worker killed mid-message: SIGKILL the runner when this share of the messages was sent
+    kill_at: tuple[float, ...] = (0.4,)
+    # ---- intent service (chaos proxy in front of it)
+    intent_timeout_seconds: float = 1.0      # INTENT_TIMEOUT_SECONDS for the gateway
+    intent_503_p: float = 0.08
+    intent_slow_p: float = 0.03              # answer after intent_slow_ms (> the timeout)
+    intent_slow_ms: int = 1600
+    intent_outage_at: float | None = 0.7     # share of messages sent when every call gets 503 ...
+    intent_outage_s: float = 2.0             # ... for this long (opens the circuit breaker)
+    # ---- SendBird Platform API bursts (stand-in scripted faults)
+    sendbird_burst_every_s: float = 4.0
+    sendbird_burst: tuple[dict, ...] = (
+        {"status": 429, "retry_after": 1, "times": 3},
+        {"status": 503, "times": 3},
+        {"status": 500, "times": 2},
+        {"status": 502, "times": 1},
+    )
+    # ---- Cosmos DB (chaos proxy in front of the stand-in; second writer on the same documents)
+    cosmos_429_p: float = 0.05
+    cosmos_retry_after_ms: int = 25
+    writer_interval_s: float = 0.05          # pause between the second writer's writes
+    # ---- accounting
+    drain_timeout_s: float = 120.0
+    quiet_s: float = 4.0                     # queues empty this long = drained
+    extra_env: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def with_(self, **changes) -> "FaultPlan":
+        return replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+PRESETS = {
+    "full": FaultPlan(),
+    # CI: a few minutes at most on 2 cores; every fault kind still happens
+    "ci": FaultPlan(users=6, messages=10, kill_at=(0.45,), sendbird_burst_every_s=3.0, drain_timeout_s=90.0),
+}
