@@ -15,7 +15,6 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Mapping, Optional
 
-import azure.functions as func
 
 from .config import ConfigError
 

@@ -11,16 +11,13 @@ workflow schema vendored by check-jsonschema, and the smoke scripts run against 
 
 from __future__ import annotations
 
-import hashlib
 import http.server
 import importlib
 import importlib.util
-import inspect
 import json
 import os
 import re
 import shutil
-import string
 import subprocess
 import sys
 import threading

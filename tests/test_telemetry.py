@@ -54,7 +54,7 @@ def test_stages_form_one_operation_tree_with_dependencies(sink):
         with tel.stage("intent_stage", a.traceparent) as b:
             with timing.dependency("intent", "POST /language/:analyze-conversations", "127.0.0.1:5088"):
                 pass
-        with tel.stage("branch_handler", b.traceparent) as c:
+        with tel.stage("branch_handler", b.traceparent):
             pass
         tel.flush()
         got = wait_envelopes(sink.envelopes, lambda e: len(kinds(e, "RequestData")) == 3
