@@ -6,9 +6,10 @@ answer with. :func:`handle` runs the route's handler inside one optimistic
 state update (ETag), records the turn in the bounded history and returns the
 :class:`~shared.models.ReplyMessage` for the reply queue (None: stay silent).
 
-A message already in the history (a queue redelivery) gets the recorded reply
-again without running the handler twice; the reply sender's ``dedup_id`` then
-keeps SendBird from showing it twice.
+A message already answered (a queue redelivery) gets the recorded reply again
+without running the handler twice; the reply sender's sent records and
+``dedup_id`` keep SendBird from showing it twice. Messages are handled in the
+order each user sent them (see :func:`handle`).
 """
 
 from __future__ import annotations
@@ -44,9 +45,6 @@ class Context:
     settings: Settings
     catalog: ResponseCatalog
     now_ms: int
-
-
-
 
 
 def greeting(msg: RoutedMessage, state: UserState, ctx: Context) -> Outcome:
@@ -134,9 +132,11 @@ def handle(msg: RoutedMessage, *, state_store: StateStore, catalog: ResponseCata
     Errors: :class:`~shared.errors.TransientError` from the state store (after ETag retries).
     """
     held_back: list[int] = []
+    handled: list[str] = []  # reply key, when the handler ran in the write that succeeded
 
     def mutate(state: UserState) -> ReplyMessage | None:
         held_back.clear()
+        handled.clear()
         now = clock()
         turn = state.turn_for(msg.message_id)
         if turn is None:  # evicted from the bounded history, or state reset: admit it now
@@ -145,8 +145,7 @@ def handle(msg: RoutedMessage, *, state_store: StateStore, catalog: ResponseCata
             return None
         if (turn.apologized or turn.status == "failed") and not msg.replayed:
             return None  # the user was told it failed; only an explicit replay answers it now
-        answered = turn.answered and not (turn.status == "failed")
-        if not answered:
+        if not turn.answered:
             waiting_for = state.pending_before(turn)
             if waiting_for and now - msg.received_at_ms < settings.order_max_wait_seconds * 1000:
                 held_back.extend(t.seq for t in waiting_for)
@@ -155,6 +154,7 @@ def handle(msg: RoutedMessage, *, state_store: StateStore, catalog: ResponseCata
                 turn.status = "silent"  # handed off by an earlier message after this one was routed
                 return None
             outcome = HANDLERS[msg.route](msg, state, Context(settings, catalog, now))
+            handled.append(outcome.reply_key)
             turn.reply_text = catalog.render(outcome.reply_key, msg.language, **outcome.params)
             turn.reply_key = outcome.reply_key
             turn.status, turn.at_ms, turn.route = "answered", now, msg.route.value
@@ -166,7 +166,7 @@ def handle(msg: RoutedMessage, *, state_store: StateStore, catalog: ResponseCata
                             reply_key=turn.reply_key, dedup_id=reply_dedup_id(msg.message_id), seq=turn.seq)
 
     reply = state_store.update(msg.user_id, msg.channel_url, mutate)
-    if reply is not None and reply.reply_key == "handoff.connecting" and not held_back:
+    if handled == ["handoff.connecting"]:
         telemetry.metric("handoff_count", 1)
     if held_back:
         log.info("message_id=%s (seq %d) of %s waits for earlier message(s) seq %s", msg.message_id, msg.seq,
