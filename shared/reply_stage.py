@@ -34,7 +34,7 @@ from shared.clients.sendbird import SendBirdClient
 from shared.errors import GatewayError, PermanentError, RateLimited
 from shared.models import REPLY_QUEUE, ReplyMessage, now_ms
 from shared.settings import Settings
-from shared.state import APOLOGY_KEY, SendClaim, StateStore, Turn, UserState
+from shared.state import APOLOGY_KEY, SendClaim, StateStore, Turn, UserState, reply_dedup_id
 from shared.telemetry import DISABLED, Telemetry
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,6 @@ def deliver(reply: ReplyMessage, *, sendbird: SendBirdClient, queues: QueueSende
     metrics ``e2e_latency_ms``, ``sendbird_429_count``.
     """
     lease_ms = settings.reply_send_lease_seconds * 1000
-
     apology = reply.reply_key == APOLOGY_KEY
 
     def claim(state: UserState) -> tuple[str, int]:
@@ -80,7 +79,7 @@ def deliver(reply: ReplyMessage, *, sendbird: SendBirdClient, queues: QueueSende
         if reply.dedup_id in turn.sent_dedup_ids:
             return "duplicate", 0
         # One visible answer per message: the real reply and the apology exclude each other.
-        if apology and (turn.answered or any(d.startswith("reply-") for d in turn.sent_dedup_ids)):
+        if apology and (turn.answered or reply_dedup_id(reply.message_id) in turn.sent_dedup_ids):
             return "superseded", 0
         if not apology and turn.apologized and not reply.replayed:
             return "superseded", 0

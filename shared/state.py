@@ -82,7 +82,7 @@ class Turn(BaseModel):
     @property
     def apologized(self) -> bool:
         """The user got an apology for this message (it was poisoned)."""
-        return any(d.startswith("apology-") for d in self.sent_dedup_ids)
+        return apology_dedup_id(self.message_id) in self.sent_dedup_ids
 
 
 class UserState(BaseModel):
