@@ -172,11 +172,10 @@ class Telemetry:
         from opencensus.ext.azure.log_exporter import AzureEventHandler, AzureLogHandler
         from opencensus.ext.azure.metrics_exporter import MetricsExporter
         from opencensus.ext.azure.trace_exporter import AzureExporter
+        from opencensus.ext.azure.common.transport import TransportStatusCode
         from opencensus.trace.samplers import ProbabilitySampler
 
         owner = self
-
-        from opencensus.ext.azure.common.transport import TransportStatusCode
 
         def counting(cls):
             class Counting(cls):  # counts failed transmissions; the library itself swallows them
@@ -207,7 +206,7 @@ class Telemetry:
         self._trace_exporter = counting(AzureExporter)(**options)
         self._trace_exporter.add_telemetry_processor(processor)
         self._sampler = ProbabilitySampler(rate=sampling_rate)
-        self._events = logging.getLogger("chatgw.telemetry.events")
+        self._events = logging.getLogger(f"chatgw.telemetry.events.{id(self):x}")  # one per instance
         self._events.propagate = False
         self._events.setLevel(logging.INFO)
         events = counting(AzureEventHandler)(logging_sampling_rate=1.0, **options)
