@@ -11,16 +11,12 @@ from __future__ import annotations
 
 import azure.functions as func
 
+from functions.common import apologize, run_stage
 from shared import services
-from shared.handlers import apology_reply, handle
+from shared.handlers import handle
 from shared.models import REPLY_QUEUE, STORAGE_CONNECTION, Route, RoutedMessage
-from shared.processing import run_queue_stage
 
 bp = func.Blueprint()
-
-
-def _apologize(msg: RoutedMessage, reason: str) -> None:
-    services.queues().send(REPLY_QUEUE, apology_reply(msg, services.catalog(), services.settings()).to_queue_text())
 
 
 def _requeue(msg: RoutedMessage, delay_seconds: float) -> None:
@@ -29,14 +25,10 @@ def _requeue(msg: RoutedMessage, delay_seconds: float) -> None:
 
 def process_routed(route: Route, msg: func.QueueMessage, reply: func.Out[str]) -> None:
     """Body shared by every branch handler function."""
-    cfg = services.config()
-    answer = run_queue_stage(
-        msg.get_body(), dequeue_count=msg.dequeue_count or 1, queue=route.queue, model=RoutedMessage,
+    answer = run_stage(
+        msg, queue=route.queue, model=RoutedMessage, stage="branch_handler", route=route.value, on_poison=apologize,
         work=lambda m: handle(m, state_store=services.state_store(), catalog=services.catalog(),
-                              settings=cfg.settings, reschedule=_requeue, telemetry=services.telemetry()),
-        queues=services.queues(), max_dequeue_count=cfg.host.max_dequeue_count,
-        retry_budget_seconds=cfg.settings.retry_budget_seconds, on_poison=_apologize,
-        telemetry=services.telemetry(), stage="branch_handler", route=route.value,
+                              settings=services.settings(), reschedule=_requeue, telemetry=services.telemetry()),
     )
     if answer is not None:
         reply.set(answer.to_queue_text())

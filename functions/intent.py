@@ -10,17 +10,12 @@ from __future__ import annotations
 
 import azure.functions as func
 
+from functions.common import apologize, run_stage
 from shared import services
-from shared.handlers import apology_reply
 from shared.intent_stage import classify
-from shared.models import INBOUND_QUEUE, REPLY_QUEUE, STORAGE_CONNECTION, InboundMessage, Route
-from shared.processing import run_queue_stage
+from shared.models import INBOUND_QUEUE, STORAGE_CONNECTION, InboundMessage, Route
 
 bp = func.Blueprint()
-
-
-def _apologize(msg: InboundMessage, reason: str) -> None:
-    services.queues().send(REPLY_QUEUE, apology_reply(msg, services.catalog(), services.settings()).to_queue_text())
 
 
 @bp.function_name("intent_stage")
@@ -41,14 +36,10 @@ def intent_stage(msg: func.QueueMessage, to_greeting: func.Out[str], to_help: fu
         Route.PRODUCT_SEARCH: to_product_search, Route.HANDOFF: to_handoff, Route.GOODBYE: to_goodbye,
         Route.FALLBACK: to_fallback, Route.UNSUPPORTED: to_unsupported,
     }
-    cfg = services.config()
-    routed = run_queue_stage(
-        msg.get_body(), dequeue_count=msg.dequeue_count or 1, queue=INBOUND_QUEUE, model=InboundMessage,
+    routed = run_stage(
+        msg, queue=INBOUND_QUEUE, model=InboundMessage, stage="intent_stage", on_poison=apologize,
         work=lambda m: classify(m, state_store=services.state_store(), intent_client=services.intent_client(),
-                                settings=cfg.settings, telemetry=services.telemetry()),
-        queues=services.queues(), max_dequeue_count=cfg.host.max_dequeue_count,
-        retry_budget_seconds=cfg.settings.retry_budget_seconds, on_poison=_apologize,
-        telemetry=services.telemetry(), stage="intent_stage",
+                                settings=services.settings(), telemetry=services.telemetry()),
     )
     if routed is not None:
         outputs[routed.route].set(routed.to_queue_text())

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import azure.functions as func
 
+from functions.common import run_stage
 from shared import services
 from shared.models import REPLY_QUEUE, STORAGE_CONNECTION, ReplyMessage
-from shared.processing import run_queue_stage
 from shared.reply_stage import deliver, mark_failed
 
 bp = func.Blueprint()
@@ -21,14 +21,10 @@ bp = func.Blueprint()
 @bp.function_name("reply_sender")
 @bp.queue_trigger(arg_name="msg", queue_name=REPLY_QUEUE, connection=STORAGE_CONNECTION)
 def reply_sender(msg: func.QueueMessage) -> None:
-    cfg = services.config()
-    run_queue_stage(
-        msg.get_body(), dequeue_count=msg.dequeue_count or 1, queue=REPLY_QUEUE, model=ReplyMessage,
+    run_stage(
+        msg, queue=REPLY_QUEUE, model=ReplyMessage, stage="reply_sender",
         work=lambda m: deliver(m, sendbird=services.sendbird(), queues=services.queues(),
-                               state_store=services.state_store(), settings=cfg.settings,
+                               state_store=services.state_store(), settings=services.settings(),
                                telemetry=services.telemetry()),
-        queues=services.queues(), max_dequeue_count=cfg.host.max_dequeue_count,
-        retry_budget_seconds=cfg.settings.retry_budget_seconds,
-        on_poison=lambda m, reason: mark_failed(m, services.state_store(), cfg.settings),
-        telemetry=services.telemetry(), stage="reply_sender",
+        on_poison=lambda m, reason: mark_failed(m, services.state_store(), services.settings()),
     )
