@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.mode == "run":
             url = stack["functions"].base_url + webhooks.WEBHOOK_PATH
             print(f"\nWebhook intake: {url}\nSendBird stand-in messages: {stack['sendbird'].base_url}/__standin/messages"
+                  f"\nTelemetry envelopes (Application Insights sink): {stack['telemetry'].base_url}/__sink/envelopes"
                   f"\nTry:\n  python -m tools.send_webhook tests/fixtures/sendbird/message_send_en.json --url {url}"
                   "\nCtrl-C stops everything.")
             stop = threading.Event()
