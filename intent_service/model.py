@@ -115,6 +115,53 @@ def choose_threshold(probs: np.ndarray, classes: Sequence[str], y_true: Sequence
     return chosen
 
 
+def target_margin_z(acc: float, rec: float, n_in: int, n_oos: int,
+                    acc_target: float = 0.92, oos_recall_target: float = 0.50) -> float:
+    """How many held-out standard errors the weaker of the two targets is cleared by.
+
+    ``min((acc - acc_target) / se_acc, (rec - oos_recall_target) / se_rec)`` with the
+    binomial standard errors taken at the targets: ``se = sqrt(target * (1 - target) / n)``.
+    """
+    se_acc = np.sqrt(acc_target * (1 - acc_target) / max(n_in, 1))
+    se_rec = np.sqrt(oos_recall_target * (1 - oos_recall_target) / max(n_oos, 1))
+    return float(min((acc - acc_target) / se_acc, (rec - oos_recall_target) / se_rec))
+
+
+def choose_threshold_target_margin(probs: np.ndarray, classes: Sequence[str],
+                                   y_true: Sequence[str], acc_target: float = 0.92,
+                                   oos_recall_target: float = 0.50) -> Tuple[float, float]:
+    """The pre-registered CLINC150 threshold rule ("target-margin").
+
+    On held-out data (CLINC150: ``val`` + ``oos_val``), choose the threshold ``t`` in
+    ``{0, 0.005, ..., 0.95}`` that maximises ``target_margin_z``, i.e.::
+
+        min( (acc_in(t)  - 0.92) / sqrt(0.92 * 0.08 / n_in),
+             (rec_oos(t) - 0.50) / sqrt(0.50 * 0.50 / n_oos) )
+
+    the number of standard errors by which the weaker of the two targets (in-scope
+    accuracy >= 92 %, OOS recall >= 50 %) is cleared on the held-out data. Ties go to
+    the smallest ``t``. There is no free parameter: the targets are the requirement and
+    the standard errors weight the noisy 100-utterance ``oos_val`` against the 3000
+    in-scope ``val`` utterances (1 accuracy point counts as much as about 10 recall points).
+    The rule was fixed on 2026-11-20 before test was looked at again. Returns
+    ``(threshold, z)``; with no OOS or no in-scope examples, ``(0.0, nan)``.
+    """
+    y_true = np.asarray(y_true, dtype=object)
+    is_oos = y_true == NONE_LABEL
+    if not is_oos.any() or is_oos.all():
+        return 0.0, float("nan")
+    best_t, best_z = 0.0, -np.inf
+    for t in np.linspace(0.0, 0.95, 191):
+        lab = apply_threshold(probs, classes, t)
+        acc = float((lab[~is_oos] == y_true[~is_oos]).mean())
+        rec = float((lab[is_oos] == NONE_LABEL).mean())
+        z = target_margin_z(acc, rec, int((~is_oos).sum()), int(is_oos.sum()),
+                            acc_target, oos_recall_target)
+        if z > best_z + 1e-12:
+            best_t, best_z = float(t), z
+    return best_t, best_z
+
+
 # --------------------------------------------------------------------------- the model
 
 

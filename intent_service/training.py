@@ -11,7 +11,9 @@ import numpy as np
 
 from .data import Dataset
 from .model import (NONE_LABEL, IntentModel, apply_threshold, build_pipeline, choose_threshold,
-                    fit_temperature, softmax)
+                    choose_threshold_target_margin, fit_temperature, softmax)
+
+THRESHOLD_RULES = ("recall-target", "target-margin")
 
 log = logging.getLogger("intent_service")
 
@@ -51,13 +53,23 @@ def _held_out_scores(dataset: Dataset, C: float, folds: int, seed: int) -> np.nd
 def train_model(dataset: Dataset, *, validation: Optional[Dataset] = None, C: float = 1.0,
                 threshold: Optional[float] = None, oos_recall_target: float = 0.55,
                 cv_folds: int = 5, version: Optional[str] = None, name: str = "model",
-                seed: int = 0) -> IntentModel:
+                seed: int = 0, threshold_rule: str = "recall-target",
+                acc_target: float = 0.92) -> IntentModel:
     """Fit the classifier on ``dataset`` and calibrate it on held-out data.
 
     The softmax temperature and the out-of-scope threshold come from
     ``validation`` when given, otherwise from k-fold out-of-fold scores on the
     training data. ``threshold`` overrides the tuned threshold.
+
+    ``threshold_rule``: ``"recall-target"`` (default; the retail model) takes the
+    smallest threshold reaching ``oos_recall_target`` (see ``choose_threshold``);
+    ``"target-margin"`` (the pre-registered CLINC150 rule) maximises the number of
+    held-out standard errors by which the weaker of in-scope accuracy >= ``acc_target``
+    and OOS recall >= ``oos_recall_target`` is cleared (see
+    ``choose_threshold_target_margin``).
     """
+    if threshold_rule not in THRESHOLD_RULES:
+        raise ValueError(f"threshold_rule must be one of {THRESHOLD_RULES}")
     if len(set(dataset.intents)) < 2:
         raise ValueError("training data needs at least two intents")
     trained_at = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0)
@@ -78,7 +90,12 @@ def train_model(dataset: Dataset, *, validation: Optional[Dataset] = None, C: fl
     fit_rows = np.array([i for i, y in enumerate(cal_y) if y in classes])
     temperature = fit_temperature(cal_scores[fit_rows], fit_idx) if len(fit_rows) else 5.0
     probs = softmax(cal_scores, temperature)
-    tuned = choose_threshold(probs, classes, cal_y, oos_recall_target=oos_recall_target)
+    margin_z = None
+    if threshold_rule == "target-margin":
+        tuned, margin_z = choose_threshold_target_margin(
+            probs, classes, cal_y, acc_target=acc_target, oos_recall_target=oos_recall_target)
+    else:
+        tuned = choose_threshold(probs, classes, cal_y, oos_recall_target=oos_recall_target)
     thr = float(threshold) if threshold is not None else tuned
     cal_fig = figures(cal_y, list(apply_threshold(probs, classes, thr)))
 
@@ -94,7 +111,10 @@ def train_model(dataset: Dataset, *, validation: Optional[Dataset] = None, C: fl
         "library_versions": _library_versions(),
         "calibration": {"source": cal_source, "temperature": temperature,
                         "tuned_threshold": tuned, "threshold": thr,
-                        "oos_recall_target": oos_recall_target},
+                        "threshold_rule": threshold_rule,
+                        "oos_recall_target": oos_recall_target,
+                        **({"acc_target": acc_target, "target_margin_z": margin_z}
+                           if threshold_rule == "target-margin" else {})},
         "evaluation": {"held_out": {k: cal_fig[k] for k in ("in_scope_accuracy", "oos_recall",
                                                              "n_in_scope", "n_oos")}},
         "hyperparameters": {"C": C, "features": "word 1-2 + char_wb 1-5 tf-idf",
