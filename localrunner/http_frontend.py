@@ -19,7 +19,7 @@ from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
 from .app_loader import FunctionSpec
-from .invocation import Invoker
+from .invocation import Invoker, wait_until_zero
 
 log = logging.getLogger("localrunner.http")
 
@@ -165,14 +165,7 @@ class HttpFrontend:
 
     # -- bookkeeping used by graceful stop --------------------------------------
     def wait_idle(self, deadline: float) -> bool:
-        import time
-        with self._cond:
-            while self._inflight > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(min(remaining, 0.25))
-            return True
+        return wait_until_zero(self._cond, lambda: self._inflight, deadline)
 
     def _authorized(self, spec: FunctionSpec, request: Request) -> bool:
         if self.function_key is None or spec.http.auth_level == "anonymous":

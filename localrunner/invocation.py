@@ -345,3 +345,15 @@ class Invoker:
                 pending.append((o.target, msgs))
         for target, msgs in pending:
             self._send_queue(target, msgs)
+
+
+def wait_until_zero(cond: threading.Condition, count: Callable[[], int], deadline: float) -> bool:
+    """Wait (on ``cond``, notified when ``count()`` drops) until ``count()`` is 0 or ``time.monotonic()``
+    passes ``deadline``. True when it reached 0 in time. Used by graceful stop."""
+    with cond:
+        while count() > 0:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            cond.wait(min(remaining, 0.25))
+        return True

@@ -25,7 +25,7 @@ from azure.storage.queue import QueueClient
 
 from .app_loader import FunctionSpec, QueueTarget
 from .config import MIN_POLLING_INTERVAL, QueuesOptions
-from .invocation import Invoker, Stats, decode_payload, encode_payload
+from .invocation import Invoker, Stats, decode_payload, encode_payload, wait_until_zero
 
 log = logging.getLogger("localrunner.queues")
 host_log = logging.getLogger("localrunner.host")
@@ -181,13 +181,7 @@ class QueueListener:
             return self._inflight
 
     def wait_idle(self, deadline: float) -> bool:
-        with self._cond:
-            while self._inflight > 0:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._cond.wait(min(remaining, 0.25))
-            return True
+        return wait_until_zero(self._cond, lambda: self._inflight, deadline)
 
     def close(self, drained: bool) -> None:
         if not drained:

@@ -61,7 +61,7 @@ SCRIPT = [
 ]
 
 
-def _reply_for(stack, channel_url: str, correlation_id: str | None, dedup_id: str, timeout: float) -> dict | None:
+def _reply_for(stack, channel_url: str, dedup_id: str, timeout: float) -> dict | None:
     """The stand-in's recorded message answering this webhook (by dedup_id), waiting up to ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -102,7 +102,7 @@ def run_script(stack, out=sys.stdout) -> list[dict]:
                "kind": step.kind, "note": step.note, "intake_status": result.status, "intake": result.body,
                "intake_ms": round(result.latency_ms, 1)}
         if step.expect == "reply":
-            msg = _reply_for(stack, channel, result.body.get("correlation_id"), dedup_id, REPLY_TIMEOUT_SECONDS)
+            msg = _reply_for(stack, channel, dedup_id, REPLY_TIMEOUT_SECONDS)
             if msg is None:
                 row.update(reply=None, error=f"no reply within {REPLY_TIMEOUT_SECONDS:.0f} s")
             else:
@@ -156,7 +156,7 @@ def post_payload(stack, path: Path) -> int:
     print(f"intake: {result.status} {json.dumps(result.body, ensure_ascii=False)} in {result.latency_ms:.1f} ms")
     if result.status == 200 and result.body.get("status") == "accepted":
         channel = result.body["channel_url"]
-        msg = _reply_for(stack, channel, result.body["correlation_id"], f"reply-{result.body['message_id']}",
+        msg = _reply_for(stack, channel, f"reply-{result.body['message_id']}",
                          REPLY_TIMEOUT_SECONDS)
         if msg:
             print(f"bot: {msg['message']}\nSendBird data: {msg.get('data')}\n"
