@@ -11,9 +11,13 @@ Answers (every non-2xx carries ``{"error": {"code", "message"}}``):
 =====  =========================================================================
 413    body larger than ``WEBHOOK_MAX_BODY_BYTES`` (checked before anything else)
 401    ``x-sendbird-signature`` missing or not the HMAC of the raw body
-400    body not UTF-8 JSON, or a ``message_send`` event missing required fields
+400    body not UTF-8 JSON (or nested too deeply to parse), or a ``message_send`` event missing
+       required fields or with a ``message_id`` outside 0..2^53-1
 200    ``{"status": "ignored", "reason": ...}``: other categories, messages from
-       the bot itself or an ignored sender, admin messages (``ADMM``), empty text
+       the bot itself or an ignored sender, admin messages (``ADMM``), empty text,
+       and ``stale_webhook``: ``payload.created_at`` older than ``WEBHOOK_REPLAY_WINDOW_SECONDS``
+       or more than ``WEBHOOK_MAX_CLOCK_SKEW_SECONDS`` in the future (a replayed capture;
+       answered 200 so SendBird does not retry it, not enqueued, event ``WebhookIgnored``)
 200    ``{"status": "accepted", ...}``: one inbound message enqueued (text or file)
 =====  =========================================================================
 """
@@ -24,12 +28,12 @@ import json
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared import signature
-from shared.models import MAX_UTTERANCE_CHARS, InboundMessage, now_ms
+from shared.models import MAX_MESSAGE_ID, MAX_UTTERANCE_CHARS, InboundMessage, now_ms
 from shared.settings import Settings
 from shared.telemetry import DISABLED, Telemetry
 
@@ -48,7 +52,7 @@ class _Channel(BaseModel):
 
 class _Payload(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    message_id: int = Field(ge=0)
+    message_id: int = Field(ge=0, le=MAX_MESSAGE_ID)
     created_at: int = Field(ge=0, description="epoch ms")
     message: str | None = None
     filename: str | None = Field(default=None, max_length=1024)
@@ -83,15 +87,17 @@ def _ignored(reason: str, **extra: Any) -> IntakeDecision:
 
 
 def handle_webhook(body: bytes, headers: Mapping[str, str], settings: Settings, *,
-                   telemetry: Telemetry = DISABLED, traceparent: str | None = None) -> IntakeDecision:
+                   telemetry: Telemetry = DISABLED, traceparent: str | None = None,
+                   clock: Callable[[], int] = now_ms) -> IntakeDecision:
     """Validate and classify one webhook delivery; report it (events ``MessageReceived``,
     ``WebhookIgnored``, ``WebhookRejected``).
 
     ``body`` is the raw request body (bytes, exactly as received: the signature
     covers these bytes); ``headers`` is case-insensitive or lower-cased;
-    ``traceparent`` (the intake's span) goes on the enqueued message.
+    ``traceparent`` (the intake's span) goes on the enqueued message; ``clock`` returns epoch ms
+    (the replay window is measured against it).
     """
-    decision = _decide(body, headers, settings, traceparent)
+    decision = _decide(body, headers, settings, traceparent, clock)
     _report(decision, telemetry)
     return decision
 
@@ -111,7 +117,8 @@ def _report(d: IntakeDecision, telemetry: Telemetry) -> None:
         telemetry.event("WebhookRejected", {"status_code": d.status, "reason": d.body["error"]["code"]})
 
 
-def _decide(body: bytes, headers: Mapping[str, str], settings: Settings, traceparent: str | None) -> IntakeDecision:
+def _decide(body: bytes, headers: Mapping[str, str], settings: Settings, traceparent: str | None,
+            clock: Callable[[], int] = now_ms) -> IntakeDecision:
     if len(body) > settings.webhook_max_body_bytes:
         return _error(413, "payload_too_large",
                       f"body is {len(body)} bytes; the limit is {settings.webhook_max_body_bytes} bytes")
@@ -125,6 +132,8 @@ def _decide(body: bytes, headers: Mapping[str, str], settings: Settings, tracepa
         event = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
         return _error(400, "invalid_json", f"body is not UTF-8 JSON: {exc}")
+    except RecursionError:
+        return _error(400, "invalid_json", "body is nested too deeply to parse")
     if not isinstance(event, dict):
         return _error(400, "invalid_payload", "body must be a JSON object")
     category = event.get("category")
@@ -148,7 +157,10 @@ def _decide(body: bytes, headers: Mapping[str, str], settings: Settings, tracepa
     if msg.type == "MESG" and not text:
         return _ignored("empty_text", **ids)
 
-    received = now_ms()
+    received = clock()
+    age_s = (received - msg.payload.created_at) / 1000
+    if age_s > settings.webhook_replay_window_seconds or -age_s > settings.webhook_max_clock_skew_seconds:
+        return _ignored("stale_webhook", **ids, age_seconds=round(age_s))
     inbound = InboundMessage(
         correlation_id=uuid.uuid4().hex,
         message_id=msg.payload.message_id,

@@ -40,6 +40,11 @@ STORAGE_CONNECTION = "AzureWebJobsStorage"
 MAX_UTTERANCE_CHARS = 4_000
 
 
+#: Largest SendBird ``message_id`` accepted: 2^53 - 1, the largest integer every JSON reader keeps exact
+#: (SendBird's ids are int64; a larger one would be silently rounded by JavaScript-based tooling).
+MAX_MESSAGE_ID = 2**53 - 1
+
+
 def poison_queue_name(queue: str) -> str:
     """The host's poison queue for ``queue``: ``<queue>-poison``."""
     return f"{queue}-poison"
@@ -91,7 +96,7 @@ class QueueMessageBase(BaseModel):
     version: int
     correlation_id: str = Field(min_length=1, max_length=64)
     traceparent: str | None = Field(default=None, max_length=55)
-    message_id: int = Field(description="SendBird payload.message_id of the user's message")
+    message_id: int = Field(ge=0, le=MAX_MESSAGE_ID, description="SendBird payload.message_id of the user's message")
     channel_url: str = Field(min_length=1, max_length=512)
     user_id: str = Field(min_length=1, max_length=256, description="SendBird sender.user_id")
     sendbird_created_at_ms: int = Field(ge=0, description="SendBird payload.created_at, epoch ms")
@@ -233,11 +238,14 @@ def decode(body: bytes | str, model: type[M]) -> M:
         data = json.loads(text)
     except (UnicodeDecodeError, ValueError) as exc:
         raise PermanentError(f"undecodable {model.TYPE} message: {exc}") from exc
+    except RecursionError as exc:
+        raise PermanentError(f"undecodable {model.TYPE} message: nested too deeply") from exc
     if not isinstance(data, dict):
         raise PermanentError(f"undecodable {model.TYPE} message: expected a JSON object, got {type(data).__name__}")
     if data.get("type") != model.TYPE:
         raise PermanentError(f"wrong message type {data.get('type')!r}, expected {model.TYPE!r}")
-    if data.get("version") != model.VERSION:
+    version = data.get("version")
+    if type(version) is not int or version != model.VERSION:  # noqa: E721 - true == 1 in Python, not here
         raise PermanentError(
             f"unknown {model.TYPE} message version {data.get('version')!r}; this build reads version {model.VERSION}"
         )

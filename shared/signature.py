@@ -19,7 +19,11 @@ def sign(body: bytes, api_token: str) -> str:
 
 
 def verify(body: bytes, signature: str | None, api_token: str) -> bool:
-    """True when ``signature`` matches ``body``; constant-time comparison, case-insensitive hex."""
+    """True when ``signature`` matches ``body``; constant-time comparison, case-insensitive hex.
+
+    Any header value is handled (compared as UTF-8 bytes), so a non-ASCII header is a mismatch, never an error.
+    """
     if not signature:
         return False
-    return hmac.compare_digest(sign(body, api_token), signature.strip().lower())
+    given = signature.strip().lower().encode("utf-8", errors="replace")
+    return hmac.compare_digest(sign(body, api_token).encode("ascii"), given)

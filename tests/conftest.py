@@ -15,6 +15,9 @@ ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sendbird"
 #: The API token the sample payloads were signed with (fixtures/sendbird/README.md).
 SAMPLE_TOKEN = "0123456789abcdef0123456789abcdef01234567"
+#: A clock (epoch ms) for the sample payloads: one second after their ``payload.created_at``, so the
+#: intake's replay window accepts them.
+SAMPLE_NOW_MS = 1763600000123 + 1000
 
 
 def sample_values() -> dict[str, str]:

@@ -10,12 +10,12 @@ import pytest
 from shared.intake import handle_webhook
 from shared.models import InboundMessage, decode
 from shared.signature import sign
-from tests.conftest import SAMPLE_TOKEN, payload
+from tests.conftest import SAMPLE_NOW_MS, SAMPLE_TOKEN, payload
 
 
 def call(body: bytes, settings, signature: str | None = "auto"):
     headers = {} if signature is None else {"x-sendbird-signature": sign(body, SAMPLE_TOKEN) if signature == "auto" else signature}
-    return handle_webhook(body, headers, settings)
+    return handle_webhook(body, headers, settings, clock=lambda: SAMPLE_NOW_MS)
 
 
 def test_sample_signatures_match_the_documented_ones():
@@ -54,7 +54,8 @@ def test_bad_or_missing_signature_is_401(settings, signature, code):
 def test_signature_over_other_bytes_is_401(settings):
     body = payload("message_send_en.json")
     reserialized = json.dumps(json.loads(body)).encode()  # same JSON, other bytes
-    d = handle_webhook(reserialized, {"x-sendbird-signature": sign(body, SAMPLE_TOKEN)}, settings)
+    d = handle_webhook(reserialized, {"x-sendbird-signature": sign(body, SAMPLE_TOKEN)}, settings,
+                       clock=lambda: SAMPLE_NOW_MS)
     assert d.status == 401
 
 
@@ -140,3 +141,64 @@ def test_each_delivery_gets_its_own_correlation_id(settings):
     a, b = call(payload("message_send_en.json"), settings), call(payload("message_send_en.json"), settings)
     assert a.inbound.message_id == b.inbound.message_id
     assert a.inbound.correlation_id != b.inbound.correlation_id
+
+
+# --------------------------------------------------------------------------- security review findings
+
+
+def _event(settings, **payload_changes) -> bytes:
+    event = json.loads(payload("message_send_en.json"))
+    event["payload"].update(payload_changes)
+    return json.dumps(event).encode()
+
+
+@pytest.mark.parametrize("age_seconds, accepted", [(0, True), (599, True), (601, False), (3600 * 24 * 30, False),
+                                                   (-59, True), (-61, False)])
+def test_webhooks_outside_the_replay_window_are_refused_without_enqueueing(settings, age_seconds, accepted):
+    now = 1_800_000_000_000
+    body = _event(settings, created_at=now - age_seconds * 1000)
+    d = handle_webhook(body, {"x-sendbird-signature": sign(body, SAMPLE_TOKEN)}, settings, clock=lambda: now)
+    assert d.status == 200
+    if accepted:
+        assert d.body["status"] == "accepted" and d.inbound is not None
+    else:
+        assert d.body == {"status": "ignored", "reason": "stale_webhook", "message_id": 1758211234567,
+                          "channel_url": d.body["channel_url"], "age_seconds": age_seconds} and d.inbound is None
+
+
+def test_a_stale_webhook_is_counted_in_telemetry(settings):
+    from shared.telemetry import Telemetry
+
+    class RecordingTelemetry(Telemetry):
+        def __init__(self):
+            super().__init__("")
+            self.events = []
+
+        def event(self, name, properties=None, measurements=None, traceparent=None):
+            self.events.append((name, properties or {}, measurements or {}))
+
+    tel = RecordingTelemetry()
+    body = payload("message_send_en.json")
+    handle_webhook(body, {"x-sendbird-signature": sign(body, SAMPLE_TOKEN)}, settings, telemetry=tel)
+    assert [(n, p["reason"]) for n, p, _ in tel.events] == [("WebhookIgnored", "stale_webhook")]
+
+
+def test_a_non_ascii_signature_is_401_not_500(settings):
+    d = call(payload("message_send_en.json"), settings, signature="서명" * 32)
+    assert d.status == 401 and d.body["error"]["code"] == "invalid_signature"
+
+
+def test_a_signed_deeply_nested_body_is_400(settings):
+    body = b"[" * 20_000 + b"]" * 20_000  # 40,000 bytes, under the body limit
+    settings = settings.model_copy(update={"webhook_max_body_bytes": 45_000})
+    d = call(body, settings)
+    assert d.status == 400 and d.body["error"]["code"] == "invalid_json"
+    assert "nested too deeply" in d.body["error"]["message"]
+
+
+@pytest.mark.parametrize("message_id, status", [(2**53 - 1, 200), (2**53, 400), (2**63 - 1, 400)])
+def test_message_ids_beyond_2_pow_53_are_400(settings, message_id, status):
+    d = call(_event(settings, message_id=message_id), settings)
+    assert d.status == status
+    if status == 400:
+        assert d.body["error"]["code"] == "invalid_payload" and "message_id" in d.body["error"]["message"]

@@ -30,6 +30,10 @@ def test_round_trip_keeps_every_field():
     (json.dumps({"type": "reply", "version": 1}).encode(), "wrong message type"),
     (json.dumps({"type": "inbound", "version": 2}).encode(), "unknown inbound message version 2"),
     (json.dumps({"type": "inbound", "version": 1, "message_id": "x"}).encode(), "invalid inbound message"),
+    (json.dumps({"type": "inbound", "version": True}).encode(), "unknown inbound message version True"),
+    (json.dumps({"type": "inbound", "version": 1.0}).encode(), "unknown inbound message version 1.0"),
+    (b"[" * 50_000 + b"]" * 50_000, "nested too deeply"),
+    (json.dumps({**json.loads(inbound().to_queue_text()), "message_id": 2**53}).encode(), "message_id"),
 ])
 def test_decode_refuses_with_a_reason(body, fragment):
     with pytest.raises(PermanentError) as err:
