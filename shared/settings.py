@@ -6,7 +6,15 @@ Sources:
   environment variable names below, case-insensitive.
 - ``host.json`` ``extensions.queues`` (read-only here): the message encoding and
   ``maxDequeueCount`` that the queue trigger uses, so that messages the app
-  sends with the SDK and its own poison decisions agree with the host.
+  sends with the SDK and its own poison decisions agree with the host. Like the
+  host, an app setting ``AzureFunctionsJobHost__extensions__queues__<key>``
+  overrides the host.json value (azure-functions-host: host configuration from
+  environment variables, prefix ``AzureFunctionsJobHost``, ``__`` as separator).
+
+A value that is still an App Service Key Vault reference (``@Microsoft.KeyVault(...)``)
+was not resolved by the platform (missing access, wrong secret name): App Service
+then hands the literal string to the app. It is refused at start-up, naming the
+setting, so it can never become a key (an HMAC key anyone can guess, say).
 
 ``load_settings()`` raises :class:`SettingsError` naming every missing or bad
 setting, so a misconfigured app fails at start-up with one clear line instead
@@ -19,6 +27,7 @@ import functools
 import json
 import os
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator, model_validator
@@ -40,8 +49,10 @@ class HostQueueConfig(BaseModel):
     max_dequeue_count: int = Field(default=5, ge=1)
 
     @classmethod
-    def from_host_json(cls, path: Path) -> "HostQueueConfig":
-        """Read ``extensions.queues`` from ``host.json`` at ``path``.
+    def from_host_json(cls, path: Path, environ: Mapping[str, str] | None = None) -> "HostQueueConfig":
+        """Read ``extensions.queues`` from ``host.json`` at ``path``, with the host's app-setting overrides
+        (``AzureFunctionsJobHost__extensions__queues__maxDequeueCount`` etc., case-insensitive) from
+        ``environ`` (default ``os.environ``).
 
         Raises :class:`SettingsError` if the file is missing, not JSON, or holds bad values.
         """
@@ -49,14 +60,26 @@ class HostQueueConfig(BaseModel):
             host = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise SettingsError(f"cannot read {path}: {exc}") from exc
-        queues = host.get("extensions", {}).get("queues", {})
+        queues = {k.lower(): v for k, v in host.get("extensions", {}).get("queues", {}).items()}
+        lowered = {k.lower(): v for k, v in (os.environ if environ is None else environ).items()}
+        overrides = {k[len(HOST_QUEUES_OVERRIDE):]: v for k, v in lowered.items() if k.startswith(HOST_QUEUES_OVERRIDE)}
+        queues.update(overrides)
         try:
             return cls(
-                message_encoding=queues.get("messageEncoding", "base64"),
-                max_dequeue_count=queues.get("maxDequeueCount", 5),
+                message_encoding=queues.get("messageencoding", "base64"),
+                max_dequeue_count=queues.get("maxdequeuecount", 5),
             )
         except ValidationError as exc:
-            raise SettingsError(f"{path}: extensions.queues: {_describe(exc)}") from exc
+            where = f"{path} / {HOST_QUEUES_OVERRIDE}*" if overrides else str(path)
+            raise SettingsError(f"{where}: extensions.queues: {_describe(exc)}") from exc
+
+
+#: App-setting prefix (lower-cased) the host reads ``extensions.queues`` overrides from.
+HOST_QUEUES_OVERRIDE = "azurefunctionsjobhost__extensions__queues__"
+#: What App Service leaves in a setting whose Key Vault reference it could not resolve.
+KEY_VAULT_REFERENCE_PREFIX = "@microsoft.keyvault("
+#: Hosts where plain ``http://`` is allowed (the local stack); elsewhere outbound calls need ``https://``.
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
 
 
 class Settings(BaseModel):
@@ -80,6 +103,10 @@ class Settings(BaseModel):
     sendbird_ignored_sender_ids: str = ""
     sendbird_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
     webhook_max_body_bytes: int = Field(default=32_768, ge=1_024, le=45_000)
+    # A signed webhook older than this (payload.created_at) is refused as a replay; handled message ids are
+    # remembered at least this long. Newer than now + the skew: refused too.
+    webhook_replay_window_seconds: int = Field(default=600, ge=60, le=7 * 24 * 3600)
+    webhook_max_clock_skew_seconds: int = Field(default=60, ge=0, le=3600)
 
     # --- Cosmos DB (user state) ---
     cosmos_endpoint: HttpUrl
@@ -99,6 +126,8 @@ class Settings(BaseModel):
     intent_timeout_seconds: float = Field(default=3.0, gt=0, le=30)
     intent_retries: int = Field(default=2, ge=0, le=5)
     intent_confidence_threshold: float = Field(default=0.5, ge=0, le=1)
+    # Longest text sent to the intent service (CLU's conversation item limit is 1,000 characters).
+    intent_max_text_chars: int = Field(default=1_000, ge=50, le=1_000)
     intent_breaker_failures: int = Field(default=5, ge=1, le=100)
     intent_breaker_reset_seconds: float = Field(default=10.0, gt=0, le=600)
 
@@ -117,6 +146,8 @@ class Settings(BaseModel):
     applicationinsights_connection_string: str = Field(default="", repr=False)
     telemetry_sampling_rate: float = Field(default=1.0, ge=0, le=1)
     telemetry_pii_mode: Literal["off", "mask", "strict"] = "off"
+    # HMAC-SHA256 key for user/channel ids in telemetry (mask/strict); a secret (Key Vault reference on Azure).
+    telemetry_pii_hash_key: str = Field(default="", repr=False)
     telemetry_export_interval_seconds: float = Field(default=15.0, ge=0.2, le=300)
 
     @model_validator(mode="after")
@@ -125,6 +156,22 @@ class Settings(BaseModel):
             raise ValueError("set AzureWebJobsStorage (connection string) or AzureWebJobsStorage__accountName "
                              "(identity-based connection)")
         return self
+
+    @model_validator(mode="after")
+    def _pii_hash_key_given(self) -> "Settings":
+        if self.telemetry_pii_mode != "off" and self.applicationinsights_connection_string \
+                and len(self.telemetry_pii_hash_key) < 16:
+            raise ValueError("TELEMETRY_PII_HASH_KEY (at least 16 characters, a secret) is required when "
+                             "TELEMETRY_PII_MODE is mask or strict: ids are hashed with it (HMAC-SHA256)")
+        return self
+
+    @field_validator("sendbird_api_base_url", "intent_endpoint")
+    @classmethod
+    def _https_outside_loopback(cls, value: HttpUrl) -> HttpUrl:
+        if value.scheme != "https" and (value.host or "") not in LOOPBACK_HOSTS:
+            raise ValueError(f"must be an https:// URL (plain http only for the local stack on loopback), "
+                             f"got scheme {value.scheme!r}")
+        return value
 
     @field_validator("order_tracking_url")
     @classmethod
@@ -188,13 +235,20 @@ def load_settings(environ: dict[str, str] | None = None, host_json: Path | None 
     ``environ`` defaults to ``os.environ``; ``host_json`` to ``host.json`` beside
     ``function_app.py``. Raises :class:`SettingsError` naming each bad setting.
     """
-    lowered = {k.lower(): v for k, v in (os.environ if environ is None else environ).items()}
+    source = os.environ if environ is None else environ
+    lowered = {k.lower(): v for k, v in source.items()}
     values = {f: lowered[env_name(f).lower()] for f in Settings.model_fields if env_name(f).lower() in lowered}
+    unresolved = [env_name(f) for f, v in values.items() if v.strip().lower().startswith(KEY_VAULT_REFERENCE_PREFIX)]
+    if unresolved:
+        raise SettingsError(
+            f"invalid app settings: {', '.join(unresolved)}: unresolved Key Vault reference (App Service could not "
+            "read the secret: check the app's identity has 'Key Vault Secrets User' on it and the secret name; "
+            "see the setting's 'Key Vault Reference' status in the portal)")
     try:
         settings = Settings(**values)
     except ValidationError as exc:
         raise SettingsError(f"invalid app settings: {_describe(exc)}") from exc
-    host = HostQueueConfig.from_host_json(host_json or APP_ROOT / "host.json")
+    host = HostQueueConfig.from_host_json(host_json or APP_ROOT / "host.json", source)
     return AppConfig(settings=settings, host=host)
 
 

@@ -62,6 +62,51 @@ def test_host_json_queue_settings_are_read(tmp_path):
         load_settings(sample_values(), host_json=bad)
 
 
+@pytest.mark.parametrize("name", ["AzureFunctionsJobHost__extensions__queues__maxDequeueCount",
+                                  "AZUREFUNCTIONSJOBHOST__EXTENSIONS__QUEUES__MAXDEQUEUECOUNT"])
+def test_max_dequeue_count_follows_the_hosts_app_setting_override(name):
+    assert load_settings({**sample_values(), name: "3"}).host.max_dequeue_count == 3
+    with pytest.raises(SettingsError, match="maxDequeueCount|max_dequeue_count"):
+        load_settings({**sample_values(), name: "zero"})
+
+
+def test_message_encoding_follows_the_hosts_app_setting_override():
+    name = "AzureFunctionsJobHost__extensions__queues__messageEncoding"
+    assert load_settings({**sample_values(), name: "none"}).host.message_encoding == "none"
+
+
+@pytest.mark.parametrize("name", ["SENDBIRD_API_TOKEN", "AzureWebJobsStorage", "COSMOS_KEY", "TELEMETRY_PII_HASH_KEY"])
+def test_an_unresolved_key_vault_reference_is_refused_at_start_up(name):
+    ref = "@Microsoft.KeyVault(SecretUri=https://chatgw-kv.vault.azure.net/secrets/sendbird-api-token/)"
+    with pytest.raises(SettingsError, match=f"{name}: unresolved Key Vault reference") as err:
+        load_settings({**sample_values(), name: ref})
+    assert "vault.azure.net" not in str(err.value)  # the message names the setting, not the reference
+
+
+@pytest.mark.parametrize("name, url, ok", [
+    ("SENDBIRD_API_BASE_URL", "http://api-abc.sendbird.com", False),
+    ("SENDBIRD_API_BASE_URL", "https://api-abc.sendbird.com", True),
+    ("SENDBIRD_API_BASE_URL", "http://localhost:8090", True),
+    ("INTENT_ENDPOINT", "http://chatgw-intent.azurewebsites.net", False),
+    ("INTENT_ENDPOINT", "https://chatgw-intent.azurewebsites.net", True),
+    ("INTENT_ENDPOINT", "http://127.0.0.1:5088", True),
+])
+def test_outbound_endpoints_need_https_outside_the_local_stack(name, url, ok):
+    values = {**sample_values(), name: url}
+    if ok:
+        load_settings(values)
+    else:
+        with pytest.raises(SettingsError, match=f"{name}: .*https://"):
+            load_settings(values)
+
+
+def test_pii_modes_need_a_hash_key_when_telemetry_is_on():
+    values = {**sample_values(), "APPLICATIONINSIGHTS_CONNECTION_STRING": "InstrumentationKey=0", "TELEMETRY_PII_MODE": "strict"}
+    with pytest.raises(SettingsError, match="TELEMETRY_PII_HASH_KEY"):
+        load_settings(values)
+    assert load_settings({**values, "TELEMETRY_PII_HASH_KEY": "k" * 32}).settings.telemetry_pii_mode == "strict"
+
+
 def test_host_json_is_tuned_for_chat_latency():
     queues = json.loads((ROOT / "host.json").read_text())["extensions"]["queues"]
     h, m, s = queues["maxPollingInterval"].split(":")
