@@ -12,7 +12,7 @@ message. Replies already sent are not sent again: the reply sender's sent record
 (``sent_dedup_ids`` of the user's turn) make a replayed message's reply a no-op
 when it was delivered, and a message that only got an apology gets its real answer.
 
-Used by the admin HTTP functions (``functions/admin.py``) and ``python -m tools.poison``.
+Used by the operations HTTP functions (``functions/ops.py``) and ``python -m tools.poison``.
 """
 
 from __future__ import annotations

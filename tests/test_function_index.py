@@ -82,3 +82,22 @@ def test_binding_names_match_the_python_parameters(functions):
     for f in functions:
         bound = {b["name"] for b in f["bindings"] if b["name"] != "$return"}
         assert bound == f["params"], (f["name"], bound ^ f["params"])
+
+
+def test_no_http_route_collides_with_the_hosts_built_in_routes(functions):
+    """The host refuses routes whose first segment is ``admin`` or ``runtime`` (its own admin API):
+    "The specified route conflicts with one or more built in routes." (../shared/reference/functions-host-rules.md)."""
+    routes = {f["name"]: b.get("route") or f["name"] for f in functions for b in f["bindings"]
+              if b["type"] == "httpTrigger"}
+    assert routes, "the app has HTTP functions"
+    for name, route in routes.items():
+        assert route.strip("/").split("/")[0].lower() not in ("admin", "runtime"), (name, route)
+    assert routes["ops_poison_list"] == "ops/poison" and routes["ops_poison_replay"] == "ops/poison/replay"
+
+
+def test_binding_names_are_ones_the_host_accepts(functions):
+    """Letters, digits and single underscores; the host refuses ``__`` in a binding name."""
+    for f in functions:
+        for b in f["bindings"]:
+            assert b["name"] == "$return" or re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", b["name"]), (f["name"], b["name"])
+            assert "__" not in b["name"], (f["name"], b["name"])

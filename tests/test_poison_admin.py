@@ -75,7 +75,7 @@ def test_replay_through_the_gateway_answers_once(gateway, stack_settings, sendbi
     channel = f"sendbird_group_channel_{uuid.uuid4().hex[:10]}"
     msg = inbound("안녕하세요", int(uuid.uuid4().int % 10**12)).model_copy(
         update={"channel_url": channel, "user_id": f"replay-{uuid.uuid4().hex[:6]}"})
-    admin = gateway.base_url + "/api/admin/poison"
+    admin = gateway.base_url + "/api/ops/poison"
 
     def replay_via_http():
         sender.send_poison(record(msg))
@@ -101,5 +101,5 @@ def test_replay_through_the_gateway_answers_once(gateway, stack_settings, sendbi
 
 @pytest.mark.stack
 def test_replay_endpoint_rejects_a_bad_body_with_a_reason(gateway):
-    r = requests.post(gateway.base_url + "/api/admin/poison/replay", data=b'{"queues": ["x"]}', timeout=10)
+    r = requests.post(gateway.base_url + "/api/ops/poison/replay", data=b'{"queues": ["x"]}', timeout=10)
     assert r.status_code == 400 and "unknown queues" in r.json()["error"]["message"]

@@ -1,4 +1,4 @@
-"""List poison messages with their reasons, and replay selected ones (same code as the admin endpoint).
+"""List poison messages with their reasons, and replay selected ones (same code as the ops endpoint).
 
     python -m tools.poison list [--json]
     python -m tools.poison replay --correlation-id ID | --message-id N | --id STORAGE_ID | --all [--queue Q]

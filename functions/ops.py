@@ -1,7 +1,11 @@
-"""Admin HTTP functions (auth level FUNCTION: a function key is required on Azure).
+"""Operations HTTP functions (auth level FUNCTION: a function key is required on Azure).
 
-``GET /api/admin/poison``: poison messages of every stage with their reasons.
-``POST /api/admin/poison/replay``: body :class:`shared.poison_admin.ReplayRequest` JSON,
+Routes live under ``ops/``, not ``admin/``: the Functions host refuses any HTTP route whose first segment is
+``admin`` or ``runtime`` ("The specified route conflicts with one or more built in routes";
+azure-functions-host ``ScriptHost.ValidateHttpFunction``), because its own admin API lives there.
+
+``GET /api/ops/poison``: poison messages of every stage with their reasons.
+``POST /api/ops/poison/replay``: body :class:`shared.poison_admin.ReplayRequest` JSON,
 e.g. ``{"correlation_ids": ["..."]}`` or ``{"queues": ["chat-inbound"], "all": true}``;
 answers the replayed entries. Bad bodies get 400 with the reason.
 """
@@ -23,16 +27,16 @@ def _json(body: object, status: int = 200) -> func.HttpResponse:
                              mimetype="application/json", charset="utf-8")
 
 
-@bp.function_name("admin_poison_list")
-@bp.route(route="admin/poison", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
-def admin_poison_list(req: func.HttpRequest) -> func.HttpResponse:
+@bp.function_name("ops_poison_list")
+@bp.route(route="ops/poison", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
+def ops_poison_list(req: func.HttpRequest) -> func.HttpResponse:
     entries = poison_admin.list_poison(services.queues())
     return _json({"count": len(entries), "messages": [e.to_dict() for e in entries]})
 
 
-@bp.function_name("admin_poison_replay")
-@bp.route(route="admin/poison/replay", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
-def admin_poison_replay(req: func.HttpRequest) -> func.HttpResponse:
+@bp.function_name("ops_poison_replay")
+@bp.route(route="ops/poison/replay", methods=["POST"], auth_level=func.AuthLevel.FUNCTION)
+def ops_poison_replay(req: func.HttpRequest) -> func.HttpResponse:
     try:
         request = poison_admin.ReplayRequest.model_validate_json(req.get_body() or b"{}")
     except ValidationError as exc:
