@@ -25,6 +25,6 @@ def reply_sender(msg: func.QueueMessage) -> None:
         msg, queue=REPLY_QUEUE, model=ReplyMessage, stage="reply_sender",
         work=lambda m: deliver(m, sendbird=services.sendbird(), queues=services.queues(),
                                state_store=services.state_store(), settings=services.settings(),
-                               telemetry=services.telemetry()),
+                               catalog=services.catalog(), telemetry=services.telemetry()),
         on_poison=lambda m, reason: mark_failed(m, services.state_store(), services.settings()),
     )

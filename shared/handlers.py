@@ -140,7 +140,8 @@ def handle(msg: RoutedMessage, *, state_store: StateStore, catalog: ResponseCata
         now = clock()
         turn = state.turn_for(msg.message_id)
         if turn is None:  # evicted from the bounded history, or state reset: admit it now
-            turn = state.admit(msg.message_id, msg.correlation_id, msg.received_at_ms, settings.state_history_limit)
+            turn = state.admit(msg.message_id, msg.correlation_id, msg.received_at_ms, settings.state_history_limit,
+                               channel_url=msg.channel_url)
         if turn.status == "silent":
             return None
         if (turn.apologized or turn.status == "failed") and not msg.replayed:

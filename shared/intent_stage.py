@@ -50,9 +50,13 @@ def admit(msg: InboundMessage, state: UserState, settings: Settings, now: int) -
     - the same delivery again (a queue redelivery) after the message was handled (answered, sent or
       failed) -> ``duplicate``; before that -> re-admitted with its recorded sequence number;
       an operator's replay of a message that got an apology or failed -> re-admitted;
+    - no turn any more (evicted from the bounded history) but admitted within the webhook replay window
+      (``recent_message_ids``) -> ``duplicate`` (a replayed capture, whatever the history length);
     - the conversation is handed off -> recorded as ``silent``;
     - otherwise a new turn with the next per-user sequence number.
     """
+    window_ms = (settings.webhook_replay_window_seconds + settings.webhook_max_clock_skew_seconds) * 1000
+    state.forget_message_ids_before(now - window_ms)
     turn = state.turn_for(msg.message_id)
     if turn is not None:
         if turn.correlation_id not in (None, msg.correlation_id):
@@ -63,11 +67,14 @@ def admit(msg: InboundMessage, state: UserState, settings: Settings, now: int) -
         if handled and not (msg.replayed and (turn.apologized or turn.status == "failed")):
             return Admission("duplicate", turn.seq)
         return Admission("admitted", turn.seq, state.pending_slot, state.language)
+    if state.seen_recently(msg.message_id):
+        return Admission("duplicate")
     if state.is_handed_off(now):
         turn = state.admit(msg.message_id, msg.correlation_id, msg.received_at_ms, settings.state_history_limit,
-                           status="silent")
+                           status="silent", channel_url=msg.channel_url)
         return Admission("silent", turn.seq)
-    turn = state.admit(msg.message_id, msg.correlation_id, msg.received_at_ms, settings.state_history_limit)
+    turn = state.admit(msg.message_id, msg.correlation_id, msg.received_at_ms, settings.state_history_limit,
+                       channel_url=msg.channel_url)
     return Admission("admitted", turn.seq, state.pending_slot, state.language)
 
 

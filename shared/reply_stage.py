@@ -11,7 +11,14 @@ Exactly-once visible delivery, built from two records in the user's state (ETag-
 3. **mark sent**: ``dedup_id`` appended to ``sent_dedup_ids``, status ``sent``, claim cleared.
 
 A crash between 2 and 3 leaves a claim that expires; the next attempt sends again with the same
-``dedup_id``, which SendBird de-duplicates. Outcomes:
+``dedup_id``, which SendBird de-duplicates.
+
+Only replies the gateway itself produced are sent (defence in depth: queue messages are not signed, so
+whoever can write to ``chat-reply`` could otherwise make the bot post any text to any channel): a reply
+must belong to a turn the intent stage admitted for that user, in that channel, and carry exactly the text
+and response key the branch handler recorded for it; an apology must be the catalog's apology text. Any
+other reply is refused with :class:`~shared.errors.PermanentError` (poisoned with the reason, nothing sent,
+no turn created). Outcomes:
 
 - ``"sent"``; ``"duplicate"`` (sent before, nothing done); ``"superseded"``: the real reply and the
   apology of one message exclude each other (an apology after the real answer, or a real answer after an
@@ -29,6 +36,7 @@ import logging
 import time
 from typing import Callable, Literal
 
+from shared.catalog import ResponseCatalog
 from shared.clients.queues import QueueSender
 from shared.clients.sendbird import SendBirdClient
 from shared.errors import GatewayError, PermanentError, RateLimited
@@ -56,15 +64,34 @@ def reply_data(reply: ReplyMessage) -> str:
     }, ensure_ascii=False)
 
 
-def _turn(state: UserState, reply: ReplyMessage, settings: Settings) -> Turn:
+def owned_turn(state: UserState, reply: ReplyMessage, settings: Settings, catalog: ResponseCatalog) -> Turn:
+    """The turn ``reply`` answers, after checking the gateway produced it (see module docstring).
+
+    An apology for a message that never got a turn (its admission failed) gets one here. Raises
+    :class:`~shared.errors.PermanentError` naming what does not match.
+    """
+    apology = reply.reply_key == APOLOGY_KEY
+    if apology and reply.text != catalog.render(APOLOGY_KEY, reply.language):
+        raise PermanentError(f"reply refused: {reply.dedup_id} claims to be the apology but its text differs "
+                             "from the catalog's")
     turn = state.turn_for(reply.message_id)
-    if turn is None:  # e.g. an apology for a message that never got a turn
-        turn = state.admit(reply.message_id, reply.correlation_id, reply.received_at_ms, settings.state_history_limit)
+    if turn is None:
+        if not apology:
+            raise PermanentError(f"reply refused: message_id {reply.message_id} has no turn the gateway admitted "
+                                 "for this user")
+        return state.admit(reply.message_id, reply.correlation_id, reply.received_at_ms,
+                           settings.state_history_limit, channel_url=reply.channel_url)
+    if turn.channel_url is not None and turn.channel_url != reply.channel_url:
+        raise PermanentError(f"reply refused: message_id {reply.message_id} was admitted in another channel")
+    if not apology and (turn.reply_key, turn.reply_text) != (reply.reply_key, reply.text):
+        raise PermanentError(f"reply refused: its text or response key differs from the answer recorded for "
+                             f"message_id {reply.message_id}")
     return turn
 
 
 def deliver(reply: ReplyMessage, *, sendbird: SendBirdClient, queues: QueueSender, state_store: StateStore,
-            settings: Settings, clock: Callable[[], int] = now_ms, telemetry: Telemetry = DISABLED) -> Outcome:
+            settings: Settings, catalog: ResponseCatalog, clock: Callable[[], int] = now_ms,
+            telemetry: Telemetry = DISABLED) -> Outcome:
     """Send ``reply`` at most once (see module docstring).
 
     Telemetry: events ``ReplySent`` (with the latencies, ms), ``ReplyDeduplicated``, ``SendBirdThrottled``;
@@ -75,7 +102,7 @@ def deliver(reply: ReplyMessage, *, sendbird: SendBirdClient, queues: QueueSende
 
     def claim(state: UserState) -> tuple[str, int]:
         now = clock()
-        turn = _turn(state, reply, settings)
+        turn = owned_turn(state, reply, settings, catalog)
         if reply.dedup_id in turn.sent_dedup_ids:
             return "duplicate", 0
         # One visible answer per message: the real reply and the apology exclude each other.
@@ -96,7 +123,7 @@ def deliver(reply: ReplyMessage, *, sendbird: SendBirdClient, queues: QueueSende
             turn.sending = None
 
     def mark_sent(state: UserState) -> None:
-        turn = _turn(state, reply, settings)
+        turn = owned_turn(state, reply, settings, catalog)
         if reply.dedup_id not in turn.sent_dedup_ids:
             turn.sent_dedup_ids = [*turn.sent_dedup_ids, reply.dedup_id]
         turn.status, turn.sent_at_ms, turn.sending = "sent", clock(), None
@@ -154,11 +181,12 @@ def _report_sent(reply: ReplyMessage, ids: dict, sendbird_ms: float, telemetry: 
 
 
 def mark_failed(reply: ReplyMessage, state_store: StateStore, settings: Settings) -> None:
-    """Record that ``reply`` could not be delivered (it was poisoned), so later messages are not held back."""
+    """Record that ``reply`` could not be delivered (it was poisoned), so later messages are not held back.
+    A reply without an admitted turn (e.g. one refused as not the gateway's) changes nothing."""
 
     def fail(state: UserState) -> None:
-        turn = _turn(state, reply, settings)
-        if turn.status != "sent":
+        turn = state.turn_for(reply.message_id)
+        if turn is not None and turn.status != "sent":
             turn.status, turn.sending = "failed", None
 
     state_store.update(reply.user_id, reply.channel_url, fail)

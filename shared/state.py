@@ -62,6 +62,7 @@ class Turn(BaseModel):
     message_id: int
     seq: int = 0
     correlation_id: str | None = None
+    channel_url: str | None = Field(default=None, description="the SendBird channel the message was sent in")
     status: TurnStatus = "received"
     received_at_ms: int = 0
     at_ms: int = 0
@@ -103,6 +104,9 @@ class UserState(BaseModel):
     handoff_until_ms: int | None = Field(default=None, description="bot stays silent until this epoch ms")
     next_seq: int = Field(default=1, description="sequence number of the user's next admitted message")
     turns: list[Turn] = Field(default_factory=list, description="most recent last, bounded")
+    recent_message_ids: dict[str, int] = Field(
+        default_factory=dict, description="SendBird message_id -> received_at_ms of every message admitted within "
+        "the webhook replay window, kept whatever the history length, so a replayed webhook is a duplicate")
     created_at_ms: int = 0
     updated_at_ms: int = 0
 
@@ -131,13 +135,23 @@ class UserState(BaseModel):
         self.turns = [*self.turns, turn][-limit:]
 
     def admit(self, message_id: int, correlation_id: str | None, received_at_ms: int, limit: int,
-              status: TurnStatus = "received") -> Turn:
-        """Record a new turn with the next sequence number and return it."""
+              status: TurnStatus = "received", channel_url: str | None = None) -> Turn:
+        """Record a new turn with the next sequence number and return it; remember ``message_id``."""
         turn = Turn(message_id=message_id, seq=self.next_seq, correlation_id=correlation_id, status=status,
-                    received_at_ms=received_at_ms)
+                    received_at_ms=received_at_ms, channel_url=channel_url)
         self.next_seq += 1
         self.record_turn(turn, limit)
+        self.recent_message_ids = {**self.recent_message_ids, str(message_id): received_at_ms}
         return self.turns[-1]
+
+    def seen_recently(self, message_id: int) -> bool:
+        """True when ``message_id`` was admitted within the remembered window (even if its turn was evicted)."""
+        return str(message_id) in self.recent_message_ids
+
+    def forget_message_ids_before(self, cutoff_ms: int) -> None:
+        """Drop remembered message ids received before ``cutoff_ms`` (epoch ms)."""
+        if any(at < cutoff_ms for at in self.recent_message_ids.values()):
+            self.recent_message_ids = {k: at for k, at in self.recent_message_ids.items() if at >= cutoff_ms}
 
     def pending_before(self, turn: Turn) -> list[Turn]:
         """Earlier turns of this user that are not final yet (they hold ``turn`` back)."""

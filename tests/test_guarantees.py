@@ -27,14 +27,17 @@ def chain(store, intent, settings, catalog, sendbird, queues):
 
         def send(self, reply, clock=now_ms):
             return deliver(reply, sendbird=sendbird, queues=queues, state_store=store, settings=settings,
-                           clock=clock)
+                           catalog=catalog, clock=clock)
 
         held_back = held
+        store = None
 
         def turn(self, message_id, user="u-1"):
             return store.get_or_create(user, "ch-1").turn_for(message_id)
 
-    return Chain()
+    c = Chain()
+    c.store = store
+    return c
 
 
 def test_webhook_retry_is_dropped_before_the_intent_call(chain, intent):
@@ -142,12 +145,17 @@ def test_an_apology_after_the_real_answer_is_not_shown(chain, catalog, settings,
     assert [m["dedup_id"] for m in sendbird.messages] == ["reply-1"]
 
 
-def test_a_queued_real_reply_after_an_apology_is_sent_only_for_a_replay(chain, catalog, settings, sendbird):
+def test_a_queued_real_reply_after_an_apology_is_sent_only_for_a_replay(chain, catalog, settings, sendbird, store):
     routed = chain.route(inbound("hi", 1))
     assert chain.send(apology_reply(routed, catalog, settings)) == "sent"  # poisoned before any answer
     from shared.state import reply_dedup_id
     late = ReplyMessage(**routed.next_hop(), text="Hello!", language="en", route=Route.GREETING,
                         reply_key="greeting.hello", dedup_id=reply_dedup_id(1), seq=routed.seq)
+
+    def answer_recorded(state):  # what the branch handler records with the reply it enqueues
+        turn = state.turn_for(1)
+        turn.reply_key, turn.reply_text = late.reply_key, late.text
+    store.update("u-1", "ch-1", answer_recorded)
     assert chain.send(late) == "superseded"
     assert chain.send(late.model_copy(update={"replayed": True})) == "sent"
     assert [m["dedup_id"] for m in sendbird.messages] == ["apology-1", "reply-1"]
@@ -175,3 +183,61 @@ def test_nothing_is_written_when_nothing_changes(chain, store):
     writes = store.writes
     chain.route(inbound("hi", 1).model_copy(update={"correlation_id": "retry"}))  # duplicate: read only
     assert store.writes == writes
+
+
+# ---------------------------------------------------------------- only the gateway's own replies are sent
+
+
+def _forged(routed, **changes):
+    base = dict(text="Click http://evil.example for a refund", language="en", route=Route.GREETING,
+                reply_key="greeting.hello", dedup_id="reply-1", seq=routed.seq)
+    return ReplyMessage(**{**routed.next_hop(), **base, **changes})
+
+
+@pytest.mark.parametrize("change, reason", [
+    ({}, "differs from the answer recorded"),
+    ({"text": "Hello! How can I help you today?", "message_id": 999}, "no turn the gateway admitted"),
+    ({"channel_url": "sendbird_group_channel_other"}, "admitted in another channel"),
+    ({"reply_key": "apology.error"}, "claims to be the apology"),
+])
+def test_a_reply_the_gateway_did_not_produce_is_refused_and_nothing_is_sent(chain, sendbird, store, change, reason):
+    from shared.errors import PermanentError
+    routed = chain.route(inbound("hi", 1))
+    real = chain.handle(routed)
+    forged = _forged(routed, **change)
+    with pytest.raises(PermanentError, match=reason):
+        chain.send(forged)
+    assert sendbird.messages == [] and sendbird.attempts == 0
+    assert store.get_or_create("u-1", "ch-1").turn_for(999) is None  # no turn made up for it
+    assert chain.send(real) == "sent"  # the real answer still goes out
+
+
+def test_a_refused_reply_that_is_poisoned_marks_nothing(chain, settings, store):
+    routed = chain.route(inbound("hi", 1))
+    mark_failed(_forged(routed, message_id=999), store, settings)
+    assert store.get_or_create("u-1", "ch-1").turn_for(999) is None
+
+
+def test_an_apology_without_a_turn_is_still_delivered(chain, catalog, settings, sendbird, store):
+    """The intent stage may poison a message before it was admitted (state store down): the user still
+    gets the apology, the one fixed text a forged message could make the bot say."""
+    apology = apology_reply(inbound("hi", 7), catalog, settings)
+    assert chain.send(apology) == "sent"
+    assert [m["dedup_id"] for m in sendbird.messages] == ["apology-7"]
+
+
+def test_a_message_id_evicted_from_the_history_is_still_a_duplicate_within_the_replay_window(chain, settings, intent):
+    small = settings.model_copy(update={"state_history_limit": 2})
+    t0 = now_ms()
+    first = inbound("hi", 1)
+    assert classify(first, state_store=chain.store, intent_client=intent, settings=small, clock=lambda: t0)
+    for i in (2, 3, 4):  # evicts message 1's turn from the 2-turn history
+        classify(inbound("hi", i), state_store=chain.store, intent_client=intent, settings=small, clock=lambda: t0)
+    assert chain.turn(1) is None
+    replayed = first.model_copy(update={"correlation_id": "a-captured-webhook"})
+    assert classify(replayed, state_store=chain.store, intent_client=intent, settings=small, clock=lambda: t0) is None
+    later = t0 + (settings.webhook_replay_window_seconds + settings.webhook_max_clock_skew_seconds + 1) * 1000
+    state = chain.store.get_or_create("u-1", "ch-1")
+    assert "1" in state.recent_message_ids
+    classify(inbound("hi", 5), state_store=chain.store, intent_client=intent, settings=small, clock=lambda: later)
+    assert "1" not in chain.store.get_or_create("u-1", "ch-1").recent_message_ids  # forgotten after the window

@@ -49,7 +49,7 @@ class Bot:
                        reschedule=lambda m, delay: self.held_back.append(m))
         if reply is not None:
             deliver(reply, sendbird=self.sendbird, queues=self.queues, state_store=self.store,
-                    settings=self.settings, clock=clock)
+                    settings=self.settings, catalog=self.catalog, clock=clock)
         return routed, reply
 
 
@@ -218,10 +218,22 @@ def reply_msg(reschedules=0) -> ReplyMessage:
                         reply_key="greeting.hello", dedup_id="reply-11", reschedules=reschedules)
 
 
+def admitted(store, reply):
+    """Record the turn the handler would have recorded for ``reply`` (the reply sender sends only those)."""
+    def record(state):
+        if state.turn_for(reply.message_id) is None:
+            turn = state.admit(reply.message_id, reply.correlation_id, reply.received_at_ms, 20,
+                               channel_url=reply.channel_url)
+            turn.reply_key, turn.reply_text, turn.status = reply.reply_key, reply.text, "answered"
+    store.update(reply.user_id, reply.channel_url, record)
+    return store
+
+
 def send(reply, sendbird, queues, settings, store=None, clock=now_ms):
+    from shared.catalog import ResponseCatalog
     from tests.fakes import InMemoryStateStore
-    return deliver(reply, sendbird=sendbird, queues=queues, state_store=store or InMemoryStateStore(),
-                   settings=settings, clock=clock)
+    return deliver(reply, sendbird=sendbird, queues=queues, state_store=admitted(store or InMemoryStateStore(), reply),
+                   settings=settings, catalog=ResponseCatalog.load(), clock=clock)
 
 
 def test_reply_is_sent_with_dedup_id_and_correlation(sendbird, queues, settings):

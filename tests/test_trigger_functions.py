@@ -62,7 +62,8 @@ def webhook(body: bytes, signature: str | None = None) -> func.HttpRequest:
 
 def test_webhook_enqueues_and_answers_json(wired):
     out = Out()
-    resp = intake_fn.sendbird_webhook(webhook(payload("message_send_ko.json")), out)
+    from tools.send_webhook import refresh_created_at
+    resp = intake_fn.sendbird_webhook(webhook(refresh_created_at(payload("message_send_ko.json"))), out)
     assert resp.status_code == 200 and resp.mimetype == "application/json"
     body = json.loads(resp.get_body())
     assert body["status"] == "accepted" and body["message_id"] == 1758211234568
@@ -126,6 +127,8 @@ def test_branch_function_writes_the_reply(wired, store, settings):
     assert decode(out.get(), ReplyMessage).reply_key == "greeting.hello"
 
 
-def test_reply_function_sends_through_sendbird(wired, sendbird):
+def test_reply_function_sends_through_sendbird(wired, sendbird, store):
+    from tests.test_stages import admitted
+    admitted(store, reply_msg())
     reply_fn.reply_sender(queue_msg(reply_msg().to_queue_text()))
     assert [m["message"] for m in sendbird.messages] == ["Hello!"]

@@ -79,5 +79,5 @@ def sendbird_webhook_monolith(req: func.HttpRequest) -> func.HttpResponse:
     if reply is None:
         return _json({**decision.body, "reply": "silent"})
     outcome = deliver(reply, sendbird=services.sendbird(), queues=services.queues(),
-                      state_store=services.state_store(), settings=cfg.settings)
+                      state_store=services.state_store(), settings=cfg.settings, catalog=services.catalog())
     return _json({**decision.body, "reply": outcome})
