@@ -7,7 +7,7 @@ PY_REQS := requirements.txt requirements-dev.txt intent_service/requirements.txt
 
 .PHONY: install demo run test unit bench clean
 
-install: $(VENV)/.installed devstack/node_modules/.installed $(MODEL)
+install: $(VENV)/.installed devstack/node_modules/.installed ops/kql/node_modules/.installed $(MODEL)
 
 $(VENV)/.installed: $(PY_REQS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ $(VENV)/.installed: $(PY_REQS)
 
 devstack/node_modules/.installed: devstack/package.json devstack/package-lock.json
 	npm ci --prefix devstack --no-audit --no-fund --loglevel=error
+	touch $@
+
+# Kusto's parser (Kusto.Language) for the ops queries check (tests/test_ops_queries.py, ops/kql/check_kql.js).
+ops/kql/node_modules/.installed: ops/kql/package.json ops/kql/package-lock.json
+	npm ci --prefix ops/kql --no-audit --no-fund --loglevel=error
 	touch $@
 
 $(MODEL): $(VENV)/.installed $(wildcard intent_service/data/retail/*)
