@@ -6,9 +6,13 @@
    undeclared is emitted);
 3. ``ops/workbook.json`` is exactly what ``ops/build_workbook.py`` generates from the ``.kql`` files, and
    has the shape the workbook import expects;
-4. a lexical sanity check of every ``.kql`` file.
+4. a lexical sanity check of every ``.kql`` file;
+5. Kusto's own parser and semantic analyser (Kusto.Language, npm ``@kusto/language-service-next``, run by
+   ``ops/kql/check_kql.js`` through ``node``) accepts every ``.kql`` file and every query of the generated workbook
+   (workbook parameters substituted) against the Application Insights schema ``ops/kql/appinsights_schema.json``:
+   no diagnostic of severity error.
 
-The KQL "parser" is lexical: comments are dropped, string literals are masked, and every
+The KQL "parser" of 1. is lexical: comments are dropped, string literals are masked, and every
 ``name == ...`` / ``customDimensions.X`` reference is attributed to the nearest table name before it
 (the queries are written so that this holds: each sub-pipeline names its table first).
 """
@@ -19,6 +23,8 @@ import ast
 import importlib.util
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -425,3 +431,198 @@ def test_query_file_is_sane(path):
 ])
 def test_sanity_check_catches_broken_kql(kql, fragment):
     assert any(fragment in p for p in sanity_problems(kql)), sanity_problems(kql)
+
+
+# ---------------------------------------------------------------------------------------------- 5. Kusto.Language
+KQL_DIR = OPS / "kql"
+KQL_CHECK = KQL_DIR / "check_kql.js"
+KUSTO_PACKAGE = "@kusto/language-service-next"
+
+
+def run_kusto_check(*paths: Path) -> dict:
+    """The JSON report of ``node ops/kql/check_kql.js --json PATHS`` (exit 0: no errors, 1: errors)."""
+    node = shutil.which("node")
+    if node is None or not (KQL_DIR / "node_modules" / KUSTO_PACKAGE / "package.json").exists():
+        pytest.fail("the Kusto check needs node and ops/kql/node_modules: run `make install` "
+                    "(npm ci --prefix ops/kql)")
+    proc = subprocess.run([node, str(KQL_CHECK), "--json", *map(str, paths)], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT)
+    assert proc.returncode in (0, 1), f"check_kql.js failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}"
+    report = json.loads(proc.stdout)
+    assert proc.returncode == (1 if report["errors"] else 0), report
+    return report
+
+
+def kusto_errors(report: dict, source: str | None = None, item: str | None = None) -> list[dict]:
+    return [d for d in report["diagnostics"] if d["severity"] == "Error"
+            and (source is None or d["source"] == source) and (item is None or d["item"] == item)]
+
+
+def describe(diagnostics: list[dict]) -> str:
+    """One block per diagnostic: file (and workbook item), line:column, code, message, the line and a caret."""
+    out = []
+    for d in diagnostics:
+        where = d["source"] + (f" [{d['item']}, {d['parameters'] or 'no'} parameters]" if d["item"] else "")
+        out.append(f"{where}:{d['line']}:{d['column']}: {d['severity']} {d['code']}: {d['message']} "
+                   f"(schema: {', '.join(d['schemas'])})\n    {d['lineText']}\n    {' ' * (d['column'] - 1)}^")
+    return "\n".join(out)
+
+
+@pytest.fixture(scope="module")
+def generated_workbook(tmp_path_factory) -> Path:
+    """What ``ops/build_workbook.py`` produces (``ops/workbook.json`` must equal it: see section 3)."""
+    path = tmp_path_factory.mktemp("workbook") / "workbook.json"
+    path.write_text(builder.render(builder.build()), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def kusto_report(generated_workbook) -> dict:
+    """One run of Kusto.Language over every ``.kql`` file and every query of the generated workbook."""
+    report = run_kusto_check(*QUERY_FILES, generated_workbook)
+    report["workbook_source"] = next(c["source"] for c in report["checked"] if c["item"])
+    return report
+
+
+WORKBOOK_ITEMS = [f"query - {p.stem}" for p in QUERY_FILES]
+
+
+@pytest.mark.parametrize("path", QUERY_FILES, ids=lambda p: p.name)
+def test_kusto_accepts_query_file(kusto_report, path):
+    errors = kusto_errors(kusto_report, source=str(path.relative_to(ROOT)))
+    assert not errors, "Kusto.Language reports errors:\n" + describe(errors)
+
+
+@pytest.mark.parametrize("item", WORKBOOK_ITEMS)
+def test_kusto_accepts_workbook_query(kusto_report, item):
+    errors = kusto_errors(kusto_report, source=kusto_report["workbook_source"], item=item)
+    assert not errors, f"Kusto.Language reports errors in the workbook query {item!r}:\n" + describe(errors)
+
+
+def test_kusto_check_covers_every_query_and_parameter_set(kusto_report):
+    assert kusto_report["package"] == KUSTO_PACKAGE and kusto_report["schemas"] == ["legacy", "workspace"]
+    checked = kusto_report["checked"]
+    assert {c["source"] for c in checked if not c["item"]} == {str(p.relative_to(ROOT)) for p in QUERY_FILES}
+    items = [c for c in checked if c["item"]]
+    assert {c["item"] for c in items} == set(WORKBOOK_ITEMS)
+    with_params = {c["item"] for c in items if c["parameters"]}
+    assert {c["item"] for c in items if c["parameters"] == "sample"} == with_params
+    assert with_params == {item["name"] for item in builder.build()["items"]
+                           if item["type"] == 3 and re.search(r"\{\w+(:\w+)?\}", item["content"]["query"])}
+    assert len(with_params) >= 2  # the lookup panels use {UserId} / {CorrelationId}
+
+
+def test_kusto_package_version_is_pinned(kusto_report):
+    manifest = json.loads((KQL_DIR / "package.json").read_text(encoding="utf-8"))
+    lock = json.loads((KQL_DIR / "package-lock.json").read_text(encoding="utf-8"))
+    spec = manifest["dependencies"][KUSTO_PACKAGE]
+    assert re.fullmatch(r"\d+\.\d+\.\d+", spec), f"not an exact version: {spec}"
+    locked = lock["packages"][f"node_modules/{KUSTO_PACKAGE}"]
+    assert locked["version"] == spec == kusto_report["version"] and locked["integrity"].startswith("sha512-")
+
+
+def test_kusto_schema_has_the_columns_the_queries_rely_on():
+    schema = json.loads((KQL_DIR / "appinsights_schema.json").read_text(encoding="utf-8"))
+    assert set(schema["tables"]) == set(TABLES)
+
+    def columns(table: str) -> dict:
+        return {**schema["common"], **schema["tables"][table]}
+
+    for table in TABLES:
+        cols = columns(table)
+        assert {"timestamp": "datetime", "customDimensions": "dynamic", "operation_Id": "string",
+                "operation_ParentId": "string", "cloud_RoleName": "string", "cloud_RoleInstance": "string",
+                "itemType": "string", "appName": "string"}.items() <= cols.items(), table
+        if table != "customMetrics":
+            assert cols["itemCount"] == "int" and cols["customMeasurements"] == "dynamic", table
+    for table in ("requests", "dependencies"):
+        cols = columns(table)
+        assert cols["duration"] == "real" and cols["resultCode"] == "string" and cols["id"] == "string"
+        assert cols["success"] == {"legacy": "string", "workspace": "bool"}
+    assert {"target": "string", "type": "string", "data": "string"}.items() <= columns("dependencies").items()
+    assert {"valueCount": "int", "valueSum": "real", "valueMin": "real", "valueMax": "real"}.items() \
+        <= columns("customMetrics").items()
+    assert "itemCount" not in columns("customMetrics") and "customMeasurements" not in columns("customMetrics")
+    assert {"severityLevel": "int", "message": "string"}.items() <= columns("traces").items()
+    assert {"severityLevel": "int", "type": "string", "outerMessage": "string", "problemId": "string"}.items() \
+        <= columns("exceptions").items()
+
+
+# Bad queries: (file name, text, [(line, column, code, message fragment, schemas)]).
+BAD_KQL = [
+    ("syntax_error.kql",
+     '// unclosed bin(\ncustomEvents\n| where name == "ReplySent"\n| summarize count() by bin(timestamp, 1m\n',
+     [(4, 41, "KS005", "Expected: )", ["legacy", "workspace"])]),
+    ("unknown_column.kql",
+     "// workspace-based column name on a classic table\nrequests\n| where DurationMs > 100\n",
+     [(3, 9, "KS142", "'DurationMs' does not refer to any known column", ["legacy", "workspace"])]),
+    ("unknown_table.kql",
+     "// workspace-based table name\nAppRequests\n| take 1\n",
+     [(2, 1, "KS204", "'AppRequests' does not refer to any known table", ["legacy", "workspace"])]),
+    ("type_error.kql",
+     '// a real compared with a string\nrequests\n| summarize p95 = percentile(duration, 95) by name\n'
+     '| where p95 > "1000"\n',
+     [(4, 13, "KS106", "operator '>' is not defined for the operand types real and string", ["legacy", "workspace"])]),
+    ("legacy_success_is_a_string.kql",
+     "// success used as a bool: fine on the workspace-based table, a string in the classic one\nrequests\n"
+     "| summarize failed = countif(not(success))\n",
+     [(3, 34, "KS107", "A value of type bool expected", ["legacy"])]),
+    ("metric_value_was_removed.kql",
+     "// customMetrics.value is gone in the workspace-based table\ncustomMetrics\n| summarize total = sum(value)\n",
+     [(3, 25, "KS142", "'value' does not refer to any known column", ["workspace"])]),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_kusto_report(tmp_path_factory) -> dict:
+    folder = tmp_path_factory.mktemp("bad_kql")
+    paths = []
+    for name, text, _expected in BAD_KQL:
+        (folder / name).write_text(text, encoding="utf-8")
+        paths.append(folder / name)
+    workbook = {"version": "Notebook/1.0", "fallbackResourceIds": [], "items": [
+        builder.parameters_item(),
+        *({"type": 3, "name": name, "content": {"version": "KqlItem/1.0", "queryType": 0, "query": query}}
+          for name, query in WORKBOOK_CASES.items()),
+    ]}
+    (folder / "workbook.json").write_text(json.dumps(workbook), encoding="utf-8")
+    return run_kusto_check(*paths, folder / "workbook.json")
+
+
+@pytest.mark.parametrize("name, text, expected", BAD_KQL, ids=[case[0] for case in BAD_KQL])
+def test_kusto_check_reports_errors_with_position(bad_kusto_report, name, text, expected):
+    got = [d for d in kusto_errors(bad_kusto_report) if d["source"].endswith(f"/{name}")]
+    assert len(got) == len(expected), describe(got)
+    for d, (line, column, code, fragment, schemas) in zip(got, expected):
+        assert (d["line"], d["column"], d["code"], sorted(d["schemas"])) == (line, column, code, schemas), describe([d])
+        assert fragment in d["message"], describe([d])
+        assert text.split("\n")[line - 1] == d["lineText"]
+    assert "Error" in describe(got) and f"{name}:{expected[0][0]}:{expected[0][1]}:" in describe(got)
+
+
+# Workbook queries: how parameters are substituted (parameters_item(): TimeRange, UserId, CorrelationId).
+WORKBOOK_CASES = {
+    "time range forms": (
+        "requests\n| where timestamp {TimeRange}\n"
+        "| make-series n = count() default = 0 on timestamp from {TimeRange:start} to {TimeRange:end} "
+        "step {TimeRange:grain}\n"),
+    "text parameter inside a string": 'requests\n| where tostring(customDimensions.user_id) == trim(" ", "{UserId}")\n',
+    "text parameter outside a string": "requests\n| where user_Id == {UserId}\n",
+    "undeclared parameter": "requests\n| where timestamp {Range}\n",
+}
+
+
+def test_kusto_check_substitutes_workbook_parameters(bad_kusto_report):
+    by_item: dict[str, list[dict]] = {}
+    for d in kusto_errors(bad_kusto_report):
+        if d["item"]:
+            by_item.setdefault(d["item"], []).append(d)
+    checked = {(c["item"], c["parameters"]) for c in bad_kusto_report["checked"] if c["item"]}
+    assert ("time range forms", "default") in checked and ("time range forms", "sample") in checked
+    assert "time range forms" not in by_item, describe(by_item["time range forms"])
+    assert "text parameter inside a string" not in by_item, describe(by_item["text parameter inside a string"])
+    # with its saved value "" the workbook runs `where user_Id ==`: a syntax error; with a value, an unknown name
+    outside = {(d["parameters"], d["code"]) for d in by_item["text parameter outside a string"]}
+    assert ("default", "KS006") in outside and ("sample", "KS142") in outside, outside
+    # workbooks leave an undeclared {Range} as it is, and Kusto cannot parse it
+    assert by_item["undeclared parameter"] and all(d["line"] == 2 for d in by_item["undeclared parameter"])
