@@ -6,6 +6,8 @@ when the message must not be routed: the conversation is handed off to a human
 (the bot stays silent), or it is another delivery of a message already admitted.
 Admission (duplicate check + per-user sequence number) is one ETag-guarded
 state update, so two deliveries racing each other cannot both be admitted.
+A message longer than the intent service accepts is classified on an excerpt
+(:mod:`shared.utterance`); the routed message keeps the full text.
 Errors: :class:`~shared.errors.TransientError` / :class:`~shared.errors.PermanentError`
 from the state store and the intent client propagate to the caller.
 """
@@ -24,6 +26,7 @@ from shared.models import InboundMessage, Route, RoutedMessage, now_ms
 from shared.routing import choose_route
 from shared.settings import Settings
 from shared.state import StateStore, UserState
+from shared.utterance import intent_excerpt
 from shared.telemetry import DISABLED, Telemetry
 
 log = logging.getLogger(__name__)
@@ -102,7 +105,8 @@ def classify(msg: InboundMessage, *, state_store: StateStore, intent_client: Int
     language = detect_language(msg.text) or admission.language or settings.default_language
     started = time.perf_counter()
     try:
-        prediction = intent_client.analyze(msg.text, language, participant_id=msg.user_id,
+        prediction = intent_client.analyze(intent_excerpt(msg.text, settings.intent_max_text_chars), language,
+                                           participant_id=msg.user_id,
                                            item_id=str(msg.message_id), request_id=msg.correlation_id)
     except GatewayError:
         telemetry.metric("intent_service_errors", 1)

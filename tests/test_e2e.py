@@ -16,6 +16,7 @@ from shared.models import INBOUND_QUEUE, PoisonRecord, poison_queue_name
 from shared.signature import sign
 from tests.conftest import SAMPLE_TOKEN, payload
 from tools import webhooks
+from tools.send_webhook import refresh_created_at
 
 pytestmark = pytest.mark.stack
 REPLY_TIMEOUT = 20.0
@@ -27,7 +28,11 @@ def http():
 
 
 def post(gateway, http, body: bytes, signature: str | None = "auto", **kwargs):
+    """POST ``body`` to the intake; signed with the sample token when ``signature`` is "auto", after setting
+    ``payload.created_at`` to now (the intake's replay window refuses the sample files' old timestamps)."""
     headers = {"Content-Type": "application/json"}
+    if signature == "auto":
+        body = refresh_created_at(body)
     if signature is not None:
         headers["x-sendbird-signature"] = sign(body, SAMPLE_TOKEN) if signature == "auto" else signature
     return http.post(gateway.base_url + webhooks.WEBHOOK_PATH, data=body, headers=headers, timeout=10, **kwargs)
@@ -146,3 +151,28 @@ def test_bad_queue_message_lands_in_poison_with_its_reason(gateway, stack_settin
     sender.send(INBOUND_QUEUE, body % marker)
     record = PoisonRecord.model_validate_json(wait_poison(sender, INBOUND_QUEUE, marker))
     assert reason in record.reason and record.source_queue == INBOUND_QUEUE and marker in record.original
+
+
+# --------------------------------------------------------------------------- long messages
+
+
+LONG_MESSAGES = [
+    ("en", "Hello! " + "I have been a loyal customer for many years and I always liked your shop, the staff were "
+     "kind and the parcels came quickly, but this time something went wrong and I am getting worried. " * 20
+     + "So please tell me: where is my order 20261119-0042?", "order_status"),
+    ("ko", "안녕하세요. " + "저는 오랫동안 이 쇼핑몰을 이용해 온 고객이고 늘 만족했는데 이번에는 조금 걱정이 되어서 글을 남깁니다. " * 30
+     + "제가 주문한 상품 배송 조회 좀 해주세요. 주문번호는 20261119-0042 입니다.", "order_status"),
+]
+
+
+@pytest.mark.parametrize("language, text, route", LONG_MESSAGES, ids=[m[0] for m in LONG_MESSAGES])
+def test_a_long_message_is_classified_and_answered_like_a_short_one(gateway, sendbird_standin, http, language,
+                                                                     text, route):
+    assert 1_000 < len(text) <= 4_000
+    user, channel = f"long-{uuid.uuid4().hex[:8]}", f"sendbird_group_channel_{uuid.uuid4().hex[:8]}"
+    mid = say(gateway, http, user, channel, text)
+    msg = wait_reply(sendbird_standin, channel, mid)
+    data = json.loads(msg["data"])
+    assert data["reply_key"] != "apology.error" and data["route"] == route, data
+    assert "20261119-0042" in msg["message"]  # the order number at the end of the message was found
+    assert bool(re.search("[가-힣]", msg["message"])) == (language == "ko")

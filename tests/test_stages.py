@@ -278,3 +278,15 @@ def test_other_send_errors_propagate(sendbird, queues, settings, error, store):
         send(reply_msg(), sendbird, queues, settings, store)
     assert queues.sent == {}
     assert store.get_or_create("u-1", "ch-1").turn_for(11).sending is None  # claim released
+
+
+def test_a_long_message_is_classified_on_its_excerpt_and_routed_with_its_full_text(store, intent, settings):
+    from shared.utterance import intent_excerpt
+    text = "I need help with something. " + "Some long story about my week. " * 100 + "Where is my order?"
+    assert len(text) > settings.intent_max_text_chars
+    intent.default = clu_prediction("OrderStatus", 0.9)
+    routed = classify(inbound(text), state_store=store, intent_client=intent, settings=settings)
+    [call] = intent.calls
+    assert call["text"] == intent_excerpt(text, settings.intent_max_text_chars)
+    assert len(call["text"]) <= settings.intent_max_text_chars and call["text"].endswith("Where is my order?")
+    assert routed.text == text and routed.route == Route.ORDER_STATUS
