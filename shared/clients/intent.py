@@ -11,7 +11,8 @@ connection errors, read timeouts and 502/503/504 (urllib3 ``Retry``). Then:
 
 - timeouts, connection errors, 429 and 5xx -> :class:`~shared.errors.TransientError`
   (the queue trigger retries the message later; 503 while the model loads is one of these);
-- other 4xx (bad key, bad request) -> :class:`~shared.errors.PermanentError`;
+- other 4xx (bad key, bad request), 1xx and 3xx -> :class:`~shared.errors.PermanentError` (redirects are
+  never followed, so ``Ocp-Apim-Subscription-Key`` never reaches another host);
 - a 2xx body that is not a CLU conversation result -> :class:`~shared.errors.TransientError`.
 
 Circuit breaker (the ``circuitbreaker`` package, one per worker): after
@@ -131,13 +132,13 @@ class IntentClient:
         try:
             with timing.dependency("intent", "POST /language/:analyze-conversations", self._target) as dep:
                 resp = self._session.post(self._url, params=self._params, json=body, headers=headers,
-                                          timeout=self._timeout)
+                                          timeout=self._timeout, allow_redirects=False)
                 dep.set_status_code(resp.status_code)
         except requests.RequestException as exc:
             raise TransientError(f"intent service unreachable: {type(exc).__name__}: {exc}") from exc
         if resp.status_code == 429 or resp.status_code >= 500:
             raise TransientError(f"intent service answered {resp.status_code}: {resp.text[:200]}")
-        if resp.status_code >= 400:
+        if not 200 <= resp.status_code < 300:
             raise PermanentError(f"intent service rejected the request ({resp.status_code}): {resp.text[:200]}")
         try:
             return parse_clu_response(resp.json())

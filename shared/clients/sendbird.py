@@ -13,7 +13,9 @@ two in-process retries with back-off on connection errors and 500/502/503/504
 - 429 -> :class:`~shared.errors.RateLimited` with ``X-RateLimit-RetryAfter`` seconds
   (the caller reschedules the message; nothing sleeps here);
 - timeouts, connection errors, 5xx -> :class:`~shared.errors.TransientError`;
-- any other 4xx -> :class:`~shared.errors.PermanentError` (SendBird's error ``code`` and ``message`` in the reason).
+- any other 4xx, and any 1xx/3xx -> :class:`~shared.errors.PermanentError` (SendBird's error ``code`` and
+  ``message`` in the reason). Redirects are never followed: ``Api-Token`` must never reach another host,
+  and a 302 turned into a GET is not a sent message.
 """
 
 from __future__ import annotations
@@ -60,7 +62,7 @@ class SendBirdClient:
             body["data"] = data
         try:
             with timing.dependency("sendbird", "POST /v3/bots/{bot_userid}/send", self._target) as dep:
-                resp = self._session.post(self._url, json=body, timeout=self._timeout)
+                resp = self._session.post(self._url, json=body, timeout=self._timeout, allow_redirects=False)
                 dep.set_status_code(resp.status_code)
         except requests.RequestException as exc:
             raise TransientError(f"SendBird unreachable: {type(exc).__name__}: {exc}") from exc
@@ -69,7 +71,7 @@ class SendBirdClient:
                               _retry_after(resp.headers.get("X-RateLimit-RetryAfter")))
         if resp.status_code >= 500:
             raise TransientError(f"SendBird answered {resp.status_code}: {_error_text(resp)}")
-        if resp.status_code >= 400:
+        if not 200 <= resp.status_code < 300:
             raise PermanentError(f"SendBird rejected the message ({resp.status_code}): {_error_text(resp)}")
         try:
             return int(resp.json()["message_id"])
