@@ -54,9 +54,10 @@ are kept or dropped; nothing is scaled up); `customMetrics` are never sampled. Q
 SECTION_NOTES = {
     "Conversation lookup": (
         "Enter a **User id** or a **Correlation id** in the parameters above (widen the time range if needed).\n\n"
-        "The user id may be the raw SendBird user id or the id as stored: with `TELEMETRY_PII_MODE` `mask` or `strict`, "
-        "`user_id` and `channel_url` are the first 16 hex digits of SHA-256 of the raw value; the queries compute "
-        "`substring(hash_sha256(raw), 0, 16)` and match both forms. The correlation id is the one the webhook answer "
+        "The user id is the id as stored: the raw SendBird user id with `TELEMETRY_PII_MODE` `off`; with `mask` or "
+        "`strict`, `user_id` and `channel_url` are a keyed hash (HMAC-SHA256 with the app's `TELEMETRY_PII_HASH_KEY`, "
+        "16 hex digits), which KQL cannot compute: get it with `python -m tools.pii_id <raw id>`. The correlation id is "
+        "the one the webhook answer "
         "returns (`correlation_id`) and every queue message carries; it is never hashed."),
     "Errors and poison messages": (
         "A failed request is one failed attempt: the queue retries it until `maxDequeueCount`, then the message is "

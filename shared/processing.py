@@ -17,6 +17,7 @@ stage's work. On failure:
 from __future__ import annotations
 
 import logging
+from contextlib import ExitStack
 from typing import Callable, TypeVar
 
 from shared import timing
@@ -43,11 +44,21 @@ def run_queue_stage(body: bytes, *, dequeue_count: int, queue: str, model: type[
     Telemetry: one request named ``stage`` continuing the message's trace; metrics ``stage_latency_ms``,
     ``queue_wait_ms``, ``retry_count``, ``poison_count``; event ``MessagePoisoned``.
     """
+    with ExitStack() as redaction:
+        return _run(body, dequeue_count, queue, model, work, queues, max_dequeue_count, on_poison, telemetry,
+                    stage or queue, route, retry_budget_seconds, redaction)
+
+
+def _run(body: bytes, dequeue_count: int, queue: str, model: type[M], work: Callable[[M], R], queues: QueueSender,
+         max_dequeue_count: int, on_poison: Callable[[M, str], None] | None, telemetry: Telemetry, stage: str,
+         route: str | None, retry_budget_seconds: float, redaction: ExitStack) -> R | None:
     msg: M | None = None
     started = now_ms()
-    stage = stage or queue
     try:
         msg = decode(body, model)
+        # the raw ids and text of this message are scrubbed from every telemetry item until the stage ends
+        redaction.enter_context(telemetry.sensitive(user_id=msg.user_id, channel_url=msg.channel_url,
+                                                    text=getattr(msg, "text", None)))
         with telemetry.stage(stage, msg.traceparent, correlation_id=msg.correlation_id, message_id=msg.message_id,
                              queue=queue, dequeue_count=dequeue_count, route=route,
                              queue_wait_ms=started - msg.enqueued_at_ms) as span, timing.scope() as dependency_ms:

@@ -17,13 +17,22 @@ What is sent (Application Insights tables; names are the contract of ``ops/`` qu
 Rules: nothing is created or sent without ``APPLICATIONINSIGHTS_CONNECTION_STRING``; exporting runs on
 background threads with bounded queues, never blocks or fails a stage, and its failures are counted
 (:attr:`Telemetry.export_failures`, metric ``telemetry_export_failures``); ``TELEMETRY_SAMPLING_RATE``
-samples traces and events per operation (metrics are not sampled); ``TELEMETRY_PII_MODE`` redacts.
+samples traces and events per operation (metrics are not sampled).
+
+PII (``TELEMETRY_PII_MODE``): one redaction path, :class:`Redactor`, for every item that leaves the process
+(event properties, log and exception messages with their tracebacks, request and dependency failure
+messages). In ``mask`` and ``strict`` mode, user and channel ids become a keyed hash (HMAC-SHA256 with
+``TELEMETRY_PII_HASH_KEY``, 16 hex digits: stable for joins, not reversible by hashing guessed ids such as
+``customer_1042``); message texts are masked (``mask``: digit runs and e-mails) or dropped (``strict``);
+and the raw ids and text of the message being processed (registered by :meth:`Telemetry.sensitive`) are
+replaced wherever else they appear, e.g. inside an error reason that quotes them.
 Spec: Application Insights data model / ingestion ``/v2.1/track``; W3C Trace Context.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import os
 import re
@@ -71,18 +80,104 @@ _DIGITS = re.compile(r"\d[\d\- ]{2,}\d")
 _EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")
 
 
+#: Raw values (ids, text) of the message the current context processes; see :meth:`Telemetry.sensitive`.
+_sensitive: ContextVar[tuple[tuple[str, str], ...]] = ContextVar("telemetry_sensitive", default=())
+#: Placeholder of a message text that was removed from a free-text field.
+TEXT_PLACEHOLDER = "<text>"
+
+
 def redact_text(text: str, mode: PiiMode) -> str | None:
     """``off``: as is; ``mask``: digit runs (order/phone numbers) and e-mails masked; ``strict``: dropped."""
     if mode == "off":
         return text
     if mode == "strict":
         return None
+    return mask_patterns(text)
+
+
+def mask_patterns(text: str) -> str:
+    """Digit runs of 4+ characters (order, phone numbers) as ``#``, e-mail addresses as ``<email>``."""
     return _EMAIL.sub("<email>", _DIGITS.sub(lambda m: "#" * len(m.group()), text))
 
 
-def redact_id(value: str, mode: PiiMode) -> str:
-    """User and channel ids: as is (``off``), else a stable 16-hex-digit SHA-256 prefix."""
-    return value if mode == "off" else hashlib.sha256(value.encode("utf-8")).hexdigest()[:16]
+def hash_id(value: str, key: str) -> str:
+    """The keyed hash of a user or channel id: HMAC-SHA256(key, UTF-8 value), first 16 hex digits."""
+    return hmac.new(key.encode("utf-8"), value.encode("utf-8"), hashlib.sha256).hexdigest()[:16]
+
+
+class Redactor:
+    """Applies the PII mode to everything that leaves the process (see the module docstring)."""
+
+    ID_KEYS = ("user_id", "channel_url")
+    TEXT_KEYS = ("text", "reply_text")
+
+    def __init__(self, mode: PiiMode = "off", key: str = ""):
+        self.mode: PiiMode = mode
+        self._key = key
+
+    def id(self, value: str) -> str:
+        """A user or channel id as stored: as is (``off``), else :func:`hash_id`."""
+        return value if self.mode == "off" else hash_id(value, self._key)
+
+    def properties(self, properties: dict[str, Any]) -> dict[str, Any]:
+        """Ids hashed, texts masked or dropped, every other string property scrubbed."""
+        if self.mode == "off":
+            return dict(properties)
+        out: dict[str, Any] = {}
+        for k, v in properties.items():
+            if not isinstance(v, str):
+                out[k] = v
+            elif k in self.ID_KEYS:
+                out[k] = self.id(v)
+            elif k in self.TEXT_KEYS:
+                out[k] = redact_text(v, self.mode)
+            else:
+                out[k] = self.scrub(v)
+        return out
+
+    def scrub(self, value: str) -> str:
+        """Free text (a log line, an error reason): the current message's raw ids and text replaced, then
+        digit runs and e-mails masked. ``off``: unchanged."""
+        if self.mode == "off" or not value:
+            return value
+        for kind, raw in sorted(_sensitive.get(), key=lambda kv: -len(kv[1])):
+            if raw and raw in value:
+                value = value.replace(raw, TEXT_PLACEHOLDER if kind == "text" else f"<{kind}:{self.id(raw)}>")
+        return mask_patterns(value)
+
+
+class _RedactingFilter(logging.Filter):
+    """On the Application Insights log handler: renders each record's message and traceback in the emitting
+    thread (where :data:`_sensitive` is set), scrubbed, into an attribute of the record; the handler's
+    :class:`_RedactedFormatter` sends that instead. Other handlers (the console) see the record unchanged."""
+
+    def __init__(self, redactor: Redactor):
+        super().__init__()
+        self._redactor = redactor
+        self._plain = logging.Formatter()
+        self.attribute = f"redacted_message_{id(self):x}"  # one per handler: records are shared by handlers
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info:
+            text += "\n" + self._plain.formatException(record.exc_info)
+        setattr(record, self.attribute, self._redactor.scrub(text))
+        dims = getattr(record, "custom_dimensions", None)
+        if isinstance(dims, dict):
+            record.custom_dimensions = self._redactor.properties(dims)
+        return True
+
+
+class _RedactedFormatter(logging.Formatter):
+    """Formats a record as its :class:`_RedactingFilter` rendered it."""
+
+    def __init__(self, attribute: str):
+        super().__init__()
+        self._attribute = attribute
+
+    def format(self, record: logging.LogRecord) -> str:
+        redacted = getattr(record, self._attribute, None)
+        return redacted if redacted is not None else super().format(record)
 
 
 def new_traceparent() -> str:
@@ -152,9 +247,10 @@ class Telemetry:
     """Telemetry for one worker process. Disabled (every call a no-op) without a connection string."""
 
     def __init__(self, connection_string: str = "", *, sampling_rate: float = 1.0, pii_mode: PiiMode = "off",
-                 export_interval_seconds: float = 15.0, role_name: str = "chatbot-gateway"):
+                 pii_hash_key: str = "", export_interval_seconds: float = 15.0, role_name: str = "chatbot-gateway"):
         self.enabled = bool(connection_string)
         self.pii_mode: PiiMode = pii_mode
+        self.redactor = Redactor(pii_mode, pii_hash_key)
         self.export_failures = 0
         self._export_failures_reported = 0
         self._aggregates = _Aggregates()
@@ -218,6 +314,9 @@ class Telemetry:
         self._log_handler.add_telemetry_processor(processor)
         self._log_handler.setLevel(logging.WARNING)
         self._log_handler.addFilter(_TraceContextFilter())
+        redacting = _RedactingFilter(self.redactor)
+        self._log_handler.addFilter(redacting)
+        self._log_handler.setFormatter(_RedactedFormatter(redacting.attribute))
         logging.getLogger().addHandler(self._log_handler)
         self._metrics = counting(MetricsExporter)(**options)
         self._metrics.add_telemetry_processor(processor)
@@ -316,7 +415,7 @@ class Telemetry:
                 try:
                     yield current
                 except Exception as exc:
-                    span.status = Status(code=2, message=f"{type(exc).__name__}: {exc}")
+                    span.status = Status(code=2, message=self.redactor.scrub(f"{type(exc).__name__}: {exc}"))
                     raise
                 finally:
                     _stage_ids.reset(token)
@@ -348,7 +447,7 @@ class Telemetry:
             try:
                 yield Span(None, span)
             except Exception as exc:
-                span.status = Status(code=2, message=f"{type(exc).__name__}: {exc}")
+                span.status = Status(code=2, message=self.redactor.scrub(f"{type(exc).__name__}: {exc}"))
                 raise
 
     # ------------------------------------------------------------------ events and metrics
@@ -360,7 +459,7 @@ class Telemetry:
         ids = parse_traceparent(traceparent) or self._current_ids()
         if not self._sampled(ids):
             return
-        props = {k: v for k, v in self.redact(properties or {}).items() if v is not None}
+        props = {k: v for k, v in self.redactor.properties(properties or {}).items() if v is not None}
         try:
             self._events.info(name, extra={
                 "custom_dimensions": {k: v if isinstance(v, str) else str(v) for k, v in props.items()},
@@ -381,16 +480,22 @@ class Telemetry:
         if self.enabled:
             self._aggregates.add(name, float(value), {k: str(v) for k, v in dimensions.items() if v is not None})
 
-    def redact(self, properties: dict[str, Any]) -> dict[str, Any]:
-        """Apply the PII mode to ``user_id``, ``channel_url``, ``text`` and ``reply_text`` properties."""
-        out = dict(properties)
-        for key in ("user_id", "channel_url"):
-            if isinstance(out.get(key), str):
-                out[key] = redact_id(out[key], self.pii_mode)
-        for key in ("text", "reply_text"):
-            if isinstance(out.get(key), str):
-                out[key] = redact_text(out[key], self.pii_mode)
-        return out
+    def redact_id(self, value: str) -> str:
+        """``value`` (a user or channel id) as telemetry stores it in this PII mode."""
+        return self.redactor.id(value)
+
+    @staticmethod
+    @contextmanager
+    def sensitive(*, user_id: str | None = None, channel_url: str | None = None,
+                  text: str | None = None) -> Iterator[None]:
+        """Register the raw ids and text of the message processed in this context, so that every telemetry
+        item emitted meanwhile (logs, exceptions, failure messages, event properties) has them replaced."""
+        values = tuple((k, v) for k, v in (("user_id", user_id), ("channel_url", channel_url), ("text", text)) if v)
+        token = _sensitive.set(_sensitive.get() + values)
+        try:
+            yield
+        finally:
+            _sensitive.reset(token)
 
     @staticmethod
     def _current_ids() -> tuple[str, str] | None:
@@ -433,7 +538,7 @@ DISABLED = Telemetry()
 def from_settings(settings) -> Telemetry:
     """The worker's telemetry, configured from :class:`~shared.settings.Settings`."""
     return Telemetry(settings.applicationinsights_connection_string, sampling_rate=settings.telemetry_sampling_rate,
-                     pii_mode=settings.telemetry_pii_mode,
+                     pii_mode=settings.telemetry_pii_mode, pii_hash_key=settings.telemetry_pii_hash_key,
                      export_interval_seconds=settings.telemetry_export_interval_seconds)
 
 

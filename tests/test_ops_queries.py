@@ -286,7 +286,7 @@ def test_there_are_queries_for_every_panel_of_the_issue():
     texts = "\n".join(p.read_text(encoding="utf-8") for p in QUERY_FILES)
     for needle in ("ReplySent", "e2e_latency_ms", "queue_wait_ms", "IntentClassified", "MessagePoisoned",
                    "SendBirdThrottled", "sendbird_429_count", "handoff_count", "intent_service_errors",
-                   "telemetry_export_failures", "{UserId}", "{CorrelationId}", "hash_sha256"):
+                   "telemetry_export_failures", "{UserId}", "{CorrelationId}"):
         assert needle in texts, needle
 
 
@@ -387,17 +387,21 @@ def test_every_query_file_is_one_workbook_item():
         assert by_name[f"query - {path.stem}"]["content"]["query"] == query
 
 
-def test_lookup_accepts_raw_and_hashed_user_ids():
-    raw = "customer_1042"
-    stored = tel.redact_id(raw, "mask")
+def test_lookup_matches_the_user_id_as_stored():
+    """In PII mode mask/strict the stored id is a keyed hash (HMAC) that KQL cannot compute: the lookup compares
+    with the pasted id as is, and ``python -m tools.pii_id`` prints the stored form with the app's own code."""
+    from shared.telemetry import Redactor, hash_id
+    from tools import pii_id
     lookup = [p for p in QUERY_FILES if "lookup" in p.stem]
     assert len(lookup) >= 2
     for path in lookup:
         text = path.read_text(encoding="utf-8")
-        # KQL: substring(hash_sha256(raw), 0, 16) is the stored id (hash_sha256 gives lowercase hex of the UTF-8 bytes)
-        assert "substring(hash_sha256(user_param), 0, 16)" in text and "{UserId}" in text and "{CorrelationId}" in text
-        assert "in (user_param, user_hash)" in text
-    assert len(stored) == 16 and stored == __import__("hashlib").sha256(raw.encode()).hexdigest()[:16]
+        assert "{UserId}" in text and "{CorrelationId}" in text
+        assert "tostring(customDimensions.user_id) == user_param" in text and "hash_sha256" not in text
+    key = "k" * 32
+    assert Redactor("strict", key).id("customer_1042") == hash_id("customer_1042", key) == \
+        pii_id.stored_id("customer_1042", {"TELEMETRY_PII_MODE": "strict", "TELEMETRY_PII_HASH_KEY": key})
+    assert pii_id.stored_id("customer_1042", {"TELEMETRY_PII_MODE": "off"}) == "customer_1042"
 
 
 def test_builder_rejects_files_without_description_or_directives(tmp_path):

@@ -3,6 +3,7 @@ failure counting, and the whole chain through the running gateway."""
 
 from __future__ import annotations
 
+import json
 import re
 import threading
 import time
@@ -23,6 +24,10 @@ def sink():
 
 def kinds(envelopes, base_type):
     return [e for e in envelopes if e["data"]["baseType"] == base_type]
+
+
+def metric_names(envelopes) -> set[str]:
+    return {e["data"]["baseData"]["metrics"][0]["name"] for e in kinds(envelopes, "MetricData")}
 
 
 def wait_envelopes(fetch, predicate, timeout=15.0):
@@ -150,6 +155,8 @@ def test_sampling_is_decided_once_per_operation(sink, rate):
 
 
 # ------------------------------------------------------------------ through the running gateway
+PII_KEY = "test-pii-hash-key-0123456789abcdef"
+
 @pytest.fixture(scope="module")
 def telemetry_gateway(stack_settings, stack_logs):
     """A second runner of the real app, exporting to an in-process sink."""
@@ -157,7 +164,8 @@ def telemetry_gateway(stack_settings, stack_logs):
     from tests.conftest import ROOT
     with TelemetrySink() as sink:
         env = {**stack_settings, "COSMOS_DATABASE": "telemetry", "APPLICATIONINSIGHTS_CONNECTION_STRING":
-               sink.connection_string, "TELEMETRY_EXPORT_INTERVAL_SECONDS": "0.5", "TELEMETRY_PII_MODE": "mask"}
+               sink.connection_string, "TELEMETRY_EXPORT_INTERVAL_SECONDS": "0.5", "TELEMETRY_PII_MODE": "mask",
+               "TELEMETRY_PII_HASH_KEY": PII_KEY}
         runner = FunctionsRunner(ROOT, 0, env, log_dir=stack_logs).start()
         try:
             yield runner, sink
@@ -212,5 +220,106 @@ def test_one_message_is_one_operation_from_webhook_to_reply(telemetry_gateway, s
     for e in events.values():
         assert e["properties"].get("user_id") != user
     assert "20261119" not in events["IntentClassified"]["properties"]["text"]
-    names = {e["data"]["baseData"]["metrics"][0]["name"] for e in kinds(got, "MetricData")}
-    assert {"e2e_latency_ms", "stage_latency_ms", "queue_wait_ms", "intent_confidence"} <= names <= set(METRICS)
+    # Metrics are exported by their own timer, independently of the envelopes waited for above: wait for them too
+    # (waiting only for the chain's envelopes made this flaky on a busy machine).
+    wanted = {"e2e_latency_ms", "stage_latency_ms", "queue_wait_ms", "intent_confidence"}
+    got = wait_envelopes(sink.envelopes, lambda e: wanted <= metric_names(e), timeout=30)
+    assert wanted <= metric_names(got) <= set(METRICS)
+
+
+# ------------------------------------------------------------------ PII: one redaction path
+
+
+def test_pii_ids_are_a_keyed_hash_not_a_plain_sha256():
+    import hashlib
+
+    from shared.telemetry import Redactor, hash_id
+    a, b = Redactor("mask", "key-one-0123456789"), Redactor("mask", "key-two-0123456789")
+    assert a.id("customer_1042") == hash_id("customer_1042", "key-one-0123456789") != b.id("customer_1042")
+    assert a.id("customer_1042") != hashlib.sha256(b"customer_1042").hexdigest()[:16]
+    assert re.fullmatch("[0-9a-f]{16}", a.id("customer_1042")) and Redactor("off").id("x") == "x"
+
+
+@pytest.mark.parametrize("mode", ["mask", "strict"])
+def test_logs_exceptions_and_failed_requests_are_scrubbed_of_the_messages_ids_and_text(sink, mode):
+    import logging
+    tel = Telemetry(sink.connection_string, pii_mode=mode, pii_hash_key=PII_KEY, export_interval_seconds=0.3)
+    user, channel, text = "customer_1042", "sendbird_group_channel_777", "my secret question about order 55"
+    log = logging.getLogger("tests.pii")
+    try:
+        with tel.sensitive(user_id=user, channel_url=channel, text=text):
+            log.warning("attempt failed for %s in %s: %s", user, channel, text)
+            try:
+                raise ValueError(f"SendBird rejected the message: channel {channel} of {user} said {text!r}")
+            except ValueError:
+                log.exception("poisoned")
+            with pytest.raises(RuntimeError):
+                with tel.stage("intent_stage", None, correlation_id="c-1"):
+                    raise RuntimeError(f"intent service answered 400 for {user}: {text}")
+            tel.event("MessagePoisoned", {"user_id": user, "channel_url": channel,
+                                          "reason": f"failed 5 times; last error: {channel} {text} 010-1234-5678"})
+        tel.flush()
+        got = wait_envelopes(sink.envelopes, lambda e: len(kinds(e, "MessageData")) >= 1
+                             and kinds(e, "ExceptionData") and kinds(e, "RequestData") and kinds(e, "EventData"))
+        raw = json.dumps(got, ensure_ascii=False)
+        for secret in (user, channel, text, "010-1234-5678"):
+            assert secret not in raw, secret
+        assert tel.redact_id(user) in raw  # the keyed hash stands in for the id, so failures can still be joined
+        [msg] = [e for e in kinds(got, "MessageData") if "attempt failed" in e["data"]["baseData"]["message"]]
+        assert "<text>" in msg["data"]["baseData"]["message"]
+    finally:
+        tel.close()
+    # the console still gets the raw record (only what leaves the process is redacted)
+
+
+@pytest.fixture(scope="module")
+def strict_gateway(stack_settings, stack_logs):
+    """A runner of the real app in PII mode strict, exporting to an in-process sink."""
+    from devstack.stack import FunctionsRunner
+    from tests.conftest import ROOT
+    with TelemetrySink() as sink:
+        env = {**stack_settings, "COSMOS_DATABASE": "telemetry-strict", "APPLICATIONINSIGHTS_CONNECTION_STRING":
+               sink.connection_string, "TELEMETRY_EXPORT_INTERVAL_SECONDS": "0.5", "TELEMETRY_PII_MODE": "strict",
+               "TELEMETRY_PII_HASH_KEY": PII_KEY}
+        runner = FunctionsRunner(ROOT, 0, env, log_dir=stack_logs).start()
+        try:
+            yield runner, sink
+        finally:
+            runner.stop()
+
+
+@pytest.mark.stack
+def test_strict_mode_sends_no_raw_id_or_text_anywhere(strict_gateway, sendbird_standin):
+    """A conversation in strict mode, including a reply SendBird rejects with an error that quotes the channel
+    (poisoned: MessagePoisoned, an error log): no raw user id, channel URL or message text in anything the
+    ingestion sink received."""
+    import requests as http
+
+    from tools import webhooks
+    from tools.gateway_stack import LOCAL_API_TOKEN
+    runner, sink = strict_gateway
+    channel, user = f"sendbird_group_channel_{uuid.uuid4().hex[:8]}", f"customer_{uuid.uuid4().hex[:6]}"
+    texts = ["hello there", "where is my order 20261119-0042?", "주문한 상품 배송 조회 좀 해주세요"]
+    session = http.Session()
+    sendbird_standin.control.clear_faults()
+    for i, text in enumerate(texts):
+        if i == len(texts) - 1:  # the last reply is refused by SendBird with a reason that quotes the channel
+            sendbird_standin.control.add_faults([{"status": 400, "code": 400201, "times": 1,
+                                                  "message": f"Channel \"{channel}\" of user {user} not found."}])
+        body = webhooks.encode(webhooks.message_send_event(user_id=user, text=text, channel_url=channel,
+                                                           message_id=int(uuid.uuid4().int % 10**12)))
+        assert webhooks.post(session, runner.base_url, body, LOCAL_API_TOKEN).status == 200
+        if i < len(texts) - 1:
+            sendbird_standin.control.wait_for_messages(i + 1, timeout=20, channel_url=channel)
+
+    def poisoned(envs):
+        return [e for e in kinds(envs, "EventData") if e["data"]["baseData"]["name"] == "MessagePoisoned"]
+    got = wait_envelopes(sink.envelopes, lambda e: poisoned(e) and kinds(e, "MessageData")
+                         and len([x for x in kinds(e, "EventData") if x["data"]["baseData"]["name"] == "ReplySent"]) >= 2,
+                         timeout=40)
+    time.sleep(1.5)  # one more export interval: whatever else the chain emitted
+    got = sink.envelopes()
+    raw = json.dumps(got, ensure_ascii=False)
+    for secret in (user, channel, *texts, "20261119-0042"):
+        assert secret not in raw, f"{secret!r} reached Application Insights"
+    sendbird_standin.control.clear_faults()
