@@ -1,15 +1,22 @@
 // Chatbot gateway on Azure: function app (Elastic Premium EP1, Linux, Python 3.11) with a `staging` slot,
-// its storage account and queues, Cosmos DB, Application Insights + Log Analytics, Key Vault, a container
-// registry and a Web App for Containers (intent service) with a `staging` slot.
+// its storage account and queues, an artifact storage account (function packages, intent model), Cosmos DB,
+// Application Insights + Log Analytics, Key Vault, a container registry and a Web App for Containers (intent
+// service) with a `staging` slot.
+//
+// No key in plain app settings, no shared-key access to storage (identity mode, the default): the function app
+// runs without an Azure Files content share, from a package blob it reads with its managed identity
+// (WEBSITE_RUN_FROM_PACKAGE = blob URL + WEBSITE_RUN_FROM_PACKAGE_BLOB_MI_RESOURCE_ID). See infra/README.md,
+// "Security".
 //
 // Deploy: see infra/README.md ("Deploy").  Scope: a resource group.
 //   az deployment group create -g <rg> -f infra/main.bicep -p @infra/main.parameters.json \
-//      -p sendbirdApiToken=<token> intentApiKey=<key> githubRepository=<owner/repo>
+//      -p sendbirdApiToken=<token> intentApiKey=<key> telemetryPiiHashKey=<key> githubRepository=<owner/repo>
 //
 // Conventions the tests (tests/test_deploy.py) rely on, since no Bicep compiler runs on the dev machines:
 //   * app settings are object variables (`var <name> = { SETTING: value }`), one setting per line;
 //   * resource names are variables built from params with take()/toLower()/replace()/uniqueString();
-//   * every role assignment is named guid(<scope>.id, <identity>.id, <role id>), deterministic.
+//   * every role assignment is named guid(<scope>.id, <identity>.id, <role id>), deterministic;
+//   * Key Vault roles are assigned per secret (scope: an `existing` secret), never on the whole vault.
 
 targetScope = 'resourceGroup'
 
@@ -57,8 +64,19 @@ param intentStagingImage string = ''
 @maxValue(1800)
 param intentStartTimeLimitSeconds int = 600
 
-@description('Expected SHA-256 of the model file baked into the image (INTENT_MODEL_SHA256); empty: not checked.')
+@description('SHA-256 of the model file baked into the image of the production slot (INTENT_MODEL_SHA256: the service checks it before loading the model, and refuses a URL model without it). The workflow pins the value of the staging slot to the model it built and the swap carries it along with the image; infra/scripts/deploy_infra.sh passes the running values. Empty: not checked.')
+@maxLength(64)
 param intentModelSha256 string = ''
+
+@description('INTENT_MODEL_SHA256 of the staging slot; empty: same as intentModelSha256.')
+@maxLength(64)
+param intentStagingModelSha256 string = ''
+
+@description('Blob name (in the function-packages container of the artifact account) of the package the production slot runs. The workflow uploads a package per run and points the staging slot at it; the swap carries it to production. infra/scripts/deploy_infra.sh passes the running values so that a re-deployment never resets them. Empty: no package yet.')
+param functionPackageBlob string = ''
+
+@description('Package blob name of the staging slot of the function app; empty: same as functionPackageBlob.')
+param functionStagingPackageBlob string = ''
 
 @description('SendBird master API token (webhook signature key and Api-Token). Written to Key Vault when not empty; leave empty on later deployments to keep the stored secret.')
 @secure()
@@ -67,6 +85,10 @@ param sendbirdApiToken string = ''
 @description('Intent service key (Ocp-Apim-Subscription-Key), e.g. `openssl rand -hex 32`. Written to Key Vault when not empty.')
 @secure()
 param intentApiKey string = ''
+
+@description('HMAC key for user and channel ids in telemetry (TELEMETRY_PII_HASH_KEY, >= 16 characters), e.g. `openssl rand -hex 32`. Written to Key Vault when not empty; infra/scripts/deploy_infra.sh generates one on the first deployment and passes nothing later, so the key (and the pseudonyms) stay stable.')
+@secure()
+param telemetryPiiHashKey string = ''
 
 @description('SendBird Platform API base URL: https://api-{application_id}.sendbird.com')
 param sendbirdApiBaseUrl string
@@ -120,6 +142,9 @@ param tags object = {
 var suffix = uniqueString(subscription().id, resourceGroup().id, prefix)
 var alnumPrefix = toLower(replace(prefix, '-', ''))
 var storageAccountName = take('st${alnumPrefix}${suffix}', 24)
+// Artifacts (function packages, intent model): a separate account, because the function identity must own blobs in
+// the host storage account (AzureWebJobsStorage) but must not be able to write what the services run.
+var artifactStorageAccountName = take('art${alnumPrefix}${suffix}', 24)
 var keyVaultName = take('kv-${prefix}-${suffix}', 24)
 var registryName = take('cr${alnumPrefix}${suffix}', 50)
 var cosmosAccountName = take('cosmos-${prefix}-${suffix}', 44)
@@ -133,9 +158,8 @@ var functionIdentityName = 'id-func-${prefix}-${suffix}'
 var intentIdentityName = 'id-intent-${prefix}-${suffix}'
 var githubIdentityName = 'id-github-${prefix}-${suffix}'
 var stagingSlotName = 'staging'
-var functionContentShare = toLower(functionAppName)
-var functionStagingContentShare = toLower('${functionAppName}-${stagingSlotName}')
 var modelsContainerName = 'models'
+var functionPackagesContainerName = 'function-packages'
 
 // Queue names are fixed in code (shared/models.py): inbound, one per route, reply, and each `<name>-poison`.
 var stageQueues = [
@@ -176,6 +200,7 @@ var cosmosPartitionKeyPath = '/user_id'
 var roles = {
   storageBlobDataOwner: 'b7e6dc6d-f1e8-4753-8033-0f276bb0955b'
   storageBlobDataReader: '2a2b9908-6ea1-4ae2-8e65-a410df84e7d1'
+  storageBlobDataContributor: 'ba92f5b4-2d11-453d-a403-e96b0029c9fe'
   storageQueueDataContributor: '974c5e8b-45b9-4653-ba55-5f855dd0fb88'
   keyVaultSecretsUser: '4633458b-17de-408a-b874-0445c86b69e6'
   acrPull: '7f951dda-4ed3-4680-a7ca-43fe172d538d'
@@ -191,6 +216,7 @@ var sendbirdTokenSecretName = 'sendbird-api-token'
 var intentKeySecretName = 'intent-api-key'
 var cosmosKeySecretName = 'cosmos-key'
 var storageConnectionSecretName = 'storage-connection-string'
+var telemetryPiiHashKeySecretName = 'telemetry-pii-hash-key'
 
 // ---------------------------------------------------------------------------------------------------------
 // Monitoring
@@ -260,7 +286,7 @@ resource githubFederatedCredential 'Microsoft.ManagedIdentity/userAssignedIdenti
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Storage: host state, the chat queues, the content shares, the intent model blob
+// Storage: host state and the chat queues (runtime account); function packages and the intent model (artifacts)
 // ---------------------------------------------------------------------------------------------------------
 
 resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
@@ -275,9 +301,11 @@ resource storage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
     minimumTlsVersion: 'TLS1_2'
     supportsHttpsTrafficOnly: true
     allowBlobPublicAccess: false
-    // Shared keys stay enabled: Elastic Premium keeps the app content on an Azure Files share, which only
-    // takes a connection string (WEBSITE_CONTENTAZUREFILECONNECTIONSTRING). The app itself uses the identity.
-    allowSharedKeyAccess: true
+    // Shared-key (account key and SAS) access is off: the host, the app and the deployment all use Entra ID. There
+    // is no Azure Files content share (it would need WEBSITE_CONTENTAZUREFILECONNECTIONSTRING, a key). Only the
+    // connection-string fallback (useConnectionStrings=true: AzureWebJobsStorage as a Key Vault reference to a
+    // connection string with the account key) turns it on, for this account only.
+    allowSharedKeyAccess: useConnectionStrings
   }
 }
 
@@ -296,13 +324,53 @@ resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01'
   name: 'default'
 }
 
+// Artifacts: what the services run. Written only by the GitHub deployment identity (and whoever the operator grants
+// a data role at the container scope); the function identity reads its packages, the intent identity the models.
+resource artifactStorage 'Microsoft.Storage/storageAccounts@2023-05-01' = {
+  name: artifactStorageAccountName
+  location: location
+  tags: tags
+  kind: 'StorageV2'
+  sku: {
+    name: 'Standard_LRS'
+  }
+  properties: {
+    minimumTlsVersion: 'TLS1_2'
+    supportsHttpsTrafficOnly: true
+    allowBlobPublicAccess: false
+    allowSharedKeyAccess: false
+  }
+}
+
+resource artifactBlobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
+  parent: artifactStorage
+  name: 'default'
+}
+
 resource modelsContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
-  parent: blobService
+  parent: artifactBlobService
   name: modelsContainerName
   properties: {
     publicAccess: 'None'
   }
 }
+
+resource functionPackagesContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: artifactBlobService
+  name: functionPackagesContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
+// WEBSITE_RUN_FROM_PACKAGE of each slot: a blob the function identity reads (Storage Blob Data Reader on the
+// container). Until the first pipeline run it names a blob that does not exist yet: the app has no functions.
+var functionPackagesUrl = 'https://${artifactStorage.name}.blob.${environment().suffixes.storage}/${functionPackagesContainerName}/'
+var functionPlaceholderPackage = 'none.zip'
+var functionProductionPackage = empty(functionPackageBlob) ? functionPlaceholderPackage : functionPackageBlob
+var functionStagingPackage = empty(functionStagingPackageBlob) ? functionProductionPackage : functionStagingPackageBlob
+var functionProductionPackageUrl = '${functionPackagesUrl}${functionProductionPackage}'
+var functionStagingPackageUrl = '${functionPackagesUrl}${functionStagingPackage}'
 
 // ---------------------------------------------------------------------------------------------------------
 // Cosmos DB
@@ -376,7 +444,7 @@ resource cosmosFunctionDataContributor 'Microsoft.DocumentDB/databaseAccounts/sq
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Key Vault (RBAC): SendBird token, intent key, and the fallback keys
+// Key Vault (RBAC): SendBird token, intent key, telemetry hash key, and the fallback keys
 // ---------------------------------------------------------------------------------------------------------
 
 resource keyVault 'Microsoft.KeyVault/vaults@2023-07-01' = {
@@ -411,6 +479,14 @@ resource intentKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!e
   }
 }
 
+resource telemetryPiiHashKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(telemetryPiiHashKey)) {
+  parent: keyVault
+  name: telemetryPiiHashKeySecretName
+  properties: {
+    value: telemetryPiiHashKey
+  }
+}
+
 resource cosmosKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (useConnectionStrings) {
   parent: keyVault
   name: cosmosKeySecretName
@@ -427,13 +503,45 @@ resource storageConnectionSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' 
   }
 }
 
+// The secrets as scopes of the per-secret role assignments. `existing`: a secret written on an earlier deployment
+// (empty parameter now) is still a valid scope. The first deployment must write the SendBird token, the intent key
+// and the telemetry hash key (infra/scripts/deploy_infra.sh checks this; it generates the hash key).
+resource sendbirdTokenSecretRef 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
+  parent: keyVault
+  name: sendbirdTokenSecretName
+}
+
+resource intentKeySecretRef 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
+  parent: keyVault
+  name: intentKeySecretName
+}
+
+resource telemetryPiiHashKeySecretRef 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
+  parent: keyVault
+  name: telemetryPiiHashKeySecretName
+}
+
+resource cosmosKeySecretRef 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
+  parent: keyVault
+  name: cosmosKeySecretName
+}
+
+resource storageConnectionSecretRef 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
+  parent: keyVault
+  name: storageConnectionSecretName
+}
+
 // Versionless secret URIs: App Service picks up a new secret version (see README "Rotate the SendBird token").
+// A reference App Service cannot resolve reaches the app as the literal `@Microsoft.KeyVault(...)` text; the app
+// refuses to start on it, and the workflow checks every reference's status before it smoke-tests a slot.
 var secretUriBase = '${keyVault.properties.vaultUri}secrets/'
 var sendbirdTokenReference = '@Microsoft.KeyVault(SecretUri=${secretUriBase}${sendbirdTokenSecretName})'
 var intentKeyReference = '@Microsoft.KeyVault(SecretUri=${secretUriBase}${intentKeySecretName})'
+var telemetryPiiHashKeyReference = '@Microsoft.KeyVault(SecretUri=${secretUriBase}${telemetryPiiHashKeySecretName})'
 var cosmosKeyReference = '@Microsoft.KeyVault(SecretUri=${secretUriBase}${cosmosKeySecretName})'
 var storageConnectionReference = '@Microsoft.KeyVault(SecretUri=${secretUriBase}${storageConnectionSecretName})'
 
+// Only ever written to Key Vault (storageConnectionSecret, fallback mode), never into an app setting.
 var storageConnectionString = 'DefaultEndpointsProtocol=https;AccountName=${storage.name};AccountKey=${storage.listKeys().keys[0].value};EndpointSuffix=${environment().suffixes.storage}'
 
 // ---------------------------------------------------------------------------------------------------------
@@ -454,7 +562,13 @@ resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' = {
 
 // ---------------------------------------------------------------------------------------------------------
 // Role assignments (Azure RBAC). Names: guid(scope id, identity resource id, role id): deterministic, so a
-// re-deployment updates instead of duplicating.
+// re-deployment updates instead of duplicating. Scopes are as narrow as the consumer allows:
+//   * function identity: blobs and queues of the runtime account (AzureWebJobsStorage: the host keeps its keys, locks
+//     and leases in blobs, so it needs Storage Blob Data Owner there), read on its package container, the Key
+//     Vault secrets it references. Nothing on the models container or any other artifact.
+//   * intent identity: pull images, read the models container, read the intent key secret.
+//   * GitHub deployment identity: deploy and swap both apps, push images, write packages and models, read the two
+//     secrets the checks sign with, read the resource group.
 // ---------------------------------------------------------------------------------------------------------
 
 resource functionBlobOwner 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
@@ -477,24 +591,95 @@ resource functionQueueContributor 'Microsoft.Authorization/roleAssignments@2022-
   }
 }
 
-resource functionSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(keyVault.id, functionIdentity.id, roles.keyVaultSecretsUser)
-  scope: keyVault
+// WEBSITE_RUN_FROM_PACKAGE is fetched with the identity (WEBSITE_RUN_FROM_PACKAGE_BLOB_MI_RESOURCE_ID).
+resource functionPackageReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(functionPackagesContainer.id, functionIdentity.id, roles.storageBlobDataReader)
+  scope: functionPackagesContainer
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataReader)
     principalId: functionIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
 }
 
-resource intentSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
-  name: guid(keyVault.id, intentIdentity.id, roles.keyVaultSecretsUser)
-  scope: keyVault
+// Key Vault: one assignment per secret the app references (scope Microsoft.KeyVault/vaults/secrets).
+resource functionSendbirdTokenUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(sendbirdTokenSecretRef.id, functionIdentity.id, roles.keyVaultSecretsUser)
+  scope: sendbirdTokenSecretRef
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: functionIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+  dependsOn: [
+    sendbirdTokenSecret
+  ]
+}
+
+resource functionIntentKeyUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(intentKeySecretRef.id, functionIdentity.id, roles.keyVaultSecretsUser)
+  scope: intentKeySecretRef
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: functionIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+  dependsOn: [
+    intentKeySecret
+  ]
+}
+
+resource functionTelemetryKeyUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(telemetryPiiHashKeySecretRef.id, functionIdentity.id, roles.keyVaultSecretsUser)
+  scope: telemetryPiiHashKeySecretRef
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: functionIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+  dependsOn: [
+    telemetryPiiHashKeySecret
+  ]
+}
+
+resource functionCosmosKeyUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (useConnectionStrings) {
+  name: guid(cosmosKeySecretRef.id, functionIdentity.id, roles.keyVaultSecretsUser)
+  scope: cosmosKeySecretRef
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: functionIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+  dependsOn: [
+    cosmosKeySecret
+  ]
+}
+
+resource functionStorageConnectionUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (useConnectionStrings) {
+  name: guid(storageConnectionSecretRef.id, functionIdentity.id, roles.keyVaultSecretsUser)
+  scope: storageConnectionSecretRef
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: functionIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+  dependsOn: [
+    storageConnectionSecret
+  ]
+}
+
+// The intent service reads its key and nothing else in the vault.
+resource intentKeySecretUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(intentKeySecretRef.id, intentIdentity.id, roles.keyVaultSecretsUser)
+  scope: intentKeySecretRef
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
     principalId: intentIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
+  dependsOn: [
+    intentKeySecret
+  ]
 }
 
 resource intentAcrPull 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
@@ -507,8 +692,19 @@ resource intentAcrPull 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   }
 }
 
-// GitHub deployment identity: deploy both apps and swap their slots, push images, read the model blob, read the
-// SendBird token and intent key for the smoke tests, read the resource group.
+// Read-only on the models: for an INTENT_MODEL fetched from the container (the image bakes the model in today).
+resource intentModelReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(modelsContainer.id, intentIdentity.id, roles.storageBlobDataReader)
+  scope: modelsContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataReader)
+    principalId: intentIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+// GitHub deployment identity: deploy both apps and swap their slots, push images, write the function packages and
+// the models, read the SendBird token and intent key for the smoke tests, read the resource group.
 resource githubFunctionDeployer 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(githubRepository)) {
   name: guid(functionApp.id, githubIdentity.id, roles.websiteContributor)
   scope: functionApp
@@ -539,24 +735,50 @@ resource githubAcrPush 'Microsoft.Authorization/roleAssignments@2022-04-01' = if
   }
 }
 
-resource githubModelReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(githubRepository)) {
-  name: guid(modelsContainer.id, githubIdentity.id, roles.storageBlobDataReader)
-  scope: modelsContainer
+resource githubPackageWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(githubRepository)) {
+  name: guid(functionPackagesContainer.id, githubIdentity.id, roles.storageBlobDataContributor)
+  scope: functionPackagesContainer
   properties: {
-    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataReader)
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
     principalId: githubIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
 }
 
-resource githubSecretsUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(githubRepository)) {
-  name: guid(keyVault.id, githubIdentity.id, roles.keyVaultSecretsUser)
-  scope: keyVault
+resource githubModelWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(githubRepository)) {
+  name: guid(modelsContainer.id, githubIdentity.id, roles.storageBlobDataContributor)
+  scope: modelsContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+    principalId: githubIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource githubSendbirdTokenReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(githubRepository)) {
+  name: guid(sendbirdTokenSecretRef.id, githubIdentity.id, roles.keyVaultSecretsUser)
+  scope: sendbirdTokenSecretRef
   properties: {
     roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
     principalId: githubIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
+  dependsOn: [
+    sendbirdTokenSecret
+  ]
+}
+
+resource githubIntentKeyReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(githubRepository)) {
+  name: guid(intentKeySecretRef.id, githubIdentity.id, roles.keyVaultSecretsUser)
+  scope: intentKeySecretRef
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: githubIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+  dependsOn: [
+    intentKeySecret
+  ]
 }
 
 resource githubReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (!empty(githubRepository)) {
@@ -569,7 +791,10 @@ resource githubReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = if 
 }
 
 // ---------------------------------------------------------------------------------------------------------
-// Function app: Elastic Premium EP1 (Linux) with always-ready instances and a `staging` slot
+// Function app: Elastic Premium EP1 (Linux) with always-ready instances and a `staging` slot, without an Azure
+// Files content share: each slot runs from a package blob fetched with the managed identity (Microsoft Learn,
+// "Storage considerations for Azure Functions", "Create an app without Azure Files"). Flex Consumption would
+// also do without the share, but it has no deployment slots, so it cannot swap.
 // ---------------------------------------------------------------------------------------------------------
 
 resource functionPlan 'Microsoft.Web/serverfarms@2023-12-01' = {
@@ -595,10 +820,10 @@ var appSettingsCommon = {
   // The stages wait on HTTP (intent service, Cosmos DB, SendBird): more threads than the default
   // min(32, cores + 4) keep a slow intent service from starving the webhook intake.
   PYTHON_THREADPOOL_THREAD_COUNT: '32'
-  WEBSITE_RUN_FROM_PACKAGE: '1'
+  // The package (WEBSITE_RUN_FROM_PACKAGE, per slot below) is read with the user-assigned identity.
+  WEBSITE_RUN_FROM_PACKAGE_BLOB_MI_RESOURCE_ID: functionIdentity.id
   SCM_DO_BUILD_DURING_DEPLOYMENT: 'false'
   ENABLE_ORYX_BUILD: 'false'
-  WEBSITE_CONTENTAZUREFILECONNECTIONSTRING: storageConnectionString
   APPLICATIONINSIGHTS_CONNECTION_STRING: appInsights.properties.ConnectionString
   AZURE_CLIENT_ID: functionIdentity.properties.clientId
   SENDBIRD_API_TOKEN: sendbirdTokenReference
@@ -607,6 +832,8 @@ var appSettingsCommon = {
   SENDBIRD_IGNORED_SENDER_IDS: sendbirdIgnoredSenderIds
   SENDBIRD_TIMEOUT_SECONDS: '5'
   WEBHOOK_MAX_BODY_BYTES: '32768'
+  WEBHOOK_REPLAY_WINDOW_SECONDS: '600'
+  WEBHOOK_MAX_CLOCK_SKEW_SECONDS: '60'
   COSMOS_ENDPOINT: cosmos.properties.documentEndpoint
   COSMOS_DATABASE: cosmosDatabaseName
   COSMOS_STATE_CONTAINER: cosmosStateContainerName
@@ -621,6 +848,7 @@ var appSettingsCommon = {
   INTENT_TIMEOUT_SECONDS: '3'
   INTENT_RETRIES: '2'
   INTENT_CONFIDENCE_THRESHOLD: intentConfidenceThreshold
+  INTENT_MAX_TEXT_CHARS: '1000'
   INTENT_BREAKER_FAILURES: '5'
   INTENT_BREAKER_RESET_SECONDS: '10'
   DEFAULT_LANGUAGE: defaultLanguage
@@ -634,6 +862,7 @@ var appSettingsCommon = {
   RETRY_BUDGET_SECONDS: '60'
   TELEMETRY_SAMPLING_RATE: '1.0'
   TELEMETRY_PII_MODE: 'off'
+  TELEMETRY_PII_HASH_KEY: telemetryPiiHashKeyReference
   TELEMETRY_EXPORT_INTERVAL_SECONDS: '15'
 }
 
@@ -656,18 +885,18 @@ var cosmosSettingsConnectionString = {
   COSMOS_KEY: cosmosKeyReference
 }
 
-// Slot settings (sticky): they stay with their slot when the slots swap.
+// The package each slot runs. NOT slot settings: the package is the code, so a swap moves it with the slot content
+// (production gets the tested package; staging keeps the previous one for a rollback swap).
 var functionSettingsProduction = {
-  WEBSITE_CONTENTSHARE: functionContentShare
+  WEBSITE_RUN_FROM_PACKAGE: functionProductionPackageUrl
 }
 var functionSettingsStaging = {
-  WEBSITE_CONTENTSHARE: functionStagingContentShare
+  WEBSITE_RUN_FROM_PACKAGE: functionStagingPackageUrl
 }
+// Slot settings (sticky): they stay with their slot when the slots swap.
 var triggersEnabledProduction = toObject(queueTriggeredFunctions, f => 'AzureWebJobs.${f}.Disabled', f => 'false')
 var triggersDisabledStaging = toObject(queueTriggeredFunctions, f => 'AzureWebJobs.${f}.Disabled', f => 'true')
-var functionSlotSettingNames = concat([
-  'WEBSITE_CONTENTSHARE'
-], map(queueTriggeredFunctions, f => 'AzureWebJobs.${f}.Disabled'))
+var functionSlotSettingNames = map(queueTriggeredFunctions, f => 'AzureWebJobs.${f}.Disabled')
 
 var functionAppSettings = union(
   appSettingsCommon,
@@ -684,7 +913,10 @@ var functionSiteConfig = {
   http20Enabled: true
 }
 
-// Settings needed while the site is created (the content share); the full set follows in sites/config.
+// Settings of the site as it is created: runtime, and the package URL from the start (an app created with
+// WEBSITE_RUN_FROM_PACKAGE=1 cannot switch to a URL later). No WEBSITE_CONTENTAZUREFILECONNECTIONSTRING and no
+// WEBSITE_CONTENTSHARE: that is what creates the app without an Azure Files share. The full set follows in
+// sites/config.
 var functionCreationSettings = [
   {
     name: 'FUNCTIONS_EXTENSION_VERSION'
@@ -695,8 +927,8 @@ var functionCreationSettings = [
     value: 'python'
   }
   {
-    name: 'WEBSITE_CONTENTAZUREFILECONNECTIONSTRING'
-    value: storageConnectionString
+    name: 'WEBSITE_RUN_FROM_PACKAGE_BLOB_MI_RESOURCE_ID'
+    value: functionIdentity.id
   }
 ]
 
@@ -719,8 +951,8 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
     siteConfig: union(functionSiteConfig, {
       appSettings: concat(functionCreationSettings, [
         {
-          name: 'WEBSITE_CONTENTSHARE'
-          value: functionContentShare
+          name: 'WEBSITE_RUN_FROM_PACKAGE'
+          value: functionProductionPackageUrl
         }
       ])
     })
@@ -728,7 +960,10 @@ resource functionApp 'Microsoft.Web/sites@2023-12-01' = {
   dependsOn: [
     functionBlobOwner
     functionQueueContributor
-    functionSecretsUser
+    functionPackageReader
+    functionSendbirdTokenUser
+    functionIntentKeyUser
+    functionTelemetryKeyUser
   ]
 }
 
@@ -742,8 +977,11 @@ resource functionAppSettingsConfig 'Microsoft.Web/sites/config@2023-12-01' = {
     cosmosFunctionDataContributor
     sendbirdTokenSecret
     intentKeySecret
+    telemetryPiiHashKeySecret
     cosmosKeySecret
     storageConnectionSecret
+    functionCosmosKeyUser
+    functionStorageConnectionUser
   ]
 }
 
@@ -775,8 +1013,8 @@ resource functionStaging 'Microsoft.Web/sites/slots@2023-12-01' = {
     siteConfig: union(functionSiteConfig, {
       appSettings: concat(functionCreationSettings, [
         {
-          name: 'WEBSITE_CONTENTSHARE'
-          value: functionStagingContentShare
+          name: 'WEBSITE_RUN_FROM_PACKAGE'
+          value: functionStagingPackageUrl
         }
       ])
     })
@@ -823,10 +1061,17 @@ var intentSettings = {
   WEBSITE_SWAP_WARMUP_PING_PATH: '/health/ready'
   WEBSITE_SWAP_WARMUP_PING_STATUSES: '200'
   INTENT_API_KEY: intentKeyReference
-  INTENT_MODEL: '/models/retail.joblib'
-  INTENT_MODEL_SHA256: intentModelSha256
+  INTENT_MODEL: '/models/retail.skops'
   INTENT_WORKERS: '1'
   APPLICATIONINSIGHTS_CONNECTION_STRING: appInsights.properties.ConnectionString
+}
+// The digest of the model in the image of each slot. Not a slot setting: it belongs to the image, so a swap moves
+// it along (the workflow sets the value of staging together with the image it deploys there).
+var intentModelDigestProduction = {
+  INTENT_MODEL_SHA256: intentModelSha256
+}
+var intentModelDigestStaging = {
+  INTENT_MODEL_SHA256: empty(intentStagingModelSha256) ? intentModelSha256 : intentStagingModelSha256
 }
 
 var intentSiteConfig = {
@@ -861,14 +1106,14 @@ resource intentApp 'Microsoft.Web/sites@2023-12-01' = {
   }
   dependsOn: [
     intentAcrPull
-    intentSecretsUser
+    intentKeySecretUser
   ]
 }
 
 resource intentAppSettingsConfig 'Microsoft.Web/sites/config@2023-12-01' = {
   parent: intentApp
   name: 'appsettings'
-  properties: intentSettings
+  properties: union(intentSettings, intentModelDigestProduction)
   dependsOn: [
     intentKeySecret
   ]
@@ -900,7 +1145,7 @@ resource intentStaging 'Microsoft.Web/sites/slots@2023-12-01' = {
 resource intentStagingSettingsConfig 'Microsoft.Web/sites/slots/config@2023-12-01' = {
   parent: intentStaging
   name: 'appsettings'
-  properties: intentSettings
+  properties: union(intentSettings, intentModelDigestStaging)
   dependsOn: [
     intentKeySecret
   ]
@@ -922,4 +1167,6 @@ output REGISTRY_NAME string = registry.name
 output REGISTRY_LOGIN_SERVER string = registry.properties.loginServer
 output KEY_VAULT_NAME string = keyVault.name
 output STORAGE_ACCOUNT_NAME string = storage.name
+output ARTIFACT_STORAGE_ACCOUNT_NAME string = artifactStorage.name
 output MODELS_CONTAINER string = modelsContainerName
+output FUNCTION_PACKAGES_CONTAINER string = functionPackagesContainerName

@@ -4,9 +4,11 @@ No Bicep compiler installs from the registries the dev machines reach (see infra
 besides compiling when a `bicep` binary is on PATH, these tests read main.bicep with a small parser and an
 evaluator for the expressions it uses in names and app settings, and check what matters for this app: every app
 setting the app reads (shared.settings.setting_names()) is defined, in both connection modes, with values the
-settings module accepts; secrets are Key Vault references; names fit Azure's limits; role assignment names are
-deterministic; queues and staged triggers match the code. Workflows are validated against the GitHub Actions
-workflow schema vendored by check-jsonschema, and the smoke scripts run against the real intake code.
+settings module accepts; secrets are Key Vault references and no setting holds a storage key; shared-key access
+is off; names fit Azure's limits; role assignment names are deterministic and their scopes narrow (per-secret Key
+Vault access, nobody but the deployment identity writes the models); queues and staged triggers match the code.
+Workflows are validated against the GitHub Actions workflow schema vendored by check-jsonschema, their actions are
+pinned to commit SHAs, and the smoke and check scripts run against the real intake code or stand-ins.
 """
 
 from __future__ import annotations
@@ -43,8 +45,8 @@ SAMPLE = json.loads((ROOT / "local.settings.sample.json").read_text(encoding="ut
 #: Settings the platform (Functions host, App Service, azure-identity) reads; not in shared/settings.py.
 PLATFORM_SETTINGS = {
     "FUNCTIONS_EXTENSION_VERSION", "FUNCTIONS_WORKER_RUNTIME", "AzureWebJobsFeatureFlags", "WEBSITE_RUN_FROM_PACKAGE",
-    "SCM_DO_BUILD_DURING_DEPLOYMENT", "ENABLE_ORYX_BUILD", "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING",
-    "WEBSITE_CONTENTSHARE", "AZURE_CLIENT_ID", "AzureWebJobsStorage__credential",
+    "WEBSITE_RUN_FROM_PACKAGE_BLOB_MI_RESOURCE_ID", "SCM_DO_BUILD_DURING_DEPLOYMENT", "ENABLE_ORYX_BUILD",
+    "AZURE_CLIENT_ID", "AzureWebJobsStorage__credential",
 }
 #: Settings for features being added now (the idempotency container); the app ignores unknown settings.
 PENDING_SETTINGS: set[str] = set()
@@ -54,8 +56,10 @@ STORAGE_FORMS = {"AzureWebJobsStorage", "AzureWebJobsStorage__accountName"}
 DEPLOYMENT_SPECIFIC = {
     "AzureWebJobsStorage", "SENDBIRD_API_TOKEN", "SENDBIRD_API_BASE_URL", "SENDBIRD_BOT_USER_ID", "COSMOS_ENDPOINT",
     "COSMOS_KEY", "COSMOS_VERIFY_TLS", "COSMOS_CREATE_IF_MISSING", "INTENT_ENDPOINT", "INTENT_API_KEY",
-    "APPLICATIONINSIGHTS_CONNECTION_STRING",
+    "APPLICATIONINSIGHTS_CONNECTION_STRING", "TELEMETRY_PII_HASH_KEY",
 }
+#: App settings that hold secrets: Key Vault references in every mode (plus the fallback keys in connection mode).
+SECRET_SETTINGS = {"SENDBIRD_API_TOKEN", "INTENT_API_KEY", "TELEMETRY_PII_HASH_KEY"}
 KEY_VAULT_REFERENCE = "@Microsoft.KeyVault(SecretUri="
 GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
@@ -329,12 +333,16 @@ def param_values(bicep: Bicep, param_file: dict, **overrides) -> dict:
     return values
 
 
+FAKE_ACCOUNT_KEY = "c2VjcmV0LWFjY291bnQta2V5LXRoYXQtbXVzdC1uZXZlci1zaG93LXVw=="
 FAKE_RESOURCES = {
-    "storage": {"name": "stchatbotq7x3k2m9p4w8z", "listKeys": lambda: {"keys": [{"value": "a2V5"}]}},
+    "storage": {"name": "stchatbotq7x3k2m9p4w8z", "listKeys": lambda: {"keys": [{"value": FAKE_ACCOUNT_KEY}]}},
+    "artifactStorage": {"name": "artchatbotq7x3k2m9p4w8z"},
     "cosmos": {"properties": {"documentEndpoint": "https://cosmos-chatbot-q7x3k2m9p4w8z.documents.azure.com:443/"}},
     "intentApp": {"properties": {"defaultHostName": "intent-chatbot-q7x3k2.azurewebsites.net"}},
     "appInsights": {"properties": {"ConnectionString": "InstrumentationKey=00000000-0000-0000-0000-000000000000"}},
-    "functionIdentity": {"properties": {"clientId": "11111111-1111-1111-1111-111111111111"}},
+    "functionIdentity": {"id": "/subscriptions/x/resourceGroups/rg-chatbot/providers/Microsoft.ManagedIdentity/"
+                                "userAssignedIdentities/id-func-chatbot-q7x3k2m9p4w8z",
+                         "properties": {"clientId": "11111111-1111-1111-1111-111111111111"}},
     "keyVault": {"properties": {"vaultUri": "https://kv-chatbot-q7x3k2m9p4.vault.azure.net/"}},
 }
 
@@ -481,35 +489,114 @@ def test_identity_mode_settings_load_in_the_settings_module(bicep, param_file):
         raise
 
 
+SECRET_PARAMS = {"sendbirdApiToken", "intentApiKey", "telemetryPiiHashKey"}
+
+
+def _secret_name(bicep: Bicep, res: dict) -> str:
+    return Evaluator(bicep, {}).eval(res["body"].split("name: ", 1)[1].split("\n")[0])
+
+
 def test_secrets_are_key_vault_references(bicep, param_file):
     for conn in (False, True):
-        settings = function_settings(bicep, param_values(bicep, param_file, useConnectionStrings=conn))
-        secrets = {"SENDBIRD_API_TOKEN", "INTENT_API_KEY"} | ({"AzureWebJobsStorage", "COSMOS_KEY"} if conn else set())
-        for name in secrets:
-            assert settings[name].startswith(KEY_VAULT_REFERENCE), name
-            assert re.fullmatch(r"@Microsoft\.KeyVault\(SecretUri=https://[\w-]+\.vault\.azure\.net/secrets/[\w-]+\)",
-                                settings[name]), settings[name]
-        for name, value in settings.items():
-            assert "AccountKey=" not in value or name == "WEBSITE_CONTENTAZUREFILECONNECTIONSTRING", name
+        for slot in ("production", "staging"):
+            settings = function_settings(bicep, param_values(bicep, param_file, useConnectionStrings=conn), slot)
+            secrets = SECRET_SETTINGS | ({"AzureWebJobsStorage", "COSMOS_KEY"} if conn else set())
+            for name in secrets:
+                reference = r"@Microsoft\.KeyVault\(SecretUri=https://[\w-]+\.vault\.azure\.net/secrets/[\w-]+\)"
+                assert re.fullmatch(reference, settings[name]), f"{name} ({slot}): {settings[name]}"
     intent = bicep.object_var("intentSettings")
     assert intent["INTENT_API_KEY"] == "intentKeyReference"
-    for p in ("sendbirdApiToken", "intentApiKey"):
+    assert bicep.object_var("appSettingsCommon")["TELEMETRY_PII_HASH_KEY"] == "telemetryPiiHashKeyReference"
+    for p in SECRET_PARAMS:
         assert any("@secure()" in d for d in bicep.params[p]["decorators"]), f"{p} must be @secure()"
-    secret_names = {Evaluator(bicep, {}).eval(res["body"].split("name: ", 1)[1].split("\n")[0])
-                    for res in bicep.of_type("Microsoft.KeyVault/vaults/secrets").values()}
-    assert {"sendbird-api-token", "intent-api-key", "cosmos-key", "storage-connection-string"} == secret_names
+        assert bicep.params[p]["default"] == "''", f"{p}: empty by default (keeps the stored secret)"
+    written = {name: res for name, res in bicep.of_type("Microsoft.KeyVault/vaults/secrets").items()
+               if "existing" not in res["body"].split("\n")[0]}
+    assert {_secret_name(bicep, r) for r in written.values()} == {
+        "sendbird-api-token", "intent-api-key", "telemetry-pii-hash-key", "cosmos-key", "storage-connection-string"}
+    # the hash key is a secret kept across deployments: written only when given, never generated per deployment
+    assert written["telemetryPiiHashKeySecret"]["condition"] == "!empty(telemetryPiiHashKey)"
+
+
+def _expand(bicep: Bicep, text: str, seen: frozenset = frozenset()) -> str:
+    """``text`` followed by the text of every variable it uses, transitively (what an expression can reach)."""
+    out = [text]
+    for name in set(re.findall(r"\b([A-Za-z_]\w*)\b", _without_string_text(text))):
+        if name in bicep.vars and name not in seen:
+            out.append(_expand(bicep, bicep.vars[name], seen | {name}))
+    return "\n".join(out)
+
+
+SETTING_VARS = ["appSettingsCommon", "storageSettingsIdentity", "storageSettingsConnectionString",
+                "cosmosSettingsIdentity", "cosmosSettingsConnectionString", "functionSettingsProduction",
+                "functionSettingsStaging", "triggersEnabledProduction", "triggersDisabledStaging",
+                "functionCreationSettings", "intentSettings", "intentModelDigestProduction", "intentModelDigestStaging"]
+
+
+def test_no_app_setting_holds_a_storage_key(bicep, param_file):
+    """The storage account key is nowhere in an app setting (any mode, either slot): only in a Key Vault secret."""
+    for conn in (False, True):
+        params = param_values(bicep, param_file, useConnectionStrings=conn)
+        for slot in ("production", "staging"):
+            for name, value in function_settings(bicep, params, slot).items():
+                assert FAKE_ACCOUNT_KEY not in value and "AccountKey=" not in value, f"{name} ({slot}) holds a key"
+                assert "SharedAccessSignature=" not in value and "sig=" not in value, f"{name} ({slot}): a SAS"
+    for var in SETTING_VARS:
+        reach = _expand(bicep, bicep.vars[var])
+        assert "listKeys(" not in reach and "AccountKey=" not in reach, f"{var} reaches an account key"
+    # listKeys() is used only for the values of Key Vault secrets (the fallback mode's connection string, Cosmos key)
+    for name, res in bicep.resources.items():
+        if "listKeys(" in _expand(bicep, res["body"]):
+            assert res["type"] == "Microsoft.KeyVault/vaults/secrets", name
+            assert res["condition"] == "useConnectionStrings", name
+    # no Azure Files content share: its setting only takes a connection string with the account key
+    code = "\n".join(bicep.lines)
+    for name in ("WEBSITE_CONTENTAZUREFILECONNECTIONSTRING", "WEBSITE_CONTENTSHARE", "WEBSITE_SKIP_CONTENTSHARE"):
+        assert name not in code, f"{name}: the app runs without a content share (see infra/README.md, Security)"
+
+
+def test_shared_key_access_is_off_unless_the_fallback_is_chosen(bicep, param_file):
+    accounts = bicep.of_type("Microsoft.Storage/storageAccounts")
+    assert set(accounts) == {"storage", "artifactStorage"}
+    for name, res in accounts.items():
+        body = res["body"]
+        assert "allowBlobPublicAccess: false" in body and "minimumTlsVersion: 'TLS1_2'" in body, name
+        expr = re.search(r"^\s+allowSharedKeyAccess: (.+)$", body, re.M)[1]
+        for conn in (False, True):
+            value = Evaluator(bicep, param_values(bicep, param_file, useConnectionStrings=conn)).eval(expr)
+            # The one exception, documented in infra/README.md: useConnectionStrings=true puts a connection string
+            # (account key) for AzureWebJobsStorage into Key Vault, which needs shared keys on the runtime account.
+            assert value is (conn and name == "storage"), f"{name}: allowSharedKeyAccess={value} (fallback={conn})"
+    assert param_values(bicep, param_file)["useConnectionStrings"] is False, "deployed default: identity, no keys"
+    readme = (INFRA / "README.md").read_text(encoding="utf-8")
+    security = readme.split("## Security", 1)[1].split("\n## ", 1)[0]
+    assert "allowSharedKeyAccess" in security and "useConnectionStrings=true" in security
 
 
 def test_staging_slot_settings_stick_and_disable_queue_triggers(bicep, param_file):
-    params = param_values(bicep, param_file)
+    packages = f"https://{FAKE_RESOURCES['artifactStorage']['name']}.blob.core.windows.net/function-packages/"
+    params = param_values(bicep, param_file, functionPackageBlob="functionapp-a-1-1.zip",
+                          functionStagingPackageBlob="functionapp-b-2-1.zip")
     prod, staging = function_settings(bicep, params), function_settings(bicep, params, "staging")
-    assert prod["WEBSITE_CONTENTSHARE"] != staging["WEBSITE_CONTENTSHARE"]
-    sticky = {"WEBSITE_CONTENTSHARE"} | {k for k in prod if k.startswith("AzureWebJobs.")}
+    # each slot runs its package blob, fetched with the user-assigned identity (no content share, no key, no SAS)
+    assert prod["WEBSITE_RUN_FROM_PACKAGE"] == packages + "functionapp-a-1-1.zip"
+    assert staging["WEBSITE_RUN_FROM_PACKAGE"] == packages + "functionapp-b-2-1.zip"
+    for settings in (prod, staging):
+        assert settings["WEBSITE_RUN_FROM_PACKAGE_BLOB_MI_RESOURCE_ID"] == FAKE_RESOURCES["functionIdentity"]["id"]
+    fresh = param_values(bicep, param_file)  # first deployment: no package yet, staging follows production
+    assert function_settings(bicep, fresh)["WEBSITE_RUN_FROM_PACKAGE"] == packages + "none.zip"
+    assert function_settings(bicep, fresh, "staging")["WEBSITE_RUN_FROM_PACKAGE"] == packages + "none.zip"
+    # the sites are created with their package URL (an app created with WEBSITE_RUN_FROM_PACKAGE=1 cannot switch)
+    assert "value: functionProductionPackageUrl" in bicep.resources["functionApp"]["body"]
+    assert "value: functionStagingPackageUrl" in bicep.resources["functionStaging"]["body"]
+    assert "WEBSITE_RUN_FROM_PACKAGE_BLOB_MI_RESOURCE_ID" in bicep.vars["functionCreationSettings"]
+    sticky = {k for k in prod if k.startswith("AzureWebJobs.")}
     assert "functionSlotSettingNames" in bicep.resources["functionSlotConfigNames"]["body"]
-    assert "'WEBSITE_CONTENTSHARE'" in bicep.vars["functionSlotSettingNames"]
-    assert "AzureWebJobs.${f}.Disabled" in bicep.vars["functionSlotSettingNames"]
-    assert {k for k in staging if k.endswith(".Disabled") and staging[k] == "true"} == sticky - {"WEBSITE_CONTENTSHARE"}
-    assert all(prod[k] == "false" for k in sticky if k.endswith(".Disabled"))
+    # the package is the code: it must swap with the slot, so it is not a slot setting
+    assert "WEBSITE_RUN_FROM_PACKAGE" not in bicep.vars["functionSlotSettingNames"]
+    assert bicep.vars["functionSlotSettingNames"] == "map(queueTriggeredFunctions, f => 'AzureWebJobs.${f}.Disabled')"
+    assert {k for k in staging if k.endswith(".Disabled") and staging[k] == "true"} == sticky
+    assert all(prod[k] == "false" for k in sticky)
     # every queue-triggered function of the app, indexed like the worker does
     saved = dict(os.environ)
     os.environ.update(SAMPLE)
@@ -585,8 +672,30 @@ def test_intent_service_app_settings_match_its_image(bicep, param_file):
     site = bicep.object_var("intentSiteConfig")
     assert site["healthCheckPath"] == "'/health/ready'" and site["acrUseManagedIdentityCreds"] == "true"
     overlay = (INFRA / "docker" / "intent-with-model.Dockerfile").read_text(encoding="utf-8")
-    assert f"COPY --chown=10001:10001 retail.joblib {model}" in overlay
+    assert f"COPY --chown=10001:10001 {Path(model).name} {model}" in overlay
+    workflow = (WORKFLOWS / "deploy.yml").read_text(encoding="utf-8")
+    assert f"|| '{Path(model).name}'" in workflow and f"--file build/model/{Path(model).name}" in workflow
     assert "USER 10001" in dockerfile
+
+
+def test_intent_model_digest_comes_from_a_parameter_per_slot(bicep, param_file):
+    """INTENT_MODEL_SHA256 (the service refuses a URL model without it and checks a file model against it) is set
+    from parameters, per slot, and travels with the image: the workflow pins staging, the swap carries it along."""
+    old, new = "ab" * 32, "cd" * 32
+
+    def digests(**overrides):
+        ev = Evaluator(bicep, param_values(bicep, param_file, **overrides), FAKE_RESOURCES)
+        return tuple(ev.eval(bicep.object_var(v)["INTENT_MODEL_SHA256"])
+                     for v in ("intentModelDigestProduction", "intentModelDigestStaging"))
+    assert digests(intentModelSha256=old) == (old, old)
+    assert digests(intentModelSha256=old, intentStagingModelSha256=new) == (old, new)
+    assert "INTENT_MODEL_SHA256" not in bicep.object_var("intentSettings"), "per slot, not shared"
+    assert "properties: union(intentSettings, intentModelDigestProduction)" in \
+        bicep.resources["intentAppSettingsConfig"]["body"]
+    assert "properties: union(intentSettings, intentModelDigestStaging)" in \
+        bicep.resources["intentStagingSettingsConfig"]["body"]
+    for p in ("intentModelSha256", "intentStagingModelSha256"):
+        assert "@maxLength(64)" in "\n".join(bicep.params[p]["decorators"]), p
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -607,9 +716,9 @@ NAME_RULES = {  # var: (min, max, pattern)
     "functionIdentityName": (3, 128, r"[a-zA-Z0-9][\w-]*"),
     "intentIdentityName": (3, 128, r"[a-zA-Z0-9][\w-]*"),
     "githubIdentityName": (3, 128, r"[a-zA-Z0-9][\w-]*"),
-    "functionContentShare": (3, 63, r"[a-z0-9](?!.*--)[a-z0-9-]*[a-z0-9]"),
-    "functionStagingContentShare": (3, 63, r"[a-z0-9](?!.*--)[a-z0-9-]*[a-z0-9]"),
+    "artifactStorageAccountName": (3, 24, r"[a-z0-9]+"),
     "modelsContainerName": (3, 63, r"[a-z0-9](?!.*--)[a-z0-9-]*[a-z0-9]"),
+    "functionPackagesContainerName": (3, 63, r"[a-z0-9](?!.*--)[a-z0-9-]*[a-z0-9]"),
 }
 
 
@@ -627,6 +736,7 @@ def test_resource_names_fit_azure_limits(bicep, param_file, prefix, unique):
         assert mn <= len(name) <= mx and re.fullmatch(rx, name), f"{var} = {name!r} ({mn}-{mx}, {rx})"
         names[var] = name
     assert len(f"{names['functionAppName']}-staging") <= 32
+    assert names["storageAccountName"] != names["artifactStorageAccountName"]
 
 
 PREFIX_RULE = re.compile(r"^[a-z0-9](?:[a-z0-9-]*[a-z0-9])?$")
@@ -636,7 +746,7 @@ def test_parameter_file(bicep, param_file):
     assert set(param_file) <= set(bicep.params), set(param_file) - set(bicep.params)
     required = {n for n, p in bicep.params.items() if p["default"] is None}
     assert required <= set(param_file), f"required parameters missing from the file: {required - set(param_file)}"
-    assert not {"sendbirdApiToken", "intentApiKey"} & set(param_file), "secrets never go into the parameter file"
+    assert not SECRET_PARAMS & set(param_file), "secrets never go into the parameter file"
     values = param_values(bicep, param_file)
     for name, p in bicep.params.items():
         deco = "\n".join(p["decorators"])
@@ -688,6 +798,84 @@ def test_role_assignments_are_deterministic_and_least_privilege(bicep):
     assert "repo:${githubRepository}:ref:refs/heads/main" in fed
 
 
+def role_assignments(bicep: Bicep) -> list[tuple[str, str, str, str | None]]:
+    """(scope resource or 'resourceGroup', identity, role key, condition) of every role assignment."""
+    out = []
+    for name, res in bicep.of_type("Microsoft.Authorization/roleAssignments").items():
+        m = re.search(r"name: guid\((\w+)\(?\)?\.id, (\w+)\.id, roles\.(\w+)\)", res["body"])
+        out.append((m[1], m[2], m[3], res["condition"]))
+    return out
+
+
+#: Every role each identity holds, (scope, role): the whole least-privilege design in one place.
+EXPECTED_ROLES = {
+    "functionIdentity": {
+        # AzureWebJobsStorage (identity-based): the host's blobs (keys, locks, leases) and the chat queues
+        ("storage", "storageBlobDataOwner"), ("storage", "storageQueueDataContributor"),
+        # its package (WEBSITE_RUN_FROM_PACKAGE_BLOB_MI_RESOURCE_ID): read, on that container only
+        ("functionPackagesContainer", "storageBlobDataReader"),
+        # the secrets it references, one by one (the last two only with useConnectionStrings=true)
+        ("sendbirdTokenSecretRef", "keyVaultSecretsUser"), ("intentKeySecretRef", "keyVaultSecretsUser"),
+        ("telemetryPiiHashKeySecretRef", "keyVaultSecretsUser"), ("cosmosKeySecretRef", "keyVaultSecretsUser"),
+        ("storageConnectionSecretRef", "keyVaultSecretsUser"),
+    },
+    "intentIdentity": {
+        ("registry", "acrPull"), ("modelsContainer", "storageBlobDataReader"),
+        ("intentKeySecretRef", "keyVaultSecretsUser"),
+    },
+    "githubIdentity": {
+        ("functionApp", "websiteContributor"), ("intentApp", "websiteContributor"), ("registry", "acrPush"),
+        ("functionPackagesContainer", "storageBlobDataContributor"), ("modelsContainer", "storageBlobDataContributor"),
+        ("sendbirdTokenSecretRef", "keyVaultSecretsUser"), ("intentKeySecretRef", "keyVaultSecretsUser"),
+        ("resourceGroup", "reader"),
+    },
+}
+BLOB_WRITE_ROLES = {"storageBlobDataOwner", "storageBlobDataContributor"}
+
+
+def test_role_scopes_are_narrow(bicep, param_file):
+    assignments = role_assignments(bicep)
+    held = {identity: {(scope, role) for scope, ident, role, _ in assignments if ident == identity}
+            for identity in EXPECTED_ROLES}
+    assert held == EXPECTED_ROLES
+    assert {ident for _, ident, _, _ in assignments} == set(EXPECTED_ROLES)
+    conditions = {(scope, ident): cond for scope, ident, _, cond in assignments}
+    assert conditions[("cosmosKeySecretRef", "functionIdentity")] == "useConnectionStrings"
+    assert conditions[("storageConnectionSecretRef", "functionIdentity")] == "useConnectionStrings"
+    assert all(cond == "!empty(githubRepository)"
+               for (_, ident), cond in conditions.items() if ident == "githubIdentity")
+
+    # Key Vault: per secret, never the whole vault; each scope is a secret of this vault with the referenced name,
+    # and the assignment waits for the secret when this deployment writes it
+    assert not [a for a in assignments if a[0] == "keyVault"], "no role on the whole vault"
+    written = {_secret_name(bicep, r): n for n, r in bicep.of_type("Microsoft.KeyVault/vaults/secrets").items()
+               if "existing" not in r["body"].split("\n")[0]}
+    for name, res in bicep.of_type("Microsoft.Authorization/roleAssignments").items():
+        scope = re.search(r"^\s+scope: (\w+)$", res["body"], re.M)
+        if scope and bicep.resources[scope[1]]["type"] == "Microsoft.KeyVault/vaults/secrets":
+            target = bicep.resources[scope[1]]
+            assert target["body"].split("\n")[0].rstrip().endswith("existing = {"), scope[1]
+            assert "parent: keyVault" in target["body"], scope[1]
+            assert "roles.keyVaultSecretsUser" in res["body"], name
+            assert written[_secret_name(bicep, target)] in res["body"].split("dependsOn:")[1], f"{name}: dependsOn"
+    # the intent service reads exactly the secret its settings reference
+    intent_refs = {v for v in bicep.object_var("intentSettings").values() if v.endswith("Reference")}
+    assert intent_refs == {"intentKeyReference"}
+
+    # Models and packages live in the artifact account; the function identity owns blobs only in the runtime account
+    # and reads only its packages, so it can write neither a model nor a package. Only the deployment identity can.
+    assert "parent: artifactBlobService" in bicep.resources["modelsContainer"]["body"]
+    assert "parent: artifactBlobService" in bicep.resources["functionPackagesContainer"]["body"]
+    assert "parent: artifactStorage" in bicep.resources["artifactBlobService"]["body"]
+    artifact_scopes = {"artifactStorage", "artifactBlobService", "modelsContainer", "functionPackagesContainer",
+                       "resourceGroup"}
+    writers = {ident for scope, ident, role, _ in assignments if scope in artifact_scopes and role in BLOB_WRITE_ROLES}
+    assert writers == {"githubIdentity"}
+    containers = bicep.of_type("Microsoft.Storage/storageAccounts/blobServices/containers")
+    runtime_containers = [n for n, r in containers.items() if "parent: blobService" in r["body"]]
+    assert runtime_containers == [], "no artifact in the account the function identity owns blobs of"
+
+
 # ------------------------------------------------------------------------------------------------------------
 # Workflows
 # ------------------------------------------------------------------------------------------------------------
@@ -736,8 +924,6 @@ def test_workflow_tests_then_deploys_through_staging_with_oidc(workflow, bicep):
     assert "secrets." not in text and "creds:" not in text and "publish-profile" not in text, "no stored passwords"
     for name, job in jobs.items():
         for step in _steps(job):
-            if "uses" in step:
-                assert re.search(r"@v\d+$", step["uses"]), f"{name}: pin {step['uses']} to a major version"
             if step.get("uses", "").startswith("azure/login@"):
                 assert set(step["with"]) == {"client-id", "tenant-id", "subscription-id"}
                 assert job["permissions"]["id-token"] == "write", f"{name}: OIDC needs id-token: write"
@@ -747,13 +933,20 @@ def test_workflow_tests_then_deploys_through_staging_with_oidc(workflow, bicep):
         assert "test" in needs or all("test" in _as_list(jobs[n].get("needs")) for n in needs), name
 
     fa = _steps(jobs["function-app"])
-    deploy = _index(fa, lambda s: s.get("uses", "").startswith("azure/functions-action@"))
-    assert fa[deploy]["with"]["slot-name"] == "staging"
+    assert not any("functions-action" in s.get("uses", "") for s in fa), "zip deploy needs the content share"
+    upload = _index(fa, lambda s: "az storage blob upload" in s.get("run", ""))
+    assert "--auth-mode login" in fa[upload]["run"] and "--container-name function-packages" in fa[upload]["run"]
+    assert "--overwrite false" in fa[upload]["run"] and "GITHUB_RUN_ID" in fa[upload]["run"], "one blob per run"
+    deploy = _index(fa, lambda s: "WEBSITE_RUN_FROM_PACKAGE=" in s.get("run", ""))
+    assert "--slot staging" in fa[deploy]["run"] and "/syncfunctiontriggers" in fa[deploy]["run"]
+    refs = _index(fa, lambda s: "infra/scripts/check_key_vault_refs.py" in s.get("run", ""))
     smoke = _index(fa, lambda s: "infra/scripts/smoke_webhook.py" in s.get("run", ""))
     swap = _index(fa, lambda s: "deployment slot swap" in s.get("run", ""))
-    assert deploy < smoke < swap and fa[swap].get("id") == "swap"
+    synced = _index(fa, lambda s: "/syncfunctiontriggers" in s.get("run", "") and "--slot" not in s.get("run", ""))
+    assert upload < deploy < refs < smoke < swap < synced and fa[swap].get("id") == "swap"
     assert "--slot staging --target-slot production" in fa[swap]["run"]
     assert "staging" in fa[smoke]["run"]
+    assert set(re.findall(r"--expect (\w+)", fa[refs]["run"])) == SECRET_SETTINGS
     rollback = fa[-1]
     assert "failure()" in rollback["if"] and "deployment slot swap" in rollback["run"]
 
@@ -761,14 +954,48 @@ def test_workflow_tests_then_deploys_through_staging_with_oidc(workflow, bicep):
     fetch = _index(image, lambda s: "az storage blob download" in s.get("run", ""))
     build = _index(image, lambda s: "docker push" in s.get("run", ""))
     assert fetch < build and "--auth-mode login" in image[fetch]["run"]
+    # the model digest is pinned: no build without INTENT_MODEL_SHA256, and the file must match it
+    assert "^[0-9a-fA-F]{64}$" in image[fetch]["run"] and "exit 1" in image[fetch]["run"]
+    assert "sha256sum --check" in image[fetch]["run"] and "if [ -n" not in image[fetch]["run"]
+    assert image[fetch].get("id") == "model" and "steps.model.outputs.sha256" in jobs["intent-image"]["outputs"][
+        "model_sha256"]
     assert "infra/docker/intent-with-model.Dockerfile" in image[build]["run"]
     intent = _steps(jobs["intent-deploy"])
+    digest = "INTENT_MODEL_SHA256=${{ needs.intent-image.outputs.model_sha256 }}"
+    pin = _index(intent, lambda s: digest in s.get("run", ""))
+    assert "--slot staging" in intent[pin]["run"]
     staged = _index(intent, lambda s: s.get("uses", "").startswith("azure/webapps-deploy@"))
     assert intent[staged]["with"]["slot-name"] == "staging"
+    refs = _index(intent, lambda s: "infra/scripts/check_key_vault_refs.py" in s.get("run", ""))
+    assert re.findall(r"--expect (\w+)", intent[refs]["run"]) == ["INTENT_API_KEY"]
     ready = _index(intent, lambda s: "infra/scripts/wait_ready.py" in s.get("run", ""))
     swap = _index(intent, lambda s: "slot swap" in s.get("run", ""))
-    assert staged < ready < swap and "staging" in intent[ready]["run"]
+    assert pin < staged < refs < ready < swap and "staging" in intent[ready]["run"]
     assert "failure()" in intent[-1]["if"]
+
+
+USES = re.compile(r"^\s*(?:-\s+)?uses:\s*(?P<ref>\S+)(?P<rest>.*)$")
+
+
+def test_workflow_actions_are_pinned_to_commit_shas():
+    """Every `uses:` names owner/repo@<40-hex commit SHA> with the release tag in a trailing comment, and the same
+    action is pinned to the same commit everywhere (a tag can be moved; a commit SHA cannot)."""
+    pins: dict[str, set[tuple[str, str]]] = {}
+    count = 0
+    for path in workflow_files():
+        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if not (m := USES.match(line)) or line.lstrip().startswith("#"):
+                continue
+            count += 1
+            where = f"{path.name}:{lineno}: {line.strip()}"
+            ref = re.fullmatch(r"(?P<action>[\w.-]+/[\w.-]+(?:/[\w./-]+)?)@(?P<sha>[0-9a-f]{40})", m["ref"])
+            assert ref, f"{where}: pin to a full commit SHA (owner/repo@<40 hex>)"
+            tag = re.fullmatch(r"\s+# (v\d+(?:\.\d+){0,2})\s*", m["rest"])
+            assert tag, f"{where}: add the release tag as a trailing comment (# vX.Y.Z)"
+            pins.setdefault(ref["action"].lower(), set()).add((ref["sha"], tag[1]))
+    assert count >= 10
+    for action, versions in pins.items():
+        assert len(versions) == 1, f"{action} is pinned to several commits: {versions}"
 
 
 def _as_list(value) -> list:
@@ -778,12 +1005,14 @@ def _as_list(value) -> list:
 def test_workflow_variables_and_names_come_from_the_infrastructure(bicep):
     text = "\n".join(p.read_text(encoding="utf-8") for p in workflow_files())
     used = set(re.findall(r"vars\.(\w+)", text))
-    optional = {"INTENT_MODEL_BLOB", "INTENT_MODEL_SHA256"}
+    optional = {"INTENT_MODEL_BLOB", "INTENT_MODEL_SHA256"}  # set by hand (README, "Deploy")
     assert used - optional <= set(bicep.outputs), f"variables not output by main.bicep: {used - optional - set(bicep.outputs)}"
     ev = Evaluator(bicep, {})
     for var in ("sendbirdTokenSecretName", "intentKeySecretName"):
         assert f"--name {ev.eval(bicep.vars[var])} " in text, var
     assert f"--container-name {ev.eval(bicep.vars['modelsContainerName'])} " in text
+    assert f"--container-name {ev.eval(bicep.vars['functionPackagesContainerName'])} " in text
+    assert "vars.STORAGE_ACCOUNT_NAME" not in text, "models and packages are in the artifact account"
     for script in re.findall(r"infra/(?:scripts|docker)/[\w.-]+", text):
         assert (ROOT / script).is_file(), script
 
@@ -908,17 +1137,59 @@ def test_wait_ready_script_waits_for_readiness_and_checks_a_prediction():
         assert failures and "/health/ready did not answer 200" in failures[0]
 
 
-def test_deploy_script_is_valid_bash():
+def _kv_refs(*entries: tuple[str, str]) -> dict:
+    """A configreferences/appsettings answer: (setting, status) pairs."""
+    return {"value": [{"id": f"/subscriptions/s/resourceGroups/rg/providers/Microsoft.Web/sites/app/slots/staging/"
+                             f"config/configreferences/appsettings/{name}", "name": name,
+                       "properties": {"reference": "@Microsoft.KeyVault(SecretUri=https://kv.vault.azure.net/"
+                                                   "secrets/x)", "status": status, "details": ""}}
+                      for name, status in entries]}
+
+
+def test_key_vault_reference_check_waits_for_resolution_and_names_what_failed():
+    check = _load_script("check_key_vault_refs")
+    answers = iter([_kv_refs(("SENDBIRD_API_TOKEN", "Initialized")),
+                    _kv_refs(("SENDBIRD_API_TOKEN", "Resolved"), ("INTENT_API_KEY", "Resolved"))])
+    assert check.run(lambda: next(answers), ["SENDBIRD_API_TOKEN", "INTENT_API_KEY"], deadline_s=5, interval=0) == []
+    # a missing role on a secret: App Service would hand the app the literal reference text
+    denied = _kv_refs(("SENDBIRD_API_TOKEN", "Resolved"), ("TELEMETRY_PII_HASH_KEY", "AccessToKeyVaultDenied"))
+    problems = check.run(lambda: denied, ["SENDBIRD_API_TOKEN"], deadline_s=0.05, interval=0.01)
+    assert problems == ["TELEMETRY_PII_HASH_KEY: AccessToKeyVaultDenied"]
+    # an expected secret setting that is no reference at all (a plain value slipped in)
+    assert check.unresolved(_kv_refs(("INTENT_API_KEY", "Resolved")), ["SENDBIRD_API_TOKEN"]) == [
+        "SENDBIRD_API_TOKEN: not a Key Vault reference of this slot"]
+
+    def broken():
+        raise RuntimeError("az: not logged in")
+    assert "not logged in" in check.run(broken, [], deadline_s=0, interval=0)[0]
+    assert check.main(["--resource-id", "func-chatbot"]) == 2
+
+
+def test_deploy_script_is_valid_bash(bicep):
     out = subprocess.run(["bash", "-n", str(INFRA / "scripts" / "deploy_infra.sh")], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     text = (INFRA / "scripts" / "deploy_infra.sh").read_text(encoding="utf-8")
-    assert "intentImage=" in text and "main.parameters.json" in text
+    assert "main.parameters.json" in text
+    # it keeps what the pipeline deployed (images, model digests, packages of both slots) and passes the secrets
+    passed = set(re.findall(r"\b([a-z]\w+)=\"\$", text.split("az deployment group create", 1)[1]))
+    assert passed <= set(bicep.params), f"not parameters of main.bicep: {passed - set(bicep.params)}"
+    assert {"intentImage", "intentStagingImage", "intentModelSha256", "intentStagingModelSha256",
+            "functionPackageBlob", "functionStagingPackageBlob"} | SECRET_PARAMS <= passed
+    # the hash key is generated once (when the vault has none), never per deployment
+    assert "secret_exists telemetry-pii-hash-key" in text and "openssl rand -hex 32" in text
 
 
 def test_infra_readme_covers_deploy_costs_rotation_and_rollback():
     readme = (INFRA / "README.md").read_text(encoding="utf-8")
-    for heading in ("## Deploy", "cost", "Rotate the SendBird token", "Roll back a swap", "Validation"):
+    for heading in ("## Deploy", "cost", "Rotate the SendBird token", "Roll back a swap", "Validation", "## Security"):
         assert heading.lower() in readme.lower(), heading
+    security = readme.split("## Security", 1)[1].split("\n## ", 1)[0]
+    for topic in ("allowSharedKeyAccess", "WEBSITE_RUN_FROM_PACKAGE_BLOB_MI_RESOURCE_ID", "Flex Consumption",
+                  "Microsoft.KeyVault/vaults/secrets", "INTENT_MODEL_SHA256", "TELEMETRY_PII_HASH_KEY",
+                  "@Microsoft.KeyVault(", "commit SHA", "check_key_vault_refs.py"):
+        assert topic in security, f"README Security: {topic}"
+    for test in re.findall(r"`(test_\w+)`", security):
+        assert test in globals(), f"README Security names a test that does not exist: {test}"
     for command in ("az deployment group create", "az functionapp deployment slot swap", "az keyvault secret set"):
         assert command in readme, command
     requirements = (INFRA / "requirements-dev.txt").read_text(encoding="utf-8")
