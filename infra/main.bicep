@@ -189,6 +189,17 @@ var queueTriggeredFunctions = [
   'route_fallback'
   'route_unsupported'
   'reply_sender'
+  // functions/poison.py: one trigger per `<queue>-poison` (messages the host moved there after a crash or timeout)
+  'poison_chat_inbound'
+  'poison_chat_reply'
+  'poison_route_greeting'
+  'poison_route_help'
+  'poison_route_order_status'
+  'poison_route_product_search'
+  'poison_route_handoff'
+  'poison_route_goodbye'
+  'poison_route_fallback'
+  'poison_route_unsupported'
 ]
 
 // Cosmos DB (shared/clients/cosmos.py): database, per-user state, idempotency / sent-replies records.
