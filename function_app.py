@@ -8,11 +8,11 @@ host's indexing with a message naming it.
 
 import azure.functions as func
 
-from functions import handlers, intake, intent, ops, reply
+from functions import handlers, intake, intent, ops, poison, reply
 from shared.settings import get_config
 
 get_config()
 
 app = func.FunctionApp()
-for blueprint in (intake.bp, intent.bp, handlers.bp, reply.bp, ops.bp):
+for blueprint in (intake.bp, intent.bp, handlers.bp, reply.bp, ops.bp, poison.bp):
     app.register_functions(blueprint)

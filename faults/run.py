@@ -138,18 +138,21 @@ def all_poison(queues) -> list:
     page, hidden for a minute while counted (the run is over; nobody else reads them)."""
     from azure.core.exceptions import ResourceNotFoundError
 
-    from shared.models import poison_queue_name
+    from shared.models import poison_queue_name, poison_record_queue
     from shared.poison_admin import SOURCE_QUEUES, parse_entry
 
-    entries = []
+    entries = {}
     for q in SOURCE_QUEUES:
-        client = queues.client(poison_queue_name(q))
-        try:
-            while batch := list(client.receive_messages(max_messages=32, visibility_timeout=60)):
-                entries += [parse_entry(q, m.id, m.content) for m in batch]
-        except ResourceNotFoundError:
-            pass
-    return entries
+        for name in (poison_record_queue(q), poison_queue_name(q)):
+            client = queues.client(name)
+            try:
+                while batch := list(client.receive_messages(max_messages=32, visibility_timeout=60)):
+                    for m in batch:
+                        entry = parse_entry(q, m.id, m.content)
+                        entries.setdefault(entry.key(), entry)
+            except ResourceNotFoundError:
+                pass
+    return list(entries.values())
 
 
 def _log_counts(path: Path) -> dict[str, int]:

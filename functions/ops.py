@@ -31,7 +31,8 @@ def _json(body: object, status: int = 200) -> func.HttpResponse:
 @bp.route(route="ops/poison", methods=["GET"], auth_level=func.AuthLevel.FUNCTION)
 def ops_poison_list(req: func.HttpRequest) -> func.HttpResponse:
     entries = poison_admin.list_poison(services.queues())
-    return _json({"count": len(entries), "messages": [e.to_dict() for e in entries]})
+    redactor = services.telemetry().redactor  # original bodies follow TELEMETRY_PII_MODE
+    return _json({"count": len(entries), "messages": [e.to_dict(redactor) for e in entries]})
 
 
 @bp.function_name("ops_poison_replay")
@@ -43,4 +44,5 @@ def ops_poison_replay(req: func.HttpRequest) -> func.HttpResponse:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
         return _json({"error": {"code": "invalid_request", "message": problems}}, 400)
     replayed = poison_admin.replay(services.queues(), request)
-    return _json({"replayed": len(replayed), "messages": [e.to_dict() for e in replayed]})
+    redactor = services.telemetry().redactor
+    return _json({"replayed": len(replayed), "messages": [e.to_dict(redactor) for e in replayed]})

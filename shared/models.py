@@ -12,7 +12,8 @@ Queue flow::
 
     webhook -> chat-inbound (InboundMessage) -> route-<route> (RoutedMessage)
             -> chat-reply (ReplyMessage) -> SendBird
-    any stage -> <queue>-poison (PoisonRecord)
+    any stage -> <queue>-poison-records (PoisonRecord)
+    host (last attempt crashed / timed out) -> <queue>-poison (raw) -> poison trigger -> <queue>-poison-records
 """
 
 from __future__ import annotations
@@ -46,8 +47,17 @@ MAX_MESSAGE_ID = 2**53 - 1
 
 
 def poison_queue_name(queue: str) -> str:
-    """The host's poison queue for ``queue``: ``<queue>-poison``."""
+    """The host's poison queue for ``queue``: ``<queue>-poison``. The Functions host moves a message there,
+    raw and without a reason, when the function fails on its last attempt (a crash, or ``functionTimeout``
+    restarting the worker); the app's poison trigger (:mod:`shared.dead_letters`) turns each into a
+    :class:`PoisonRecord` and answers the user."""
     return f"{queue}-poison"
+
+
+def poison_record_queue(queue: str) -> str:
+    """Where :class:`PoisonRecord` s of ``queue`` are kept: ``<queue>-poison-records``. Separate from the host's
+    poison queue, because a queue trigger consumes what it watches."""
+    return f"{queue}-poison-records"
 
 
 class Route(str, Enum):

@@ -159,8 +159,7 @@ class Settings(BaseModel):
 
     @model_validator(mode="after")
     def _pii_hash_key_given(self) -> "Settings":
-        if self.telemetry_pii_mode != "off" and self.applicationinsights_connection_string \
-                and len(self.telemetry_pii_hash_key) < 16:
+        if self.telemetry_pii_mode != "off" and len(self.telemetry_pii_hash_key) < 16:
             raise ValueError("TELEMETRY_PII_HASH_KEY (at least 16 characters, a secret) is required when "
                              "TELEMETRY_PII_MODE is mask or strict: ids are hashed with it (HMAC-SHA256)")
         return self

@@ -13,7 +13,7 @@ from typing import Callable, TypeVar
 
 from shared.clients.intent import IntentPrediction, parse_clu_response
 from shared.errors import PermanentError, RateLimited, TransientError
-from shared.models import PoisonRecord, now_ms, poison_queue_name
+from shared.models import PoisonRecord, now_ms, poison_record_queue
 from shared.state import UserState
 
 T = TypeVar("T")
@@ -75,19 +75,19 @@ class RecordingQueueSender:
         self.sent: dict[str, list[tuple[str, float]]] = {}
         self.fail_with: Exception | None = None
 
-    def send(self, queue: str, text: str, delay_seconds: float = 0) -> None:
+    def send(self, queue: str, text: str, delay_seconds: float = 0, *, keep_forever: bool = False) -> None:
         if self.fail_with:
             raise self.fail_with
         self.sent.setdefault(queue, []).append((text, delay_seconds))
 
     def send_poison(self, record: PoisonRecord) -> None:
-        self.send(poison_queue_name(record.source_queue), record.model_dump_json())
+        self.send(poison_record_queue(record.source_queue), record.model_dump_json())
 
     def texts(self, queue: str) -> list[str]:
         return [t for t, _ in self.sent.get(queue, [])]
 
     def poison_records(self, queue: str) -> list[PoisonRecord]:
-        return [PoisonRecord.model_validate_json(t) for t in self.texts(poison_queue_name(queue))]
+        return [PoisonRecord.model_validate_json(t) for t in self.texts(poison_record_queue(queue))]
 
 
 class ScriptedIntentClient:

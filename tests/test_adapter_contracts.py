@@ -17,7 +17,7 @@ from shared.clients.intent import IntentClient
 from shared.clients.queues import QueueSender
 from shared.clients.sendbird import SendBirdClient
 from shared.errors import PermanentError, RateLimited, TransientError
-from shared.models import PoisonRecord, poison_queue_name
+from shared.models import PoisonRecord, poison_record_queue
 from shared.settings import load_settings
 from tests.conftest import sample_values
 from tests.fakes import FakeSendBird, RecordingQueueSender, ScriptedIntentClient, clu_prediction
@@ -71,12 +71,12 @@ def test_delayed_message_is_invisible_until_its_delay(queue_view):
     assert queue_view.visible(q) == []
 
 
-def test_poison_record_goes_to_the_poison_queue(queue_view):
+def test_poison_record_goes_to_the_records_queue(queue_view):
     q = qname()
     record = PoisonRecord(source_queue=q, reason="unknown version 9", error_type="PermanentError",
                           dequeue_count=1, poisoned_at_ms=1, original="{}")
     queue_view.sender.send_poison(record)
-    [text] = queue_view.visible(poison_queue_name(q))
+    [text] = queue_view.visible(poison_record_queue(q))
     assert PoisonRecord.model_validate_json(text) == record
 
 

@@ -12,7 +12,7 @@ import pytest
 import requests
 
 from shared.clients.queues import QueueSender
-from shared.models import INBOUND_QUEUE, PoisonRecord, poison_queue_name
+from shared.models import INBOUND_QUEUE, PoisonRecord, poison_record_queue
 from shared.signature import sign
 from tests.conftest import SAMPLE_TOKEN, payload
 from tools import webhooks
@@ -134,11 +134,11 @@ def test_other_category_is_acknowledged(gateway, http):
 def wait_poison(sender: QueueSender, queue: str, marker: str, timeout: float = 20.0) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for m in sender.peek(poison_queue_name(queue)):
+        for m in sender.peek(poison_record_queue(queue)):
             if marker in m.content:
                 return m.content
         time.sleep(0.1)
-    raise AssertionError(f"nothing with {marker!r} reached {poison_queue_name(queue)} within {timeout} s")
+    raise AssertionError(f"nothing with {marker!r} reached {poison_record_queue(queue)} within {timeout} s")
 
 
 @pytest.mark.parametrize("body, reason", [
@@ -151,6 +151,27 @@ def test_bad_queue_message_lands_in_poison_with_its_reason(gateway, stack_settin
     sender.send(INBOUND_QUEUE, body % marker)
     record = PoisonRecord.model_validate_json(wait_poison(sender, INBOUND_QUEUE, marker))
     assert reason in record.reason and record.source_queue == INBOUND_QUEUE and marker in record.original
+
+
+def test_a_message_the_host_moved_to_the_poison_queue_gets_a_record_and_one_apology(gateway, stack_settings,
+                                                                                    sendbird_standin):
+    """What the host does when the last attempt crashed or timed out: the raw body lands in chat-inbound-poison.
+    The poison trigger records it with a reason and the user gets the apology, once."""
+    from shared.models import InboundMessage, now_ms, poison_queue_name
+    sender = QueueSender(stack_settings["AzureWebJobsStorage"], "base64")
+    channel = f"sendbird_group_channel_{uuid.uuid4().hex[:8]}"
+    t = now_ms()
+    msg = InboundMessage(correlation_id=uuid.uuid4().hex, message_id=int(uuid.uuid4().int % 10**12),
+                         channel_url=channel, user_id=f"u-{uuid.uuid4().hex[:6]}", sendbird_created_at_ms=t,
+                         received_at_ms=t, enqueued_at_ms=t, message_type="MESG", text="where is my order?")
+    sender.send(poison_queue_name(INBOUND_QUEUE), msg.to_queue_text())
+    sender.send(poison_queue_name(INBOUND_QUEUE), msg.to_queue_text())  # moved twice (a redelivery): one apology
+    record = PoisonRecord.model_validate_json(wait_poison(sender, INBOUND_QUEUE, msg.correlation_id))
+    assert "moved to the poison queue by the Functions host" in record.reason and record.message_id == msg.message_id
+    sendbird_standin.control.wait_for_messages(1, timeout=REPLY_TIMEOUT, channel_url=channel)
+    time.sleep(2)
+    sent = sendbird_standin.control.messages(channel)
+    assert [m["dedup_id"] for m in sent] == [f"apology-{msg.message_id}"]
 
 
 # --------------------------------------------------------------------------- long messages

@@ -9,7 +9,7 @@ import pytest
 import requests
 
 from shared.clients.queues import QueueSender
-from shared.models import INBOUND_QUEUE, REPLY_QUEUE, PoisonRecord, now_ms, poison_queue_name
+from shared.models import INBOUND_QUEUE, REPLY_QUEUE, PoisonRecord, now_ms, poison_queue_name, poison_record_queue
 from shared.poison_admin import ReplayRequest, list_poison, replay
 from tests.test_stages import inbound
 
@@ -32,7 +32,8 @@ def own_azurite(stack_logs):
 @pytest.fixture
 def sender(own_azurite):
     s = QueueSender(own_azurite.connection_string, "base64")
-    for q in (INBOUND_QUEUE, REPLY_QUEUE, poison_queue_name(INBOUND_QUEUE), poison_queue_name(REPLY_QUEUE)):
+    for q in (INBOUND_QUEUE, REPLY_QUEUE, *(f(x) for x in (INBOUND_QUEUE, REPLY_QUEUE)
+                                            for f in (poison_queue_name, poison_record_queue))):
         s.ensure_queue(q)
         s.client(q).clear_messages()
     return s
@@ -103,3 +104,37 @@ def test_replay_through_the_gateway_answers_once(gateway, stack_settings, sendbi
 def test_replay_endpoint_rejects_a_bad_body_with_a_reason(gateway):
     r = requests.post(gateway.base_url + "/api/ops/poison/replay", data=b'{"queues": ["x"]}', timeout=10)
     assert r.status_code == 400 and "unknown queues" in r.json()["error"]["message"]
+
+
+def test_a_record_written_twice_is_listed_once(sender):
+    msg = inbound("hi", 51)
+    rec = record(msg)
+    sender.send_poison(rec)
+    sender.send_poison(rec)  # a poison trigger retried after writing its record
+    assert [e.message_id for e in list_poison(sender)] == [51]
+
+
+def test_replay_all_does_not_replay_twice_a_message_poisoned_again_during_the_scan(sender):
+    """Replay-all used to keep receiving until the queue was empty: a replayed message that failed again and
+    was poisoned anew during the scan was replayed a second time."""
+    sender.send_poison(record(inbound("hi", 61)))
+    [peeked] = sender.peek(poison_record_queue(INBOUND_QUEUE))
+    first_ms = int(peeked.inserted_on.timestamp() * 1000)  # Storage insertion times have one-second resolution
+    started = first_ms + 1000  # the replay starts one second after the first poisoning...
+    while now_ms() < first_ms + 2100:
+        time.sleep(0.1)
+    sender.send_poison(record(inbound("hi again", 62)))  # ...and this one is poisoned after it started
+    done = replay(sender, ReplayRequest(all=True, queues=[INBOUND_QUEUE]), started_ms=started)
+    assert [e.message_id for e in done] == [61]
+    assert [e.message_id for e in list_poison(sender)] == [62]  # left for the next replay, visible
+
+
+@pytest.mark.parametrize("mode", ["mask", "strict"])
+def test_the_listing_redacts_bodies_in_pii_modes(sender, mode):
+    from shared.telemetry import Redactor
+    msg = inbound("where is my order 20261119-0042?", 71)
+    sender.send_poison(record(msg))
+    [entry] = list_poison(sender)
+    shown = entry.to_dict(Redactor(mode, "k" * 32))["original"]
+    assert msg.user_id not in shown and "20261119" not in shown and msg.channel_url not in shown
+    assert entry.to_dict()["original"] == msg.to_queue_text()  # replay still has the real body

@@ -26,7 +26,7 @@ from azure.storage.queue import (
 )
 
 from shared.errors import TransientError
-from shared.models import PoisonRecord, poison_queue_name
+from shared.models import PoisonRecord, poison_record_queue
 
 log = logging.getLogger(__name__)
 
@@ -68,24 +68,26 @@ class QueueSender:
         except ResourceExistsError:
             pass
 
-    def send(self, queue: str, text: str, delay_seconds: float = 0) -> None:
-        """Put ``text`` (UTF-8 JSON) on ``queue``, invisible for ``delay_seconds`` (0..7 days).
+    def send(self, queue: str, text: str, delay_seconds: float = 0, *, keep_forever: bool = False) -> None:
+        """Put ``text`` (UTF-8 JSON) on ``queue``, invisible for ``delay_seconds`` (0..7 days); with
+        ``keep_forever`` the message never expires (time-to-live -1; default: Storage's 7 days).
 
         Creates the queue when missing. Raises :class:`TransientError` if Storage fails.
         """
         delay = max(0, min(int(round(delay_seconds)), MAX_VISIBILITY_DELAY_SECONDS))
+        options = {"visibility_timeout": delay or None, "time_to_live": -1 if keep_forever else None}
         try:
             try:
-                self.client(queue).send_message(text, visibility_timeout=delay or None)
+                self.client(queue).send_message(text, **options)
             except ResourceNotFoundError:
                 self.ensure_queue(queue)
-                self.client(queue).send_message(text, visibility_timeout=delay or None)
+                self.client(queue).send_message(text, **options)
         except AzureError as exc:
             raise TransientError(f"cannot send to queue {queue}: {type(exc).__name__}: {exc}") from exc
 
     def send_poison(self, record: PoisonRecord) -> None:
-        """Write ``record`` to ``<record.source_queue>-poison``."""
-        self.send(poison_queue_name(record.source_queue), record.model_dump_json())
+        """Write ``record`` to ``<record.source_queue>-poison-records`` (never expires: an operator decides)."""
+        self.send(poison_record_queue(record.source_queue), record.model_dump_json(), keep_forever=True)
         log.error("poisoned message from %s: %s (correlation_id=%s, message_id=%s, dequeue_count=%d)",
                   record.source_queue, record.reason, record.correlation_id, record.message_id,
                   record.dequeue_count)
