@@ -161,7 +161,8 @@ var stagingSlotName = 'staging'
 var modelsContainerName = 'models'
 var functionPackagesContainerName = 'function-packages'
 
-// Queue names are fixed in code (shared/models.py): inbound, one per route, reply, and each `<name>-poison`.
+// Queue names are fixed in code (shared/models.py): inbound, one per route, reply, each `<name>-poison` (the host's
+// poison queue) and each `<name>-poison-records` (the app's PoisonRecords, shared/models.poison_record_queue).
 var stageQueues = [
   'chat-inbound'
   'chat-reply'
@@ -174,7 +175,7 @@ var stageQueues = [
   'route-fallback'
   'route-unsupported'
 ]
-var queueNames = concat(stageQueues, map(stageQueues, q => '${q}-poison'))
+var queueNames = concat(stageQueues, map(stageQueues, q => '${q}-poison'), map(stageQueues, q => '${q}-poison-records'))
 
 // Queue-triggered functions (functions/*.py). They are disabled in the staging slot (slot setting), so a build
 // under test never consumes production messages; the swap applies production's values before it goes live.

@@ -31,7 +31,7 @@ import pytest
 
 from shared import signature
 from shared.intake import handle_webhook
-from shared.models import INBOUND_QUEUE, REPLY_QUEUE, Route, poison_queue_name
+from shared.models import INBOUND_QUEUE, REPLY_QUEUE, Route, poison_queue_name, poison_record_queue
 from shared.settings import SettingsError, load_settings, setting_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -616,9 +616,12 @@ def test_queues_match_the_code(bicep):
     stage = {INBOUND_QUEUE, REPLY_QUEUE} | {r.queue for r in Route}
     assert set(bicep.array_var("stageQueues")) == stage
     assert "map(stageQueues, q => '${q}-poison')" in bicep.vars["queueNames"]
+    assert "map(stageQueues, q => '${q}-poison-records')" in bicep.vars["queueNames"]
     assert all(poison_queue_name(q) == f"{q}-poison" for q in stage)
+    assert all(poison_record_queue(q) == f"{q}-poison-records" for q in stage)
     for q in stage:
         assert re.fullmatch(r"(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*", poison_queue_name(q))
+        assert re.fullmatch(r"(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*", poison_record_queue(q))
 
 
 def test_cosmos_database_and_containers(bicep):
