@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-MODEL  := intent_service/models/retail.joblib
+MODEL  := intent_service/models/retail.skops
 PY_REQS := requirements.txt requirements-dev.txt intent_service/requirements.txt localrunner/requirements.txt devstack/requirements.txt infra/requirements-dev.txt bench/requirements.txt
 
 .PHONY: install demo run test unit bench clean
@@ -48,4 +48,4 @@ unit: install
 	$(BIN)/python -m pytest tests -m "not stack" -k "not cosmos and not azurite and not standin and not intent-service" $(ARGS)
 
 clean:
-	rm -rf $(VENV) devstack/node_modules .stack $(MODEL)
+	rm -rf $(VENV) devstack/node_modules ops/kql/node_modules .stack $(MODEL)

@@ -18,16 +18,18 @@ from pathlib import Path
 from shared import poison_admin
 from shared.clients.queues import QueueSender
 from shared.settings import APP_ROOT, load_settings
+from shared.telemetry import Redactor
 
 
-def _sender(settings_file: Path) -> QueueSender:
+def _sender(settings_file: Path) -> tuple[QueueSender, Redactor]:
+    """The queue client and the PII redaction of the app's settings (bodies are shown as the PII mode allows)."""
     env = dict(os.environ)
     if settings_file.exists():
         env = {**json.loads(settings_file.read_text(encoding="utf-8")).get("Values", {}), **env}
     cfg = load_settings(env)
     s = cfg.settings
-    return QueueSender(s.azure_webjobs_storage, cfg.host.message_encoding, account_name=s.storage_account_name,
-                       client_id=s.storage_client_id)
+    return (QueueSender(s.azure_webjobs_storage, cfg.host.message_encoding, account_name=s.storage_account_name,
+                        client_id=s.storage_client_id), Redactor(s.telemetry_pii_mode, s.telemetry_pii_hash_key))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -44,11 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     rp.add_argument("--all", action="store_true")
     args = parser.parse_args(argv)
 
-    sender = _sender(args.settings)
+    sender, redactor = _sender(args.settings)
     if args.command == "list":
         entries = poison_admin.list_poison(sender)
         if args.json:
-            print(json.dumps([e.to_dict() for e in entries], ensure_ascii=False, indent=2))
+            print(json.dumps([e.to_dict(redactor) for e in entries], ensure_ascii=False, indent=2))
         else:
             for e in entries:
                 print(f"{e.source_queue:22} id={e.id} message_id={e.message_id} correlation_id={e.correlation_id}"
