@@ -23,7 +23,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from .entities import load_spec
 
 NONE_ALIASES = {"oos", "none", "out_of_scope", "outofscope"}
-DEFAULT_CLINC150 = "/work/shared/data/clinc150"
+#: CLINC150 Full as shipped in this repository (CC BY 3.0; see data/clinc150/README.md)
+DEFAULT_CLINC150 = Path(__file__).resolve().parent / "data" / "clinc150"
 
 
 class DataError(ValueError):

@@ -3,6 +3,8 @@ import csv
 import json
 import re
 
+from pathlib import Path
+
 import pytest
 
 from intent_service.cli import main
@@ -10,7 +12,7 @@ from intent_service.data import DataError, load_clinc150, clinc150_path, load_da
 from intent_service.entities import EntityExtractor, EntitySpecError
 from intent_service.model import load_model
 
-RETAIL = __import__("pathlib").Path(__file__).resolve().parents[1] / "data" / "retail"
+RETAIL = Path(__file__).resolve().parents[1] / "data" / "retail"
 
 
 def split_retail(tmp_path):
@@ -37,7 +39,7 @@ def split_retail(tmp_path):
 
 def test_train_and_evaluate_cli(tmp_path, capsys):
     train, test = split_retail(tmp_path)
-    out = tmp_path / "m.joblib"
+    out = tmp_path / "m.skops"
     assert main(["train", "--data", str(train), "--out", str(out), "--version", "t-1"]) == 0
     model = load_model(str(out))
     assert model.version == "t-1" and len(model.data_sha256) == 64
@@ -99,12 +101,19 @@ def test_entities_on_nfd_korean_and_overlaps():
     assert x.extract("파티 드레스") == [x.extract("파티 드레스")[0]]  # no "티" false positive
 
 
-@pytest.mark.skipif(not clinc150_path().is_file(), reason="CLINC150 not available")
-def test_clinc150_loader_and_export(tmp_path):
+def test_clinc150_loader_and_export(tmp_path, monkeypatch):
+    """CLINC150 is shipped in the repository: the default needs no argument and no machine path."""
+    monkeypatch.delenv("CLINC150_DIR", raising=False)
+    shipped = RETAIL.parent / "clinc150"
+    assert clinc150_path() == shipped / "data_full.json" and clinc150_path().is_file()
+    assert "CC BY 3.0" in (shipped / "README.md").read_text(encoding="utf-8")
+    assert "creativecommons.org/licenses/by/3.0" in (shipped / "README.md").read_text(encoding="utf-8")
     splits, sha = load_clinc150()
+    assert sha == "36923c3705a59e08fe9c3883d8bc2dd966ef93e22cb78ac41171782a698d56e0"
     assert len(sha) == 64
     assert len(splits["train"]) == 15000 + 100
     assert len(splits["val"]) == 3000 + 100 and len(splits["test"]) == 4500 + 1000
     assert splits["test"].intents.count("None") == 1000
     assert main(["clinc150", "--export", str(tmp_path)]) == 0
     assert sum(1 for _ in open(tmp_path / "test.jsonl", encoding="utf-8")) == 5500
+
