@@ -170,7 +170,56 @@ def parse_host_json(data: Mapping[str, Any], source: str = "host.json") -> HostC
     return cfg
 
 
-def load_host_json(app_root: str) -> HostConfig:
+#: App settings with this prefix override host.json values (case-insensitive), ``__`` (or ``:``) between
+#: the levels: ``AzureFunctionsJobHost__extensions__queues__maxDequeueCount``. azure-functions-host keeps
+#: host.json under the configuration section "AzureFunctionsJobHost" (Config/HostJsonFileConfigurationSource.cs,
+#: ConfigurationSectionNames.JobHost) and reads environment variables after it, so they win.
+HOST_OVERRIDE_PREFIX = "AzureFunctionsJobHost"
+_OVERRIDE_SPLIT_RE = re.compile(r"__|:")
+
+
+def host_setting_overrides(env: Mapping[str, str]) -> Dict[str, Any]:
+    """``{setting name: (path tuple, value)}`` for every ``AzureFunctionsJobHost__...`` app setting."""
+    out: Dict[str, Any] = {}
+    for name, value in env.items():
+        parts = _OVERRIDE_SPLIT_RE.split(name)
+        if len(parts) < 2 or parts[0].lower() != HOST_OVERRIDE_PREFIX.lower() or not all(parts[1:]):
+            continue
+        out[name] = (tuple(parts[1:]), value)
+    return out
+
+
+def _set_path(data: Dict[str, Any], path, value: Any) -> bool:
+    """Set ``data[path...] = value`` with case-insensitive keys; False if a level is not an object."""
+    node = data
+    for key in path[:-1]:
+        existing = next((k for k in node if k.lower() == key.lower()), None)
+        if existing is None:
+            node[key] = {}
+            existing = key
+        elif not isinstance(node[existing], dict):
+            return False
+        node = node[existing]
+    existing = next((k for k in node if k.lower() == path[-1].lower()), path[-1])
+    node[existing] = value
+    return True
+
+
+def apply_host_overrides(data: Mapping[str, Any], env: Mapping[str, str], source: str) -> Dict[str, Any]:
+    """host.json data with the ``AzureFunctionsJobHost__*`` app settings applied. Each override is validated
+    on its own first, so an error names the app setting (and the value)."""
+    merged = json.loads(json.dumps(data))  # deep copy
+    for name, (path, value) in sorted(host_setting_overrides(env).items()):
+        probe: Dict[str, Any] = {"version": "2.0"}
+        if _set_path(probe, path, value):
+            parse_host_json(probe, source=f"app setting {name}")
+        _set_path(merged, path, value)
+    return merged
+
+
+def load_host_json(app_root: str, env: Optional[Mapping[str, str]] = None) -> HostConfig:
+    """Read and validate APP_ROOT/host.json, with the app-setting overrides from ``env``
+    (default: no overrides)."""
     path = os.path.join(app_root, "host.json")
     if not os.path.isfile(path):
         raise ConfigError(f"{path}: not found (a Functions app root must contain host.json)")
@@ -179,6 +228,11 @@ def load_host_json(app_root: str) -> HostConfig:
             data = json.load(fh)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: invalid JSON: {exc}") from None
+    if env is not None and isinstance(data, Mapping):
+        overrides = host_setting_overrides(env)
+        if overrides:
+            data = apply_host_overrides(data, env, path)
+            return parse_host_json(data, source=f"{path} + {', '.join(sorted(overrides))}")
     return parse_host_json(data, source=path)
 
 

@@ -184,7 +184,9 @@ class Runner:
         for k, v in settings.values.items():
             if k not in os.environ:
                 self._setenv(k, v)
-        self.host_config = hc = load_host_json(self.app_root)
+        # host.json, then the AzureFunctionsJobHost__* app settings over it (environment, which now holds
+        # local.settings.json Values too)
+        self.host_config = hc = load_host_json(self.app_root, os.environ)
         if self.requested_port is not None:
             port = self.requested_port
         elif settings.local_http_port is not None:
