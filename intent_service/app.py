@@ -51,15 +51,22 @@ class BadRequest(Exception):
 
 
 class ModelHolder:
-    """Loads the model in a background thread, retrying with back-off."""
+    """Loads the model in a background thread, retrying with back-off.
+
+    What went wrong is logged (URLs without their query string); HTTP responses get only
+    ``reason()``: a fixed reason code and the error's class name, never a path, URL or message.
+    """
 
     def __init__(self, source: Optional[str], sha256: Optional[str] = None,
-                 max_backoff: float = 30.0):
+                 max_backoff: float = 30.0, max_bytes: Optional[int] = None):
+        from .model import DEFAULT_MAX_MODEL_BYTES
+
         self.source = source
         self.sha256 = sha256
+        self.max_bytes = max_bytes or DEFAULT_MAX_MODEL_BYTES
         self.max_backoff = max_backoff
         self.model = None
-        self.last_error: Optional[str] = None
+        self.last_error_class: Optional[str] = None
         self.load_seconds: Optional[float] = None
         self.started = time.perf_counter()
         self._stop = threading.Event()
@@ -68,6 +75,14 @@ class ModelHolder:
     @property
     def ready(self) -> bool:
         return self.model is not None
+
+    def reason(self) -> Dict[str, str]:
+        """Why the model is not there, safe to show without a key."""
+        if not self.source:
+            return {"code": "model_not_configured"}
+        if self.last_error_class:
+            return {"code": "model_load_failed", "errorClass": self.last_error_class}
+        return {"code": "model_not_loaded"}
 
     def start(self) -> None:
         if self._thread is None:
@@ -78,26 +93,32 @@ class ModelHolder:
         self._stop.set()
 
     def _run(self) -> None:
-        from .model import load_model, redact_url
+        from .model import ModelConfigError, load_model, redact_url, scrub_urls
 
         if not self.source:
-            self.last_error = "no model configured (set --model or INTENT_MODEL)"
-            log.error(self.last_error)
+            log.error("no model configured (set --model or INTENT_MODEL)")
             return
         delay = 1.0
         while not self._stop.is_set():
             try:
-                model = load_model(self.source, expected_sha256=self.sha256)
+                model = load_model(self.source, expected_sha256=self.sha256,
+                                   max_bytes=self.max_bytes)
                 self.load_seconds = time.perf_counter() - self.started
                 self.model = model
-                self.last_error = None
-                log.info("ready: model %s (data sha256 %s) from %s, %.2fs after start",
-                         model.version, model.data_sha256[:12], redact_url(self.source),
-                         self.load_seconds)
+                self.last_error_class = None
+                log.info("ready: model %s (data sha256 %s, file sha256 %s) from %s, %.2fs after start",
+                         model.version, model.data_sha256[:12], model.file_sha256[:12],
+                         redact_url(self.source), self.load_seconds)
                 return
             except Exception as exc:  # keep serving liveness; retry later
-                self.last_error = str(exc)
-                log.error("model load failed (retrying in %.0fs): %s", delay, exc)
+                self.last_error_class = type(exc).__name__
+                detail = scrub_urls(str(exc))
+                if isinstance(exc, ModelConfigError):  # the settings will not change: no retry
+                    log.error("model load failed, not retrying (fix the settings): %s: %s",
+                              self.last_error_class, detail)
+                    return
+                log.error("model load failed (retrying in %.0fs): %s: %s", delay,
+                          self.last_error_class, detail)
                 self._stop.wait(delay)
                 delay = min(delay * 2, self.max_backoff)
 
@@ -148,19 +169,21 @@ def parse_added_latency_ms(value: Any) -> float:
 
 
 def create_app(model_source: Optional[str] = None, api_key: Optional[str] = None,
-               model_sha256: Optional[str] = None, added_latency_ms: float = 0.0) -> Starlette:
+               model_sha256: Optional[str] = None, added_latency_ms: float = 0.0,
+               model_max_bytes: Optional[int] = None) -> Starlette:
     """``added_latency_ms``: extra delay of every prediction answer (benchmarks: a slow model). It is an
-    ``asyncio.sleep``, so the event loop keeps serving other requests meanwhile."""
-    holder = ModelHolder(model_source, model_sha256)
+    ``asyncio.sleep``, so the event loop keeps serving other requests meanwhile.
+    ``model_max_bytes``: the largest model file accepted (default 200 MiB)."""
+    holder = ModelHolder(model_source, model_sha256, max_bytes=model_max_bytes)
     added_latency_s = parse_added_latency_ms(added_latency_ms) / 1000.0
     key_bytes = api_key.encode("utf-8") if api_key else None
 
     def not_ready():
-        msg = "The model is not loaded yet; retry later."
-        if holder.last_error:
-            msg += " Last load error: " + holder.last_error
-        return error(503, "ServiceUnavailable", msg,
-                     headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+        # no path, URL or error message here: these endpoints need no key (details are logged)
+        return JSONResponse({"error": {"code": "ServiceUnavailable",
+                                       "message": "The model is not loaded yet; retry later.",
+                                       "innererror": holder.reason()}},
+                            status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
     def model_headers(model) -> Dict[str, str]:
         return {"x-model-version": model.version, "x-model-data-sha256": model.data_sha256}
@@ -176,13 +199,16 @@ def create_app(model_source: Optional[str] = None, api_key: Optional[str] = None
                             headers=model_headers(model))
 
     async def model_info(request: Request):
-        from .model import redact_url
+        from .model import is_url
 
         model = holder.model
         if model is None:
             return not_ready()
         info = model.info()
-        info["source"] = redact_url(holder.source or "")
+        # the digest of the bytes that were loaded; never the path or URL they came from
+        info["model_sha256"] = model.file_sha256
+        info["model_sha256_pinned"] = bool(holder.sha256)
+        info["source_kind"] = "url" if is_url(holder.source or "") else "file"
         info["loadSeconds"] = holder.load_seconds
         return JSONResponse(info, headers=model_headers(model))
 
@@ -255,9 +281,11 @@ def create_app(model_source: Optional[str] = None, api_key: Optional[str] = None
 def create_app_from_env() -> Starlette:
     """Factory for ``uvicorn --factory`` and multi-worker runs (config from env)."""
     from .cli import configure_logging
+    from .model import parse_max_model_bytes
 
     configure_logging()
     return create_app(model_source=os.environ.get("INTENT_MODEL"),
                       api_key=os.environ.get("INTENT_API_KEY") or None,
                       model_sha256=os.environ.get("INTENT_MODEL_SHA256") or None,
-                      added_latency_ms=parse_added_latency_ms(os.environ.get("INTENT_ADDED_LATENCY_MS")))
+                      added_latency_ms=parse_added_latency_ms(os.environ.get("INTENT_ADDED_LATENCY_MS")),
+                      model_max_bytes=parse_max_model_bytes(os.environ.get("INTENT_MODEL_MAX_BYTES")))

@@ -15,7 +15,7 @@ from typing import List, Optional
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_RETAIL_DATA = PACKAGE_DIR / "data" / "retail"
-DEFAULT_RETAIL_MODEL = PACKAGE_DIR / "models" / "retail.joblib"
+DEFAULT_RETAIL_MODEL = PACKAGE_DIR / "models" / "retail.skops"
 DEFAULT_PORT = 5088
 
 
@@ -66,15 +66,15 @@ def cmd_build_retail(args) -> int:
     out = Path(args.out)
     ds = load_dataset(DEFAULT_RETAIL_DATA)
     if out.is_file() and not args.force:
-        try:
-            import joblib
+        from .model import ModelLoadError, load_model
 
-            meta = joblib.load(out).get("meta", {})
+        try:
+            meta = load_model(str(out)).meta
             if meta.get("data_sha256") == ds.sha256:
                 print(f"{out} is up to date (version {meta.get('version')}, "
                       f"data sha256 {ds.sha256[:12]})")
                 return 0
-        except Exception as exc:  # unreadable model: rebuild it
+        except ModelLoadError as exc:  # unreadable model: rebuild it
             print(f"rebuilding unreadable {out}: {exc}")
     ns = argparse.Namespace(data=str(DEFAULT_RETAIL_DATA), entities=None, val=None,
                             out=str(out), C=1.0, threshold=None, oos_recall_target=0.9,
@@ -87,7 +87,7 @@ def cmd_evaluate(args) -> int:
     from .model import load_model
     from .training import evaluate_model, format_figures
 
-    model = load_model(args.model)
+    model = load_model(args.model, expected_sha256=args.model_sha256)
     ds = load_dataset(args.data, args.entities) if args.entities else load_dataset(args.data)
     fig = evaluate_model(model, ds)
     print(f"model {model.version} (data sha256 {model.data_sha256[:12]}), "
@@ -143,15 +143,29 @@ def cmd_clinc150(args) -> int:
 def cmd_serve(args) -> int:
     import uvicorn
 
-    from .model import redact_url
+    from .model import (ModelConfigError, check_url, is_url, parse_max_model_bytes,
+                        parse_sha256_pin, redact_url)
 
     configure_logging(args.log_level)
+    # settings that can never load a model stop here (exit 2) rather than leave readiness at 503
+    try:
+        pin = parse_sha256_pin(args.model_sha256)
+        if is_url(args.model):
+            check_url(args.model)
+            if pin is None:
+                raise ModelConfigError(f"model URL {redact_url(args.model)} needs a SHA-256 pin "
+                                       "(--model-sha256 or INTENT_MODEL_SHA256)")
+        max_bytes = parse_max_model_bytes(args.model_max_bytes)
+    except (ModelConfigError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     # the factory reads its configuration from the environment, so every worker gets it
     os.environ["INTENT_MODEL"] = args.model
+    os.environ["INTENT_MODEL_MAX_BYTES"] = str(max_bytes)
     if args.key:
         os.environ["INTENT_API_KEY"] = args.key
-    if args.model_sha256:
-        os.environ["INTENT_MODEL_SHA256"] = args.model_sha256
+    if pin:
+        os.environ["INTENT_MODEL_SHA256"] = pin
     if args.added_latency_ms is not None:
         from .app import parse_added_latency_ms
 
@@ -193,13 +207,16 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--name", help="model name used in the default version")
     t.set_defaults(func=cmd_train)
 
-    b = sub.add_parser("build-retail", help="build models/retail.joblib (skips if up to date)")
+    b = sub.add_parser("build-retail", help="build models/retail.skops (skips if up to date)")
     b.add_argument("--out", default=str(DEFAULT_RETAIL_MODEL))
     b.add_argument("--force", action="store_true")
     b.set_defaults(func=cmd_build_retail)
 
     e = sub.add_parser("evaluate", help="accuracy, OOS recall and confusions on a dataset")
-    e.add_argument("--model", default=str(DEFAULT_RETAIL_MODEL), help="model path or URL")
+    e.add_argument("--model", default=str(DEFAULT_RETAIL_MODEL), help="model path or https URL")
+    e.add_argument("--model-sha256", default=os.environ.get("INTENT_MODEL_SHA256"),
+                   help="expected SHA-256 of the model file; required for a URL "
+                        "(env INTENT_MODEL_SHA256)")
     e.add_argument("--data", required=True, help="CSV/JSONL file or directory")
     e.add_argument("--entities", help=argparse.SUPPRESS)
     e.add_argument("--top", type=int, default=15, help="confusions to list")
@@ -208,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("clinc150", help="train/tune/evaluate on CLINC150 Full")
     c.add_argument("--clinc-dir", default=None,
-                   help="directory with data_full.json (default /work/shared/data/clinc150 "
-                        "or $CLINC150_DIR)")
+                   help="directory with data_full.json (default: $CLINC150_DIR, else the copy "
+                        "shipped in intent_service/data/clinc150)")
     c.add_argument("--C", type=float, default=1.0)
     c.add_argument("--out", help="also save the CLINC150 model here")
     c.add_argument("--export", metavar="DIR",
@@ -219,9 +236,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the HTTP service (uvicorn)")
     s.add_argument("--model", default=os.environ.get("INTENT_MODEL", str(DEFAULT_RETAIL_MODEL)),
-                   help="model path or http(s) URL (env INTENT_MODEL)")
+                   help="skops model path or https URL (env INTENT_MODEL)")
     s.add_argument("--model-sha256", default=os.environ.get("INTENT_MODEL_SHA256"),
-                   help="expected SHA-256 of the model file (env INTENT_MODEL_SHA256)")
+                   help="expected SHA-256 of the model file; required for a URL "
+                        "(env INTENT_MODEL_SHA256)")
+    s.add_argument("--model-max-bytes", default=os.environ.get("INTENT_MODEL_MAX_BYTES"),
+                   help="largest model file accepted, in bytes (env INTENT_MODEL_MAX_BYTES; "
+                        "default 209715200 = 200 MiB)")
     s.add_argument("--host", default=os.environ.get("HOST", "127.0.0.1"))
     s.add_argument("--port", type=int, default=int(os.environ.get("PORT", DEFAULT_PORT)))
     s.add_argument("--key", default=os.environ.get("INTENT_API_KEY"),

@@ -21,7 +21,7 @@ from pathlib import Path
 import requests
 
 REPO = Path(__file__).resolve().parents[2]
-MODEL = REPO / "intent_service" / "models" / "retail.joblib"
+MODEL = REPO / "intent_service" / "models" / "retail.skops"
 API = "/language/:analyze-conversations?api-version=2023-04-01"
 TEXTS = ["where is my order 20261119-0042?", "주문번호 20261119-0042 배송 조회해 주세요",
          "검정 운동화 270 사이즈 있어요?", "do you have a denim jacket at Hanbit Mall",

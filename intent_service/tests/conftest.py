@@ -81,7 +81,7 @@ def retail_model_path(tmp_path_factory) -> Path:
     from intent_service.data import load_dataset
     from intent_service.training import train_model
 
-    out = tmp_path_factory.mktemp("model") / "retail.joblib"
+    out = tmp_path_factory.mktemp("model") / "retail.skops"
     model = train_model(load_dataset(RETAIL_DATA), name="retail-test", oos_recall_target=0.9)
     model.save(str(out))
     return out
@@ -109,8 +109,8 @@ def server(retail_model_path):
 def start_server():
     started = []
 
-    def _start(model: str, key: str | None = None) -> Server:
-        srv = Server(model, key)
+    def _start(model: str, key: str | None = None, extra_env: dict | None = None) -> Server:
+        srv = Server(model, key, extra_env=extra_env)
         started.append(srv)
         return srv
 
