@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--module", default="function_app", help="script module name (default function_app)")
     p.add_argument("--lease-seconds", type=int, default=None,
                    help="visibility window while a message is processed, renewed every half window "
-                        "(default: env LOCALRUNNER_LEASE_SECONDS or 60)")
+                        "(default: env LOCALRUNNER_LEASE_SECONDS or 600, the host's 10 minutes)")
     p.add_argument("--shutdown-timeout", type=float, default=30.0,
                    help="seconds to wait for in-flight invocations on SIGTERM/SIGINT (default 30)")
     p.add_argument("--log-level", default="INFO", help="logging level (default INFO)")

@@ -17,7 +17,9 @@ from .queues import QueueListener, QueueService
 log = logging.getLogger("localrunner")
 
 DEFAULT_PORT = 7071
-DEFAULT_LEASE_SECONDS = 60
+#: The host receives queue messages with a 10-minute visibility timeout, renewed at half-time
+#: (azure-sdk-for-net ... Storage.Common/src/Shared/Queues/QueueListener.cs: _visibilityTimeout).
+DEFAULT_LEASE_SECONDS = 600
 
 
 class Runner:
