@@ -24,6 +24,12 @@ class FunctionLoadError(ConfigError):
 
 
 DEFAULT_CONNECTION = "AzureWebJobsStorage"
+#: azure-functions-host ScriptHost.ValidateHttpFunction: the host's own API lives under these.
+RESERVED_ROUTE_PREFIXES = ("admin", "runtime")
+RESERVED_ROUTE_MESSAGE = "The specified route conflicts with one or more built in routes."
+# Binding names (azure-functions-host Utility.ValidateBinding, used by WorkerFunctionMetadataProvider):
+# a letter, then letters and digits; snake_case is accepted since host 4.1038, a double underscore is not.
+_BINDING_NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,127}$")
 _QUEUE_NAME_RE = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
 _EXPR_RE = re.compile(r"%([^%]+)%")
 
@@ -73,6 +79,11 @@ class FunctionSpec:
     outputs: List[OutputSpec] = field(default_factory=list)
     wants_context: bool = False
     directory: str = ""
+
+    @property
+    def has_return(self) -> bool:
+        """A ``$return`` output binding exists (the worker fails a non-None return value otherwise)."""
+        return any(o.name == "$return" for o in self.outputs)
 
     @property
     def trigger_type(self) -> str:
@@ -139,8 +150,30 @@ def resolve_connection(name: Optional[str], env: Mapping[str, str], *, what: str
     )
 
 
+def validate_binding_name(name: Any, *, what: str) -> None:
+    """The host refuses binding names other than ``$return`` and letter-first alphanumerics (single
+    underscores allowed); the message is the host's."""
+    if name == "$return":
+        return
+    if not isinstance(name, str) or not _BINDING_NAME_RE.match(name) or "__" in name:
+        raise FunctionLoadError(
+            f"{what}: The binding name {name} is invalid. Please assign a valid name to the binding."
+        )
+
+
+def is_reserved_route(route: str) -> bool:
+    """ScriptHost.ValidateHttpFunction: the declared route (no routePrefix), trimmed of '/', lower-cased,
+    must not *start with* 'admin' or 'runtime' (a plain string prefix: 'administration/x' is refused too)."""
+    return route.strip("/").lower().startswith(RESERVED_ROUTE_PREFIXES)
+
+
 def _enum_value(v: Any) -> str:
     return str(getattr(v, "value", v))
+
+
+def _set_repr(names) -> str:
+    """The worker prints a Python set; sorted here so the message is stable."""
+    return "{" + ", ".join(repr(n) for n in sorted(names)) + "}"
 
 
 # -- loading ------------------------------------------------------------------
@@ -211,6 +244,8 @@ def build_specs(app, env: Mapping[str, str], app_root: str) -> List[FunctionSpec
         ttype = trigger.type
         binding_params: Dict[str, str] = {}
         for b in f.get_bindings():
+            validate_binding_name(b.name, what=what)
+        for b in f.get_bindings():
             btype = b.type
             direction = _enum_value(getattr(b, "_direction", getattr(b, "direction", "")))
             bname = b.name
@@ -235,7 +270,11 @@ def build_specs(app, env: Mapping[str, str], app_root: str) -> List[FunctionSpec
             )
         if ttype == "httpTrigger":
             methods = getattr(trigger, "methods", None)
-            route = getattr(trigger, "route", None) or name
+            route = getattr(trigger, "route", None)
+            if route is None or not str(route).strip():
+                route = name  # the host's default: the function name
+            if is_reserved_route(route):
+                raise FunctionLoadError(f"{what}: route '{route}': {RESERVED_ROUTE_MESSAGE}")
             auth = _enum_value(getattr(trigger, "auth_level", None) or "function").lower()
             spec.http = HttpTriggerSpec(
                 param=trigger.name,
@@ -254,7 +293,8 @@ def build_specs(app, env: Mapping[str, str], app_root: str) -> List[FunctionSpec
             )
         binding_params[trigger.name] = ttype
 
-        # parameters vs bindings, like the worker's loader checks
+        # parameters vs bindings, like the worker's Registry.add_indexed_function (functions.py): every
+        # Python parameter except an unbound 'context' needs a binding, whatever its default value or kind
         sig = inspect.signature(user_fn)
         params = dict(sig.parameters)
         try:
@@ -264,17 +304,17 @@ def build_specs(app, env: Mapping[str, str], app_root: str) -> List[FunctionSpec
         if "context" in params and "context" not in binding_params:
             spec.wants_context = True
             params.pop("context")
-        missing_in_py = [b for b in binding_params if b not in params]
-        extra_in_py = [p for p, prm in params.items() if p not in binding_params
-                       and prm.kind not in (prm.VAR_KEYWORD, prm.VAR_POSITIONAL)
-                       and prm.default is inspect.Parameter.empty]
-        if missing_in_py:
-            raise FunctionLoadError(
-                f"{what}: the following parameters are declared in bindings but not in Python: {sorted(missing_in_py)}"
-            )
+        extra_in_py = set(params) - set(binding_params)
+        missing_in_py = set(binding_params) - set(params)
         if extra_in_py:
             raise FunctionLoadError(
-                f"{what}: the following parameters are declared in Python but not in bindings: {sorted(extra_in_py)}"
+                f"cannot load the {name} function: the following parameters are declared in Python but not in "
+                f"function.json: {_set_repr(extra_in_py)}"
+            )
+        if missing_in_py:
+            raise FunctionLoadError(
+                f"cannot load the {name} function: the following parameters are declared in function.json but "
+                f"not in Python: {_set_repr(missing_in_py)}"
             )
         if spec.queue:
             spec.queue.param_type = hints.get(spec.queue.param)

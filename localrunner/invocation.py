@@ -309,6 +309,11 @@ class Invoker:
         result = InvocationResult(ok=False, invocation_id=invocation_id, outs=outs)
         try:
             ret = self.engine.call(spec.func, spec.is_async, kwargs)
+            if ret is not None and not spec.has_return:
+                # the worker's own check (dispatcher.py), message as the worker writes it (no space before
+                # "returned")
+                raise RuntimeError(f"function {spec.name!r} without a $return binding"
+                                   "returned a non-None value")
             result.return_value = ret
             self._flush_queue_outputs(spec, ret, outs)
             result.ok = True

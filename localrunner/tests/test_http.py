@@ -107,7 +107,7 @@ def test_keep_alive(runner):
 
 
 def test_keys_not_enforced_without_function_key(runner):
-    assert requests.get(runner.url("admin-only"), timeout=5).status_code == 200
+    assert requests.get(runner.url("keyed-admin"), timeout=5).status_code == 200
 
 
 def test_function_key_enforced(azurite, helpers):
@@ -119,8 +119,8 @@ def test_function_key_enforced(azurite, helpers):
         assert requests.post(r.url("enqueue"), data=b"x", headers={"x-functions-key": "s3cret"},
                              timeout=5).status_code == 202
         assert requests.post(r.url("enqueue") + "?code=s3cret", data=b"x", timeout=5).status_code == 202
-        assert requests.get(r.url("admin-only"), timeout=5).status_code == 401
-        assert requests.get(r.url("admin-only") + "?code=s3cret", timeout=5).status_code == 200
+        assert requests.get(r.url("keyed-admin"), timeout=5).status_code == 401
+        assert requests.get(r.url("keyed-admin") + "?code=s3cret", timeout=5).status_code == 200
         assert requests.get(r.url("hello"), timeout=5).status_code == 200  # anonymous
         assert r.function_stats("http_enqueue")["invocations"] == 2
 

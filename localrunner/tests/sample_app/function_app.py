@@ -60,7 +60,7 @@ def http_enqueue(req: func.HttpRequest, out: func.Out[str]) -> func.HttpResponse
     return func.HttpResponse("queued", status_code=202)
 
 
-@app.route(route="admin-only", auth_level=func.AuthLevel.ADMIN)
+@app.route(route="keyed-admin", auth_level=func.AuthLevel.ADMIN)
 def http_admin_only(req: func.HttpRequest) -> func.HttpResponse:
     return func.HttpResponse("admin ok")
 
