@@ -24,6 +24,7 @@ import azure.functions as func
 from azure.functions import _queue as azf_queue
 
 from .app_loader import FunctionSpec, QueueTarget
+from .hostjson import HostJsonError, host_messages, to_string
 
 host_log = logging.getLogger("localrunner.host")
 
@@ -217,31 +218,53 @@ class ExecutionEngine:
 
 # -- queue output encoding -------------------------------------------------------
 
+def _envelope(msg: azf_queue.QueueMessage) -> str:
+    """A QueueMessage set on an output: the worker sends the JSON ``{"id": ..., "body": ...}``
+    (azure-functions ``QueueMessageOutConverter.encode``) and the host writes that object, indented."""
+    return to_string({"id": msg.id, "body": msg.get_body().decode("utf-8")})
+
+
 def output_messages(value: Any, *, binding: str) -> List[bytes]:
-    """Convert what a function set on a queue output into message payloads."""
+    """The message payloads the host writes for what a function set on a queue output.
+
+    * ``str``: the host's JSON handling (``hostjson.host_messages``): a JSON object is re-serialized
+      indented, a JSON array becomes one message per element, JSON-looking text that does not parse
+      raises ``HostJsonError`` (the invocation fails after the function returned);
+    * ``bytes``: sent as is;
+    * ``QueueMessage``: its ``{"id", "body"}`` JSON envelope (not just the body);
+    * a list of ``str`` / ``QueueMessage``: one message per item, strings as they are (the worker sends the
+      list as JSON, the host reads it without date parsing and writes each string unchanged); ``bytes``
+      items are refused by the worker.
+    """
     if value is None:
         return []
     if isinstance(value, str):
-        return [value.encode("utf-8")]
+        try:
+            return [m.encode("utf-8") for m in host_messages(value)]
+        except HostJsonError as exc:
+            raise HostJsonError(
+                f"queue output '{binding}': the host parses a string that starts and ends like a JSON object or "
+                f"array (Newtonsoft JToken.Parse) and it does not parse: {exc}. Nothing was sent; the "
+                "invocation fails"
+            ) from None
     if isinstance(value, (bytes, bytearray)):
         return [bytes(value)]
     if isinstance(value, azf_queue.QueueMessage):
-        return [value.get_body()]
+        return [_envelope(value).encode("utf-8")]
     if isinstance(value, collections.abc.Iterable) and not isinstance(value, (dict, collections.abc.Mapping)):
         out: List[bytes] = []
         for item in value:
             if isinstance(item, str):
                 out.append(item.encode("utf-8"))
-            elif isinstance(item, (bytes, bytearray)):
-                out.append(bytes(item))
             elif isinstance(item, azf_queue.QueueMessage):
-                out.append(item.get_body())
+                out.append(_envelope(item).encode("utf-8"))
             else:
-                raise TypeError(f"queue output '{binding}': invalid item type in message list: {type(item).__name__}")
+                raise TypeError(f"queue output '{binding}': invalid data type in output queue message list: "
+                                f"{type(item).__name__} (str or QueueMessage items only, as in the worker)")
         return out
     raise TypeError(
         f"queue output '{binding}': unsupported value type {type(value).__name__} (use str, bytes, "
-        "QueueMessage or a list of them; serialise JSON yourself)"
+        "QueueMessage or a list of str/QueueMessage; serialise JSON yourself)"
     )
 
 

@@ -96,6 +96,8 @@ def unique_queues(tag: str = "") -> dict:
         "Q_SLOW": f"t{s}-{t}slow",
         "Q_RET_IN": f"t{s}-{t}ret-in",
         "Q_RET_OUT": f"t{s}-{t}ret-out",
+        "Q_RELAY_IN": f"t{s}-{t}relay-in",
+        "Q_RELAY_OUT": f"t{s}-{t}relay-out",
     }
 
 

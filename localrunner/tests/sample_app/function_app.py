@@ -21,6 +21,7 @@ FLAKY_SEEN = []        # dequeue counts observed
 SINK_SEEN = []         # bodies that reached the sink
 SLOW_DONE = []         # bodies of finished slow invocations
 ALWAYS_FAILS_SEEN = []  # dequeue counts observed
+RELAY_SEEN = []        # bodies the relay returned
 
 
 @app.route(route="items/{category}/{id:int}", methods=["GET", "POST"])
@@ -123,3 +124,12 @@ def slow(msg: str) -> None:
 @app.queue_output(arg_name="$return", queue_name="%Q_RET_OUT%", connection="AzureWebJobsStorage")
 def echo_return(msg: bytes) -> str:
     return "echo:" + msg.decode("utf-8")
+
+
+@app.queue_trigger(arg_name="msg", queue_name="%Q_RELAY_IN%", connection="AzureWebJobsStorage")
+@app.queue_output(arg_name="$return", queue_name="%Q_RELAY_OUT%", connection="AzureWebJobsStorage")
+def relay(msg: str) -> str:
+    """Returns its message text unchanged: the host re-serializes JSON-looking text on the way out."""
+    with _lock:
+        RELAY_SEEN.append(msg)
+    return msg
