@@ -16,9 +16,10 @@ from typing import Mapping
 
 from devstack.stack import DEFAULT_PORTS, FunctionsRunner, LocalStack
 from devstack.telemetry_sink import TelemetrySinkService
+from intent_service.cli import DEFAULT_RETAIL_MODEL
 
 ROOT = Path(__file__).resolve().parent.parent
-RETAIL_MODEL = ROOT / "intent_service" / "models" / "retail.joblib"
+RETAIL_MODEL = DEFAULT_RETAIL_MODEL
 #: The token the sample webhooks in tests/fixtures/sendbird were signed with; used by the local stack.
 LOCAL_API_TOKEN = "0123456789abcdef0123456789abcdef01234567"
 BOT_USER_ID = "ssg_bot"
