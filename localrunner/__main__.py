@@ -65,13 +65,15 @@ def main(argv=None) -> int:
         return 2
     while not stop_requested.wait(0.5):
         pass
+    orphans = runner.orphans_running
     drained = runner.stop(timeout=args.shutdown_timeout)
-    if not drained:
-        # sync functions still running cannot be interrupted; do not wait for them at exit
+    if not drained or orphans or runner.orphans_running:
+        # sync functions still running (not drained, or abandoned by a worker restart) cannot be
+        # interrupted; do not let the interpreter wait for their threads at exit
         logging.shutdown()
         sys.stdout.flush()
         sys.stderr.flush()
-        os._exit(1)
+        os._exit(0 if drained else 1)
     return 0
 
 

@@ -1,10 +1,12 @@
 """Invoking user functions like the Python worker: parameters, context, outputs.
 
 Sync functions run on a thread pool (PYTHON_THREADPOOL_THREAD_COUNT), async
-ones on a dedicated asyncio event-loop thread. functionTimeout is enforced by
-giving up on the invocation (counted and logged as a failure); a sync thread
-cannot be killed, so it keeps running in the background (the real host would
-recycle the worker process instead).
+ones on a dedicated asyncio event-loop thread; pool and loop together stand for
+the language worker process. When an invocation exceeds functionTimeout the host
+restarts that worker process, so *every* invocation in flight in it fails; here
+the worker's pool and loop are abandoned and replaced (threads cannot be
+killed: an abandoned thread may still finish, but its result and outputs are
+discarded).
 """
 from __future__ import annotations
 
@@ -31,6 +33,10 @@ host_log = logging.getLogger("localrunner.host")
 
 class InvocationTimeout(Exception):
     pass
+
+
+class WorkerRestarted(Exception):
+    """The invocation was in flight in a worker process that the host restarted."""
 
 
 # -- binding objects ------------------------------------------------------------
@@ -149,6 +155,7 @@ class Stats:
         self._lock = threading.Lock()
         self.functions: Dict[str, Dict[str, int]] = {}
         self.listeners: Dict[str, Dict[str, int]] = {}
+        self.worker_restarts = 0
 
     def register_function(self, name: str) -> None:
         with self._lock:
@@ -164,56 +171,189 @@ class Stats:
             d = self.listeners.setdefault(function, {})
             d[counter] = d.get(counter, 0) + n
 
+    def inc_worker_restarts(self) -> int:
+        with self._lock:
+            self.worker_restarts += 1
+            return self.worker_restarts
+
     def snapshot(self) -> Dict[str, Any]:
         with self._lock:
             return {
                 "functions": {k: dict(v) for k, v in self.functions.items()},
                 "listeners": {k: dict(v) for k, v in self.listeners.items()},
+                "worker_restarts": self.worker_restarts,
             }
 
 
 # -- execution engine -------------------------------------------------------------
 
-class ExecutionEngine:
-    def __init__(self, thread_count: int, function_timeout: Optional[float]):
-        self.thread_count = thread_count
-        self.function_timeout = function_timeout
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=thread_count, thread_name_prefix="func-worker")
-        self._loop = asyncio.new_event_loop()
-        self._loop_thread = threading.Thread(target=self._run_loop, name="func-asyncio", daemon=True)
-        self._loop_thread.start()
+def _timespan(seconds: float) -> str:
+    whole = int(seconds)
+    text = f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{whole % 60:02d}"
+    frac = seconds - whole
+    return text + (f"{frac:.3f}"[1:] if frac else "")
+
+
+class _Worker:
+    """One 'language worker process': a thread pool for sync functions and an event loop for async ones."""
+
+    def __init__(self, number: int, thread_count: int):
+        self.number = number
+        self.pool = concurrent.futures.ThreadPoolExecutor(max_workers=thread_count,
+                                                          thread_name_prefix=f"func-worker{number}")
+        self.loop = asyncio.new_event_loop()
+        self.loop_thread = threading.Thread(target=self._run_loop, name=f"func-asyncio{number}", daemon=True)
+        self.loop_thread.start()
+        self.calls: set = set()
+        self.dead = False
 
     def _run_loop(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        self._loop.run_forever()
-
-    def call(self, fn: Callable, is_async: bool, kwargs: Dict[str, Any]) -> Any:
-        timeout = self.function_timeout
-        if is_async:
-            fut = asyncio.run_coroutine_threadsafe(fn(**kwargs), self._loop)
-            try:
-                return fut.result(timeout)
-            except concurrent.futures.TimeoutError:
-                fut.cancel()
-                raise InvocationTimeout(f"Timeout value of {timeout}s exceeded by function") from None
-        fut = self._pool.submit(fn, **kwargs)
+        asyncio.set_event_loop(self.loop)
         try:
-            return fut.result(timeout)
-        except concurrent.futures.TimeoutError:
-            raise InvocationTimeout(
-                f"Timeout value of {timeout}s exceeded by function (the thread keeps running; "
-                "the real host would restart the worker)"
-            ) from None
+            self.loop.run_forever()
+            pending = [t for t in asyncio.all_tasks(self.loop) if not t.done()]
+            for t in pending:
+                t.cancel()
+            if pending:
+                self.loop.run_until_complete(asyncio.wait(pending, timeout=5))
+        except Exception:  # noqa: BLE001 - a dying worker must not take the runner down
+            pass
+        finally:
+            try:
+                self.loop.close()
+            except Exception:  # noqa: BLE001
+                pass
+
+    def kill(self) -> None:
+        """Abandon: cancel queued sync calls and async tasks, stop the loop; running threads are left alone."""
+        self.dead = True
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        try:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+        except RuntimeError:  # loop already closed
+            pass
+
+
+class _Call:
+    """One invocation running in a worker."""
+
+    def __init__(self, worker: _Worker, function: str, invocation_id: str):
+        self.worker = worker
+        self.function = function
+        self.invocation_id = invocation_id
+        self.wake = threading.Event()
+        self.future: Optional[concurrent.futures.Future] = None
+        self.completed = False
+        self.state = "running"  # running | finished | timed_out | abandoned
+        self.cause = ""  # for an abandoned call: the invocation whose timeout restarted the worker
+
+
+class ExecutionEngine:
+    def __init__(self, thread_count: int, function_timeout: Optional[float], stats: Optional["Stats"] = None):
+        self.thread_count = thread_count
+        self.function_timeout = function_timeout
+        self.stats = stats
+        self._lock = threading.Lock()
+        self._worker = _Worker(1, thread_count)
+        self._orphans: set = set()  # abandoned calls whose code may still be running
+        self.restarts = 0
+
+    @property
+    def orphans_running(self) -> int:
+        """Abandoned invocations (restarted worker) whose code is still running in a thread."""
+        with self._lock:
+            return len(self._orphans)
+
+    def _on_done(self, call: _Call, fut: concurrent.futures.Future) -> None:
+        with self._lock:
+            call.completed = True
+            orphan = call in self._orphans
+            self._orphans.discard(call)
+        if orphan and not fut.cancelled():
+            host_log.warning("Function 'Functions.%s' (Id=%s) finished after its worker process was restarted; "
+                             "its result and outputs are discarded", call.function, call.invocation_id)
+        call.wake.set()
+
+    def call(self, fn: Callable, is_async: bool, kwargs: Dict[str, Any], *,
+             function: str = "?", invocation_id: str = "") -> Any:
+        with self._lock:
+            worker = self._worker
+            call = _Call(worker, function, invocation_id)
+            worker.calls.add(call)
+        try:
+            if is_async:
+                fut = asyncio.run_coroutine_threadsafe(fn(**kwargs), worker.loop)
+            else:
+                fut = worker.pool.submit(fn, **kwargs)
+        except RuntimeError:
+            # the worker was restarted between picking it and submitting (pool shut down / loop closed)
+            with self._lock:
+                worker.calls.discard(call)
+            raise WorkerRestarted("the worker process was restarted before the invocation started") from None
+        call.future = fut
+        fut.add_done_callback(lambda f, c=call: self._on_done(c, f))
+        call.wake.wait(self.function_timeout)
+        victims: Optional[List[_Call]] = None
+        with self._lock:
+            if call.state == "abandoned":
+                raise WorkerRestarted(
+                    f"worker process restarted because {call.cause} exceeded functionTimeout; "
+                    "this invocation was in flight in it and failed")
+            worker.calls.discard(call)
+            if call.completed:
+                call.state = "finished"
+            else:
+                call.state = "timed_out"
+                self._orphans.add(call)
+                if worker is self._worker:
+                    victims = self._restart_locked(worker, call)
+        if call.state == "finished":
+            return fut.result()
+        fut.cancel()  # async: cancels the task; sync: no effect on a running thread
+        host_log.error("Timeout value of %s exceeded by function 'Functions.%s' (Id: '%s'). Initiating cancellation.",
+                       _timespan(self.function_timeout or 0), function, invocation_id)
+        if victims is not None:
+            self._after_restart(call, worker, victims)
+        raise InvocationTimeout(f"Timeout value of {_timespan(self.function_timeout or 0)} was exceeded by "
+                                f"function: Functions.{function}")
+
+    def _restart_locked(self, worker: _Worker, cause: _Call) -> List[_Call]:
+        """Replace ``worker`` (lock held); returns the other calls that were in flight in it."""
+        # a call whose function already returned got its answer before the restart: not a victim
+        victims = [c for c in worker.calls if not c.completed]
+        worker.calls.clear()
+        described = f"invocation {cause.invocation_id} of 'Functions.{cause.function}'"
+        for v in victims:
+            v.state = "abandoned"
+            v.cause = described
+            if not v.completed:
+                self._orphans.add(v)
+        worker.dead = True
+        self.restarts += 1
+        self._worker = _Worker(worker.number + 1, self.thread_count)
+        return victims
+
+    def _after_restart(self, cause: _Call, worker: _Worker, victims: List[_Call]) -> None:
+        host_log.warning("A function timeout has occurred. Restarting worker process executing invocationId '%s'.",
+                         cause.invocation_id)
+        worker.kill()
+        for v in victims:
+            if v.future is not None:
+                v.future.cancel()
+            v.wake.set()
+        n = self.stats.inc_worker_restarts() if self.stats is not None else self.restarts
+        host_log.warning(
+            "localrunner: worker process restarted (restart #%d): %d other invocation(s) in flight in it failed%s",
+            n, len(victims),
+            (": " + ", ".join(f"Functions.{v.function} (Id={v.invocation_id})" for v in victims)) if victims else "",
+        )
+        host_log.warning("Restart of language worker process(es) completed.")
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._loop_thread.join(5)
-        if not self._loop.is_running():
-            try:
-                self._loop.close()
-            except Exception:
-                pass
+        with self._lock:
+            worker = self._worker
+        worker.kill()
+        worker.loop_thread.join(5)
 
 
 # -- queue output encoding -------------------------------------------------------
@@ -296,6 +436,7 @@ class InvocationResult:
     return_value: Any = None
     error: Optional[BaseException] = None
     timed_out: bool = False
+    worker_restarted: bool = False  # failed because another invocation's timeout restarted the worker
     outs: Dict[str, Out] = field(default_factory=dict)
 
 
@@ -331,7 +472,8 @@ class Invoker:
         start = time.monotonic()
         result = InvocationResult(ok=False, invocation_id=invocation_id, outs=outs)
         try:
-            ret = self.engine.call(spec.func, spec.is_async, kwargs)
+            ret = self.engine.call(spec.func, spec.is_async, kwargs, function=spec.name,
+                                   invocation_id=invocation_id)
             if ret is not None and not spec.has_return:
                 # the worker's own check (dispatcher.py), message as the worker writes it (no space before
                 # "returned")
@@ -340,6 +482,9 @@ class Invoker:
             result.return_value = ret
             self._flush_queue_outputs(spec, ret, outs)
             result.ok = True
+        except WorkerRestarted as exc:
+            result.error = exc
+            result.worker_restarted = True
         except InvocationTimeout as exc:
             result.error = exc
             result.timed_out = True
@@ -353,11 +498,12 @@ class Invoker:
         else:
             self.stats.inc(spec.name, "failures")
             err = result.error
+            plain = result.timed_out or result.worker_restarted
             host_log.error(
                 "Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms)", spec.name, invocation_id, duration_ms,
-                exc_info=(type(err), err, err.__traceback__) if not result.timed_out else None,
+                exc_info=(type(err), err, err.__traceback__) if not plain else None,
             )
-            if result.timed_out:
+            if plain:
                 host_log.error("Function 'Functions.%s' (Id=%s): %s", spec.name, invocation_id, err)
         return result
 

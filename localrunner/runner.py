@@ -102,6 +102,16 @@ class Runner:
         snap["state"] = self.state
         return snap
 
+    @property
+    def worker_restarts(self) -> int:
+        """How often an invocation's functionTimeout restarted the (simulated) worker process."""
+        return self.stats_obj.worker_restarts
+
+    @property
+    def orphans_running(self) -> int:
+        """Invocations abandoned by a worker restart whose thread is still running (cannot be killed)."""
+        return self._engine.orphans_running if self._engine is not None else 0
+
     def function_stats(self, name: str) -> Dict[str, int]:
         return self.stats().get("functions", {}).get(name, {})
 
@@ -237,7 +247,7 @@ class Runner:
                  ", ".join(f"{s.name} ({s.trigger_type})" for s in self.specs))
 
         # 3. runtime
-        self._engine = ExecutionEngine(threads, hc.function_timeout)
+        self._engine = ExecutionEngine(threads, hc.function_timeout, self.stats_obj)
         self._queues = QueueService(hc.queues.message_encoding, self.stats_obj)
         invoker = Invoker(self._engine, self.stats_obj, self._queues.send)
         self._frontend = HttpFrontend(self.specs, hc.route_prefix, invoker, self.function_key,
