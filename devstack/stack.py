@@ -2,9 +2,12 @@
 
 Every service class takes a port (``0`` = pick a free port), a log directory
 (default ``<repo>/.stack/logs``, git-ignored) and a start-up timeout; it starts
-the process, polls a readiness check until it passes, and on failure raises
-``ServiceStartError`` carrying the tail of the service's log. ``stop()`` ends the
-process by PID (SIGTERM, wait, SIGKILL). All classes are context managers::
+the process in its own session (process group), polls a readiness check until it
+passes, and on failure raises ``ServiceStartError`` carrying the tail of the service's
+log. ``stop()`` ends the service's whole process group (SIGTERM, wait, SIGKILL). On
+Linux a service started from the main thread is also SIGKILLed by the kernel if this
+process dies without stopping it (``PR_SET_PDEATHSIG``). All classes are context
+managers::
 
     with LocalStack.default(ports={"azurite": 0, "cosmos": 0, "sendbird": 0}) as stack:
         stack["azurite"].connection_string
@@ -166,6 +169,72 @@ def _http_status(url: str, timeout: float = 1.0, headers: Mapping[str, str] | No
         conn.close()
 
 
+# --------------------------------------------------------------------------- process management
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_prctl_fn: object = None  # libc's prctl, looked up once (None: not looked up yet; False: unavailable)
+
+
+def _libc_prctl():
+    global _prctl_fn
+    if _prctl_fn is None:
+        _prctl_fn = False
+        if sys.platform.startswith("linux"):
+            try:
+                import ctypes
+
+                fn = ctypes.CDLL(None, use_errno=True).prctl
+                fn.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+                fn.restype = ctypes.c_int
+                _prctl_fn = fn
+            except (OSError, AttributeError):
+                pass
+    return _prctl_fn or None
+
+
+def _parent_death_preexec() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that has the kernel SIGKILL the child when this process dies, or None.
+
+    SIGKILL, not SIGTERM: the parent died without stopping its services, so there is no orderly
+    shutdown to honour, and a graceful stop can stall when everything goes at once (the functions
+    runner drains for up to 30 s against an Azurite that is gone too).
+
+    Linux only, and only when called from the main thread: the parent-death signal fires when
+    the *thread* that forked the child ends, so a child spawned from a short-lived worker thread
+    would be stopped as soon as that thread finished (LocalStack therefore spawns from the
+    calling thread and only waits for readiness in worker threads). The preexec function runs
+    in the forked child before exec; it only calls prctl (looked up here, in the parent) and
+    getppid.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    prctl = _libc_prctl()
+    if prctl is None:
+        return None
+    parent = os.getpid()
+    sigkill = int(signal.SIGKILL)
+
+    def preexec() -> None:
+        prctl(_PR_SET_PDEATHSIG, sigkill, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect: nobody will signal us
+            os._exit(1)
+
+    return preexec
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """Send ``sig`` to the process group led by ``pid`` (services start in their own session, so
+    pgid == pid); fall back to the process alone if the group is gone."""
+    try:
+        os.killpg(pid, sig)
+        return
+    except (ProcessLookupError, PermissionError):
+        pass
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
 _live_services: "weakref.WeakSet[Service]" = weakref.WeakSet()
 
 
@@ -251,10 +320,23 @@ class Service:
         return "\n".join(text.splitlines()[-lines:])
 
     # ---- lifecycle
-    def start(self) -> "Service":
+    def start(self, *, cancel: Callable[[], bool] | None = None) -> "Service":
+        """Spawn the process and wait until it is ready.
+
+        ``cancel``, if given, is polled before spawning and between readiness checks; once it
+        returns true the start is abandoned (the process is stopped, ``ServiceStartError``).
+        """
         if self.running:
             return self
+        cmd = self._spawn(cancel)
+        self._await_ready(cmd, cancel)
+        return self
+
+    def _spawn(self, cancel: Callable[[], bool] | None = None) -> list[str]:
+        """Check the port, start the process (own session; parent-death signal when possible)."""
         self.prepare()
+        if cancel is not None and cancel():
+            raise ServiceStartError(f"{self.name}: start cancelled")
         if not port_is_free(self.port, self.host):
             raise ServiceStartError(
                 f"{self.name}: port {self.host}:{self.port} is already in use "
@@ -270,23 +352,30 @@ class Service:
             self.process = subprocess.Popen(
                 cmd, cwd=self.cwd(), env=self.environment(),
                 stdin=subprocess.DEVNULL, stdout=self._log_file, stderr=subprocess.STDOUT,
-                start_new_session=True,  # Ctrl-C in the parent does not hit it; we stop it by PID
+                # Own session and process group: Ctrl-C in the parent's terminal does not hit it;
+                # stop() signals the whole group.
+                start_new_session=True,
+                preexec_fn=_parent_death_preexec(),
             )
-        except OSError as exc:
+        except (OSError, subprocess.SubprocessError) as exc:
             self._close_log()
             raise ServiceStartError(f"{self.name}: cannot run {cmd[0]}: {exc}") from exc
         _live_services.add(self)
+        return cmd
+
+    def _await_ready(self, cmd: Sequence[str], cancel: Callable[[], bool] | None = None) -> None:
         try:
-            self._wait_ready(cmd)
+            self._wait_ready(cmd, cancel)
         except BaseException:
             self.stop()
             raise
-        return self
 
-    def _wait_ready(self, cmd: Sequence[str]) -> None:
+    def _wait_ready(self, cmd: Sequence[str], cancel: Callable[[], bool] | None = None) -> None:
         deadline = self.started_at + self.startup_timeout
         delay = 0.05
         while True:
+            if cancel is not None and cancel():
+                raise ServiceStartError(f"{self.name}: start cancelled")
             code = self.process.poll()
             if code is not None:
                 raise ServiceStartError(
@@ -305,24 +394,26 @@ class Service:
             delay = min(delay * 1.5, 0.5)
 
     def stop(self, timeout: float = 10.0) -> int | None:
-        """Stop by PID: SIGTERM, wait up to ``timeout``, then SIGKILL. Returns the exit code."""
+        """Stop the service's process group: SIGTERM, wait up to ``timeout`` for the service's own
+        process, then SIGKILL. Whatever is still left in its group after that is SIGKILLed.
+        Returns the service process's exit code."""
         proc, self.process = self.process, None
         code = None
         if proc is not None:
             if proc.poll() is None:
-                try:
-                    os.kill(proc.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    pass
+                _signal_group(proc.pid, signal.SIGTERM)
                 try:
                     proc.wait(timeout=timeout)
                 except subprocess.TimeoutExpired:
-                    try:
-                        os.kill(proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+                    _signal_group(proc.pid, signal.SIGKILL)
                     proc.wait(timeout=5)
             code = proc.returncode
+            # Leftovers of the group (children the service did not stop). No fallback to the PID:
+            # it is reaped by now.
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
         _live_services.discard(self)
         self._close_log()
         return code
@@ -631,7 +722,14 @@ class LocalStack:
             stack.add(FunctionsRunner(functions_app_root, p["functions"], env, log_dir=log_dir), "functions")
         return stack
 
-    def start(self) -> "LocalStack":
+    def start(self, *, cancel: Callable[[], bool] | None = None) -> "LocalStack":
+        """Start every service, stage by stage; on any failure stop the ones started and re-raise.
+
+        ``cancel``, if given, is polled while starting (before each spawn and between readiness
+        checks, at least every 0.5 s); once it returns true the start is abandoned with
+        ``ServiceStartError`` and everything started so far is stopped. A signal handler that only
+        sets a flag can so interrupt a start promptly.
+        """
         # node_modules once, up front, rather than racing from several threads.
         if any(isinstance(s, _NodeService) for s in self.services.values()):
             ensure_node_modules()
@@ -639,27 +737,41 @@ class LocalStack:
         try:
             for stage in stages:
                 group = [s for s in self.services.values() if s.stage == stage and not s.running]
-                self._start_group(group)
+                self._start_group(group, cancel)
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _start_group(self, group: list[Service]) -> None:
+    def _start_group(self, group: list[Service], cancel: Callable[[], bool] | None = None) -> None:
         if not group:
             return
         if not self.parallel or len(group) == 1:
             for svc in group:
-                svc.start()
+                svc.start(cancel=cancel)
             return
+        # Spawn from this thread (a service's parent-death signal is tied to the thread that spawned
+        # it, see _parent_death_preexec); only the readiness waits run in worker threads. If this
+        # thread is interrupted (KeyboardInterrupt), the workers stop waiting instead of running
+        # to their start-up timeouts.
+        interrupted = [False]
+
+        def stop_waiting() -> bool:
+            return interrupted[0] or (cancel is not None and cancel())
+
+        spawned = [(svc, svc._spawn(cancel)) for svc in group]  # a failure here: start() stops them
         errors: list[BaseException] = []
-        with concurrent.futures.ThreadPoolExecutor(max_workers=len(group)) as pool:
-            futures = [pool.submit(svc.start) for svc in group]
-            for fut in concurrent.futures.as_completed(futures):
-                try:
-                    fut.result()
-                except BaseException as exc:  # collect all, report together
-                    errors.append(exc)
+        with concurrent.futures.ThreadPoolExecutor(max_workers=len(spawned)) as pool:
+            futures = [pool.submit(svc._await_ready, cmd, stop_waiting) for svc, cmd in spawned]
+            try:
+                for fut in concurrent.futures.as_completed(futures):
+                    try:
+                        fut.result()
+                    except Exception as exc:  # collect all, report together
+                        errors.append(exc)
+            except BaseException:
+                interrupted[0] = True
+                raise
         if errors:
             raise ServiceStartError("\n\n".join(str(e) for e in errors)) from errors[0]
 
