@@ -5,26 +5,37 @@ Usage (from the repository root, after ``make install``; ``make demo`` does both
     python -m tools.demo                  # scripted conversation, then stop everything
     python -m tools.demo --payload FILE   # post your own webhook file (signed with the local token)
     python -m tools.demo run              # leave the stack up for manual curl calls (Ctrl-C stops it)
+    python -m tools.demo run --free-ports # the same on free ports (tests, or when the defaults are taken)
 
 For each user message it prints the intent, confidence score, route, the bot's
 reply as the SendBird stand-in received it, the intake's answer time and the
 end-to-end latency (webhook sent -> reply recorded by SendBird), in ms.
+
+Stopping: SIGTERM, SIGINT (Ctrl-C, or ``kill -INT``, also when the process was
+started as a background job and inherited SIGINT ignored) and SIGHUP (unless
+inherited ignored, as under nohup) stop every service, at any point: while the
+stack starts, while ``run`` waits, during the scripted conversation. Exit status:
+``run`` exits 0 when stopped by one of these signals (that is how it normally
+ends); the scripted conversation and ``--payload`` exit 128 + the signal number
+(130 for SIGINT, 143 for SIGTERM) when a signal interrupts them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import select
 import signal
 import sys
 import textwrap
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
+from devstack.stack import ServiceStartError
 from tools import telemetry_summary, webhooks
 from tools.gateway_stack import BOT_USER_ID, LOCAL_API_TOKEN, build_stack
 
@@ -201,12 +212,104 @@ def print_telemetry(stack, rows: list[dict], out=sys.stdout) -> None:
             print("  " + line, file=out)
 
 
+#: What stops the stack: a process manager's or ``kill``'s SIGTERM, Ctrl-C's SIGINT, a closed terminal's SIGHUP.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+class Interrupted(BaseException):
+    """Raised in the main thread by a stop signal while the scripted conversation runs.
+
+    A BaseException, like KeyboardInterrupt, so that ``except Exception`` on the way does not swallow it.
+    """
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+class StopSignals:
+    """Turns SIGTERM, SIGINT and SIGHUP into a flag plus a byte on a self-pipe (``signal.set_wakeup_fd``).
+
+    The handler runs in the main thread; it only records the first signal (and, while ``raise_once`` is
+    set, raises :class:`Interrupted` once). It takes no lock and calls nothing that does: no Event.set,
+    no print, no logging, no stopping of services. Everything else happens in the main flow, which
+    polls :attr:`signum` or waits in :meth:`wait`.
+
+    SIGINT gets the handler even when it was inherited ignored: a background job of a non-interactive
+    shell starts with SIGINT set to SIG_IGN, and Python then installs no KeyboardInterrupt handler, so
+    ``kill -INT`` would do nothing. SIGHUP inherited ignored (nohup) stays ignored. On exit the previous
+    handlers and wake-up fd are restored.
+    """
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+        self.raise_once = False
+        self._previous: dict[int, object] = {}
+        self._previous_wakeup_fd = -1
+        self._read_fd = self._write_fd = -1
+
+    def __enter__(self) -> "StopSignals":
+        self._read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._read_fd, False)
+        os.set_blocking(self._write_fd, False)
+        self._previous_wakeup_fd = signal.set_wakeup_fd(self._write_fd, warn_on_full_buffer=False)
+        for sig in STOP_SIGNALS:
+            if sig == signal.SIGHUP and signal.getsignal(sig) == signal.SIG_IGN:
+                continue
+            self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous.clear()
+        signal.set_wakeup_fd(self._previous_wakeup_fd)
+        os.close(self._read_fd)
+        os.close(self._write_fd)
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.signum is None:
+            self.signum = signum
+        if self.raise_once:
+            self.raise_once = False
+            raise Interrupted(signum)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name if self.signum else ""
+
+    def wait(self, timeout: float) -> bool:
+        """Block until a stop signal arrives (True) or ``timeout`` seconds pass (False)."""
+        if self.signum is None:
+            select.select([self._read_fd], [], [], timeout)
+            # The wake-up bytes are the signal numbers: do not depend on when the Python-level handler runs.
+            while True:
+                try:
+                    data = os.read(self._read_fd, 512)
+                except BlockingIOError:
+                    break
+                if not data:
+                    break
+                for number in data:
+                    if self.signum is None and number in STOP_SIGNALS:
+                        self.signum = number
+        return self.signum is not None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.split("\n")[0])
     parser.add_argument("mode", nargs="?", choices=["demo", "run"], default="demo")
     parser.add_argument("--payload", type=Path, help="post this webhook file instead of the scripted conversation")
     parser.add_argument("--free-ports", action="store_true", help="use free ports instead of the default ones")
     args = parser.parse_args(argv)
+    with StopSignals() as signals:
+        return _run(args, signals)
+
+
+def _run(args: argparse.Namespace, signals: StopSignals) -> int:
+    # Status when a stop signal ends it: see the module docstring.
+    def stopped_status() -> int:
+        return 0 if args.mode == "run" else 128 + signals.signum
 
     ports = ({k: 0 for k in ("azurite", "cosmos", "sendbird", "intent", "functions", "telemetry")}
              if args.free_ports else None)
@@ -214,7 +317,14 @@ def main(argv: list[str] | None = None) -> int:
     print("starting the local stack (Azurite, Cosmos DB stand-in, SendBird stand-in, intent service, "
           "Application Insights ingestion sink, functions runner)...", flush=True)
     t0 = time.monotonic()
-    with stack:
+    try:
+        stack.start(cancel=lambda: signals.signum is not None)  # on failure it stops what it started
+    except ServiceStartError:
+        if signals.signum is None:
+            raise
+        print(f"{signals.name} received while starting: local stack stopped", flush=True)
+        return stopped_status()
+    try:
         print(f"stack ready in {time.monotonic() - t0:.1f} s:")
         for key, info in stack.describe().items():
             print(f"  {key:10} port {info['port']:5}  pid {info['pid']}  log {info['log']}")
@@ -223,20 +333,33 @@ def main(argv: list[str] | None = None) -> int:
             print(f"\nWebhook intake: {url}\nSendBird stand-in messages: {stack['sendbird'].base_url}/__standin/messages"
                   f"\nTelemetry envelopes (Application Insights sink): {stack['telemetry'].base_url}/__sink/envelopes"
                   f"\nTry:\n  python -m tools.send_webhook tests/fixtures/sendbird/message_send_en.json --url {url}"
-                  "\nCtrl-C stops everything.")
-            stop = threading.Event()
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            try:
-                stop.wait()
-            except KeyboardInterrupt:
+                  "\nCtrl-C (or SIGTERM) stops everything.", flush=True)
+            while not signals.wait(1.0):
                 pass
-            return 0
-        if args.payload:
-            return post_payload(stack, args.payload)
-        rows = run_script(stack)
-        status = _summary(rows)
-        print_telemetry(stack, rows)
+            print(f"\n{signals.name} received: stopping the local stack...", flush=True)
+            return stopped_status()
+        sys.stdout.flush()
+        try:
+            signals.raise_once = True
+            if signals.signum is not None:  # arrived between the start and here
+                raise Interrupted(signals.signum)
+            if args.payload:
+                status = post_payload(stack, args.payload)
+            else:
+                rows = run_script(stack)
+                status = _summary(rows)
+                print_telemetry(stack, rows)
+            signals.raise_once = False
+        except Interrupted:
+            print(f"\n{signals.name} received: stopping the local stack...", flush=True)
+            status = stopped_status()
+        finally:
+            signals.raise_once = False
         return status
+    finally:
+        stack.stop()  # every service's process group; a further signal meanwhile is only recorded
+        if signals.signum is not None:
+            print("local stack stopped", flush=True)
 
 
 if __name__ == "__main__":
