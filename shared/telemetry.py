@@ -110,6 +110,9 @@ class Redactor:
 
     ID_KEYS = ("user_id", "channel_url")
     TEXT_KEYS = ("text", "reply_text")
+    #: Structural properties the code sets from its own vocabulary or generated ids: never scrubbed.
+    STRUCTURAL_KEYS = frozenset({"correlation_id", "message_id", "message_type", "language", "intent", "route",
+                                 "reply_key", "stage", "queue", "error_type", "status_code", "entities"})
 
     def __init__(self, mode: PiiMode = "off", key: str = ""):
         self.mode: PiiMode = mode
@@ -125,7 +128,7 @@ class Redactor:
             return dict(properties)
         out: dict[str, Any] = {}
         for k, v in properties.items():
-            if not isinstance(v, str):
+            if not isinstance(v, str) or k in self.STRUCTURAL_KEYS:
                 out[k] = v
             elif k in self.ID_KEYS:
                 out[k] = self.id(v)
