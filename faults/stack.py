@@ -49,6 +49,8 @@ class FaultStack:
                 "COSMOS_ENDPOINT": s["cosmos_proxy"].endpoint,
                 "COSMOS_DATABASE": DATABASE,
                 "INTENT_TIMEOUT_SECONDS": str(p.intent_timeout_seconds),
+                # explicit and short: localrunner's default lease is the host's 10 minutes, which would hold
+                # back every chaos redelivery and every message in flight at a SIGKILL for 10 minutes
                 "LOCALRUNNER_LEASE_SECONDS": str(p.lease_seconds),
                 "LOCALRUNNER_CHAOS_SKIP_DELETE_RATE": str(p.skip_delete_rate),
                 **{k: str(v) for k, v in p.extra_env.items()},
