@@ -10,8 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import signal
+import time
 import sys
-import threading
 
 from devstack.stack import DEFAULT_PORTS, LocalStack, ServiceStartError
 
@@ -64,11 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     print(json.dumps(info, indent=2), flush=True)
     print("devstack ready; Ctrl-C to stop", flush=True)
 
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    stopping: list[int] = []  # the handler only appends: no locks or other threading primitives in a handler
+    signal.signal(signal.SIGTERM, lambda signum, _frame: stopping.append(signum))
+    signal.signal(signal.SIGINT, lambda signum, _frame: stopping.append(signum))
     try:
-        while not stop.wait(1.0):
+        while not stopping:
+            time.sleep(0.2)
             dead = [k for k, s in stack.services.items() if not s.running]
             if dead:
                 print(f"devstack: service(s) exited: {dead}", file=sys.stderr)

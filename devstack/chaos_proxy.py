@@ -571,12 +571,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.rules:
         text = open(args.rules[1:], encoding="utf-8").read() if args.rules.startswith("@") else args.rules
         proxy.set_rules(json.loads(text))
-    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=proxy.stop, daemon=True).start())
+    def _on_sigterm(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # unwinds serve_forever in the main thread; no threads or locks from a handler
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
     print(f"chaos proxy ready on {proxy.base_url} -> {proxy.upstream}", flush=True)
     try:
         proxy.serve_forever()
     except KeyboardInterrupt:
         pass
+    finally:
+        proxy.stop()  # serve_forever has returned, so shutdown() does not wait
     return 0
 
 

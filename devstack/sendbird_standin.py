@@ -700,17 +700,17 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"sendbird stand-in: {exc}", file=sys.stderr, flush=True)
         return 1
-    stop = threading.Event()
+    stopping: list[int] = []  # the handler only appends: no locks or other threading primitives in a handler
 
     def _on_signal(signum: int, frame: Any) -> None:
-        stop.set()
+        stopping.append(signum)
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     print(f"SendBird stand-in ready at {server.base_url} (bots: {', '.join(server.bot_user_ids)})", flush=True)
     try:
-        while not stop.wait(0.5):
-            pass
+        while not stopping:
+            time.sleep(0.2)
     finally:
         server.stop()
     return 0
