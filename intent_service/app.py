@@ -2,6 +2,8 @@
 
 Endpoints
     POST /language/:analyze-conversations?api-version=2023-04-01
+    /language/authoring/analyze-conversations/...   CLU authoring (only with a project store: see
+                         ``authoring/``; predictions are then answered per projectName/deploymentName)
     GET  /health/live    200 as soon as the process serves HTTP
     GET  /health/ready   200 once the model is loaded, else 503 + Retry-After
     GET  /model          model metadata (version, trained_at, data_sha256, ...)
@@ -170,8 +172,11 @@ def parse_added_latency_ms(value: Any) -> float:
 
 def create_app(model_source: Optional[str] = None, api_key: Optional[str] = None,
                model_sha256: Optional[str] = None, added_latency_ms: float = 0.0,
-               model_max_bytes: Optional[int] = None) -> Starlette:
-    """``added_latency_ms``: extra delay of every prediction answer (benchmarks: a slow model). It is an
+               model_max_bytes: Optional[int] = None, authoring=None) -> Starlette:
+    """``authoring``: an ``authoring.Authoring`` (a project store is configured): its routes are mounted
+    and predictions are answered by the model deployed to the request's projectName/deploymentName
+    instead of the single ``model_source`` model.
+    ``added_latency_ms``: extra delay of every prediction answer (benchmarks: a slow model). It is an
     ``asyncio.sleep``, so the event loop keeps serving other requests meanwhile.
     ``model_max_bytes``: the largest model file accepted (default 200 MiB)."""
     holder = ModelHolder(model_source, model_sha256, max_bytes=model_max_bytes)
@@ -191,7 +196,17 @@ def create_app(model_source: Optional[str] = None, api_key: Optional[str] = None
     async def live(request: Request):
         return JSONResponse({"status": "alive"})
 
+    def store_not_ready():
+        return JSONResponse({"error": {"code": "ServiceUnavailable",
+                                       "message": "The deployments are not loaded yet; retry later.",
+                                       "innererror": {"code": "deployments_not_synced"}}},
+                            status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
+
     async def ready(request: Request):
+        if authoring is not None:
+            if not authoring.ready:
+                return store_not_ready()
+            return JSONResponse({"status": "ready", "deployments": len(authoring.registry.snapshot())})
         model = holder.model
         if model is None:
             return not_ready()
@@ -201,6 +216,8 @@ def create_app(model_source: Optional[str] = None, api_key: Optional[str] = None
     async def model_info(request: Request):
         from .model import is_url
 
+        if authoring is not None:
+            return JSONResponse(authoring.info())
         model = holder.model
         if model is None:
             return not_ready()
@@ -215,7 +232,8 @@ def create_app(model_source: Optional[str] = None, api_key: Optional[str] = None
     async def analyze(request: Request):
         if key_bytes is not None:
             given = request.headers.get("ocp-apim-subscription-key", "").encode("utf-8")
-            if not hmac.compare_digest(given, key_bytes):
+            if not hmac.compare_digest(given, key_bytes) and not (
+                    authoring is not None and authoring.is_authoring_key(given)):
                 return error(401, "401", "Access denied due to invalid subscription key. "
                                          "Provide a valid key in the Ocp-Apim-Subscription-Key header.")
         api_version = request.query_params.get("api-version")
@@ -223,9 +241,12 @@ def create_app(model_source: Optional[str] = None, api_key: Optional[str] = None
             return error(400, "InvalidArgument",
                          f"Unsupported or missing api-version {api_version!r}. "
                          f"Supported: {', '.join(API_VERSIONS)}.")
-        model = holder.model
-        if model is None:
-            return not_ready()
+        if authoring is None:
+            model = holder.model
+            if model is None:
+                return not_ready()
+        elif not authoring.ready:
+            return store_not_ready()
         raw = await request.body()
         if len(raw) > MAX_BODY_BYTES:
             return error(413, "RequestEntityTooLarge",
@@ -238,6 +259,10 @@ def create_app(model_source: Optional[str] = None, api_key: Optional[str] = None
             req = _validate(body)
         except BadRequest as exc:
             return error(400, "InvalidArgument", exc.message)
+        if authoring is not None:
+            model, problem = authoring.resolve(body.get("parameters"))
+            if problem is not None:
+                return JSONResponse(problem[1], status_code=problem[0])
         prediction = model.analyze(req["text"], req["stringIndexType"])
         if added_latency_s:
             await asyncio.sleep(added_latency_s)
@@ -259,9 +284,14 @@ def create_app(model_source: Optional[str] = None, api_key: Optional[str] = None
 
     @asynccontextmanager
     async def lifespan(app):
-        holder.start()
+        if authoring is not None:
+            authoring.start()
+        else:
+            holder.start()
         yield
         holder.stop()
+        if authoring is not None:
+            authoring.stop()
 
     app = Starlette(
         routes=[
@@ -269,23 +299,27 @@ def create_app(model_source: Optional[str] = None, api_key: Optional[str] = None
             Route("/health/live", live, methods=["GET"]),
             Route("/health/ready", ready, methods=["GET"]),
             Route("/model", model_info, methods=["GET"]),
-        ],
+        ] + (list(authoring.routes) if authoring is not None else []),
         exception_handlers={HTTPException: http_error, Exception: server_error},
         lifespan=lifespan,
     )
     app.state.holder = holder
+    app.state.authoring = authoring
     app.state.added_latency_ms = added_latency_s * 1000.0
     return app
 
 
 def create_app_from_env() -> Starlette:
     """Factory for ``uvicorn --factory`` and multi-worker runs (config from env)."""
+    from .authoring import Authoring
     from .cli import configure_logging
     from .model import parse_max_model_bytes
 
     configure_logging()
+    authoring = Authoring.from_env()  # None without a project store (INTENT_STORE*)
     return create_app(model_source=os.environ.get("INTENT_MODEL"),
                       api_key=os.environ.get("INTENT_API_KEY") or None,
                       model_sha256=os.environ.get("INTENT_MODEL_SHA256") or None,
                       added_latency_ms=parse_added_latency_ms(os.environ.get("INTENT_ADDED_LATENCY_MS")),
-                      model_max_bytes=parse_max_model_bytes(os.environ.get("INTENT_MODEL_MAX_BYTES")))
+                      model_max_bytes=parse_max_model_bytes(os.environ.get("INTENT_MODEL_MAX_BYTES")),
+                      authoring=authoring)
