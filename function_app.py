@@ -8,11 +8,11 @@ host's indexing with a message naming it.
 
 import azure.functions as func
 
-from functions import handlers, intake, intent, ops, poison, reply
+from functions import branch_handlers, dead_letters, intake, intent_stage, poison_admin, reply_sender
 from shared.settings import get_config
 
 get_config()
 
 app = func.FunctionApp()
-for blueprint in (intake.bp, intent.bp, handlers.bp, reply.bp, ops.bp, poison.bp):
+for blueprint in (intake.bp, intent_stage.bp, branch_handlers.bp, reply_sender.bp, dead_letters.bp, poison_admin.bp):
     app.register_functions(blueprint)

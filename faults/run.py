@@ -105,10 +105,10 @@ class Scheduler(threading.Thread):
 def _queue_depths(conn: str) -> dict[str, int]:
     from azure.storage.queue import QueueClient
 
-    from shared.poison_admin import SOURCE_QUEUES
+    from shared.poison_admin import source_queues
 
     depths = {}
-    for q in SOURCE_QUEUES:
+    for q in source_queues():
         try:
             depths[q] = QueueClient.from_connection_string(conn, q).get_queue_properties().approximate_message_count
         except Exception:  # noqa: BLE001 - a queue not created yet is empty
@@ -134,25 +134,10 @@ def _drain(stack: FaultStack, plan: FaultPlan) -> bool:
 
 
 def all_poison(queues) -> list:
-    """Every poison message (``shared.poison_admin.list_poison`` peeks at most 32 per queue): received page by
-    page, hidden for a minute while counted (the run is over; nobody else reads them)."""
-    from azure.core.exceptions import ResourceNotFoundError
+    """Every poison message, through the listing the operators use (``shared.poison_admin.list_poison``)."""
+    from shared.poison_admin import list_poison
 
-    from shared.models import poison_queue_name, poison_record_queue
-    from shared.poison_admin import SOURCE_QUEUES, parse_entry
-
-    entries = {}
-    for q in SOURCE_QUEUES:
-        for name in (poison_record_queue(q), poison_queue_name(q)):
-            client = queues.client(name)
-            try:
-                while batch := list(client.receive_messages(max_messages=32, visibility_timeout=60)):
-                    for m in batch:
-                        entry = parse_entry(q, m.id, m.content)
-                        entries.setdefault(entry.key(), entry)
-            except ResourceNotFoundError:
-                pass
-    return list(entries.values())
+    return list_poison(queues, limit=10_000).entries
 
 
 def _log_counts(path: Path) -> dict[str, int]:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from shared.errors import PermanentError
+
 DEFAULT_PATH = Path(__file__).with_name("responses.json")
 LANGUAGES = ("ko", "en")
 
 
-class CatalogError(KeyError):
-    """A key or language missing from the catalog, or a placeholder without a value."""
+class CatalogError(PermanentError):
+    """A key or language missing from the catalog, or a placeholder without a value: a permanent condition (the
+    same message fails the same way), so the message is poisoned at once with the reason, never retried."""
 
 
 class ResponseCatalog:

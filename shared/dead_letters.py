@@ -29,28 +29,29 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
+from shared.branch_handlers import apology_reply
 from shared.catalog import ResponseCatalog
-from shared.clients.queues import QueueSender
 from shared.errors import PermanentError
-from shared.handlers import apology_reply
 from shared.models import (
-    INBOUND_QUEUE, REPLY_QUEUE, InboundMessage, PoisonRecord, QueueMessageBase, ReplyMessage, Route, RoutedMessage,
-    decode, now_ms,
+    INBOUND_QUEUE, REPLY_QUEUE, InboundMessage, PoisonRecord, QueueMessageBase, ReplyMessage, RoutedMessage, decode,
+    now_ms,
 )
-from shared.reply_stage import mark_failed
+from shared.ports import QueuePort, StateStore, TelemetryPort
+from shared.reply_sender import mark_failed
+from shared.routes import routes
 from shared.settings import Settings
-from shared.state import StateStore
-from shared.telemetry import DISABLED, Telemetry
+from shared.telemetry import DISABLED
 
 log = logging.getLogger(__name__)
 
+#: The ``stage`` dimension of the events of the poison triggers.
+DEAD_LETTER_STAGE = "dead_letters"
 #: The reason recorded for a message the host moved without the app's record.
 HOST_MOVED_REASON = ("moved to the poison queue by the Functions host after maxDequeueCount: the function crashed or "
                      "timed out on its last attempt (functionTimeout restarts the worker process)")
-#: The model each source queue carries.
-QUEUE_MODELS: dict[str, type[QueueMessageBase]] = {
-    INBOUND_QUEUE: InboundMessage, **{r.queue: RoutedMessage for r in Route}, REPLY_QUEUE: ReplyMessage,
-}
+def queue_models() -> dict[str, type[QueueMessageBase]]:
+    """The model each stage queue carries (inbound, one queue per registered route, reply)."""
+    return {INBOUND_QUEUE: InboundMessage, **{q: RoutedMessage for q in routes().queues()}, REPLY_QUEUE: ReplyMessage}
 
 
 @dataclass(frozen=True)
@@ -70,7 +71,7 @@ def recover(body: str, source_queue: str, *, catalog: ResponseCatalog, settings:
         return Recovery(PoisonRecord.model_validate_json(body))  # an app record in the host's queue (older build)
     except (ValidationError, ValueError, RecursionError):
         pass
-    model = QUEUE_MODELS[source_queue]
+    model = queue_models()[source_queue]
     try:
         msg = decode(body, model)
     except PermanentError as exc:
@@ -83,26 +84,37 @@ def recover(body: str, source_queue: str, *, catalog: ResponseCatalog, settings:
     return Recovery(record, apology=apology_reply(msg, catalog, settings), message=msg)
 
 
-def handle_host_moved(body: str, source_queue: str, *, queues: QueueSender, state_store: StateStore,
-                      catalog: ResponseCatalog, settings: Settings, max_dequeue_count: int,
-                      telemetry: Telemetry = DISABLED) -> ReplyMessage | None:
+@dataclass(frozen=True)
+class DeadLetterDeps:
+    """What the poison triggers need."""
+
+    queues: QueuePort
+    state_store: StateStore
+    catalog: ResponseCatalog
+    settings: Settings
+    max_dequeue_count: int
+    telemetry: TelemetryPort = DISABLED
+
+
+def handle_host_moved(body: str, source_queue: str, deps: DeadLetterDeps) -> ReplyMessage | None:
     """Record a body the host moved from ``source_queue`` and answer for it; returns the apology to enqueue
     on ``chat-reply`` (None when there is none). Idempotent for the user (see module docstring).
 
     Errors: :class:`~shared.errors.TransientError` from Storage or the state store (the trigger retries).
     Telemetry: event ``MessagePoisoned`` (``error_type`` ``HostMovedToPoison``), metric ``poison_count``.
     """
-    r = recover(body, source_queue, catalog=catalog, settings=settings, max_dequeue_count=max_dequeue_count)
-    msg = r.message
+    r = recover(body, source_queue, catalog=deps.catalog, settings=deps.settings,
+                max_dequeue_count=deps.max_dequeue_count)
+    msg, telemetry = r.message, deps.telemetry
     with telemetry.sensitive(user_id=getattr(msg, "user_id", None), channel_url=getattr(msg, "channel_url", None),
                              text=getattr(msg, "text", None)):
-        queues.send_poison(r.record)
+        deps.queues.send_poison(r.record)
         if r.failed_reply is not None:
-            mark_failed(r.failed_reply, state_store, settings)
+            mark_failed(r.failed_reply, deps.state_store)
         if msg is not None:
             telemetry.metric("poison_count", 1, queue=source_queue)
             telemetry.event("MessagePoisoned", {
-                "queue": source_queue, "stage": "poison_trigger", "reason": r.record.reason,
+                "queue": source_queue, "stage": DEAD_LETTER_STAGE, "reason": r.record.reason,
                 "error_type": r.record.error_type, "correlation_id": msg.correlation_id,
                 "message_id": msg.message_id, "user_id": msg.user_id, "channel_url": msg.channel_url,
             }, {"dequeue_count": r.record.dequeue_count}, traceparent=msg.traceparent)

@@ -35,7 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from shared import signature
 from shared.models import MAX_MESSAGE_ID, MAX_UTTERANCE_CHARS, InboundMessage, now_ms
 from shared.settings import Settings
-from shared.telemetry import DISABLED, Telemetry
+from shared.ports import TelemetryPort
+from shared.telemetry import DISABLED
 
 MESSAGE_SEND = "group_channel:message_send"
 
@@ -87,7 +88,7 @@ def _ignored(reason: str, **extra: Any) -> IntakeDecision:
 
 
 def handle_webhook(body: bytes, headers: Mapping[str, str], settings: Settings, *,
-                   telemetry: Telemetry = DISABLED, traceparent: str | None = None,
+                   telemetry: TelemetryPort = DISABLED, traceparent: str | None = None,
                    clock: Callable[[], int] = now_ms) -> IntakeDecision:
     """Validate and classify one webhook delivery; report it (events ``MessageReceived``,
     ``WebhookIgnored``, ``WebhookRejected``).
@@ -102,7 +103,7 @@ def handle_webhook(body: bytes, headers: Mapping[str, str], settings: Settings, 
     return decision
 
 
-def _report(d: IntakeDecision, telemetry: Telemetry) -> None:
+def _report(d: IntakeDecision, telemetry: TelemetryPort) -> None:
     if d.inbound is not None:
         m = d.inbound
         telemetry.metric("messages_received", 1)
@@ -119,6 +120,26 @@ def _report(d: IntakeDecision, telemetry: Telemetry) -> None:
 
 def _decide(body: bytes, headers: Mapping[str, str], settings: Settings, traceparent: str | None,
             clock: Callable[[], int] = now_ms) -> IntakeDecision:
+    rejected = _check_size_and_signature(body, headers, settings)
+    if rejected is not None:
+        return rejected
+    parsed = _parse(body)
+    if isinstance(parsed, IntakeDecision):
+        return parsed
+    msg, received = parsed, clock()
+    ignored = _ignore(msg, settings, received)
+    if ignored is not None:
+        return ignored
+    inbound = InboundMessage(
+        correlation_id=uuid.uuid4().hex, message_id=msg.payload.message_id, channel_url=msg.channel.channel_url,
+        user_id=msg.sender.user_id, sendbird_created_at_ms=msg.payload.created_at, received_at_ms=received,
+        enqueued_at_ms=received, message_type=msg.type, text=_text(msg)[:MAX_UTTERANCE_CHARS],
+        file_name=msg.payload.filename if msg.type == "FILE" else None, traceparent=traceparent,
+    )
+    return IntakeDecision(200, {"status": "accepted", "correlation_id": inbound.correlation_id, **_ids(msg)}, inbound)
+
+
+def _check_size_and_signature(body: bytes, headers: Mapping[str, str], settings: Settings) -> IntakeDecision | None:
     if len(body) > settings.webhook_max_body_bytes:
         return _error(413, "payload_too_large",
                       f"body is {len(body)} bytes; the limit is {settings.webhook_max_body_bytes} bytes")
@@ -128,6 +149,11 @@ def _decide(body: bytes, headers: Mapping[str, str], settings: Settings, tracepa
     if not signature.verify(body, sig, settings.sendbird_api_token):
         return _error(401, "invalid_signature",
                       f"{signature.SIGNATURE_HEADER} is not the HMAC-SHA256 of the body with the API token")
+    return None
+
+
+def _parse(body: bytes) -> MessageSendEvent | IntakeDecision:
+    """The ``message_send`` event in ``body``, or the answer when it is not one."""
     try:
         event = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as exc:
@@ -142,36 +168,31 @@ def _decide(body: bytes, headers: Mapping[str, str], settings: Settings, tracepa
     if category != MESSAGE_SEND:
         return _ignored("category_not_handled", category=category)
     try:
-        msg = MessageSendEvent.model_validate(event)
+        return MessageSendEvent.model_validate(event)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:5])
         return _error(400, "invalid_payload", f"{MESSAGE_SEND} event is invalid: {problems}")
 
-    ids = {"message_id": msg.payload.message_id, "channel_url": msg.channel.channel_url}
+
+def _ignore(msg: MessageSendEvent, settings: Settings, now: int) -> IntakeDecision | None:
+    """The answer for an event that is not enqueued (bot, ignored sender, admin message, empty, stale), else None."""
+    ids = _ids(msg)
     if msg.sender.user_id in settings.ignored_sender_ids:
         reason = "sent_by_bot" if msg.sender.user_id == settings.sendbird_bot_user_id else "sender_ignored"
         return _ignored(reason, **ids)
     if msg.type == "ADMM":
         return _ignored("admin_message", **ids)
-    text = (msg.payload.message or "").strip() if msg.type == "MESG" else ""
-    if msg.type == "MESG" and not text:
+    if msg.type == "MESG" and not _text(msg):
         return _ignored("empty_text", **ids)
-
-    received = clock()
-    age_s = (received - msg.payload.created_at) / 1000
+    age_s = (now - msg.payload.created_at) / 1000
     if age_s > settings.webhook_replay_window_seconds or -age_s > settings.webhook_max_clock_skew_seconds:
         return _ignored("stale_webhook", **ids, age_seconds=round(age_s))
-    inbound = InboundMessage(
-        correlation_id=uuid.uuid4().hex,
-        message_id=msg.payload.message_id,
-        channel_url=msg.channel.channel_url,
-        user_id=msg.sender.user_id,
-        sendbird_created_at_ms=msg.payload.created_at,
-        received_at_ms=received,
-        enqueued_at_ms=received,
-        message_type=msg.type,
-        text=text[:MAX_UTTERANCE_CHARS],
-        file_name=msg.payload.filename if msg.type == "FILE" else None,
-        traceparent=traceparent,
-    )
-    return IntakeDecision(200, {"status": "accepted", "correlation_id": inbound.correlation_id, **ids}, inbound)
+    return None
+
+
+def _text(msg: MessageSendEvent) -> str:
+    return (msg.payload.message or "").strip() if msg.type == "MESG" else ""
+
+
+def _ids(msg: MessageSendEvent) -> dict[str, Any]:
+    return {"message_id": msg.payload.message_id, "channel_url": msg.channel.channel_url}

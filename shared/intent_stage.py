@@ -16,18 +16,20 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Any, Literal
 
-from shared.clients.intent import IntentClient
 from shared.errors import GatewayError
 from shared.language import detect_language
-from shared.models import InboundMessage, Route, RoutedMessage, now_ms
+from shared.models import InboundMessage, IntentPrediction, RoutedMessage, now_ms
+from shared.ports import IntentPort, StateStore, TelemetryPort
+from shared.routes import FALLBACK, UNSUPPORTED
 from shared.routing import choose_route
 from shared.settings import Settings
-from shared.state import StateStore, UserState
+from shared.state import UserState
+from shared.telemetry import DISABLED
 from shared.utterance import intent_excerpt
-from shared.telemetry import DISABLED, Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -81,48 +83,69 @@ def admit(msg: InboundMessage, state: UserState, settings: Settings, now: int) -
     return Admission("admitted", turn.seq, state.pending_slot, state.language)
 
 
-def classify(msg: InboundMessage, *, state_store: StateStore, intent_client: IntentClient, settings: Settings,
-             clock: Callable[[], int] = now_ms, telemetry: Telemetry = DISABLED) -> RoutedMessage | None:
+@dataclass(frozen=True)
+class IntentStageDeps:
+    """What the intent stage needs: the state store, the intent service, the settings and telemetry."""
+
+    state_store: StateStore
+    intent: IntentPort
+    settings: Settings
+    telemetry: TelemetryPort = DISABLED
+
+
+def classify(msg: InboundMessage, deps: IntentStageDeps, *, clock: Callable[[], int] = now_ms) -> RoutedMessage | None:
     """Route one inbound message (see module docstring). ``clock`` returns epoch ms.
 
-    Telemetry: events ``DuplicateDropped``, ``MessageSilenced``, ``IntentClassified``; metrics
-    ``intent_confidence``, ``fallback_count``, ``intent_service_errors``.
+    Errors: :class:`~shared.errors.TransientError` / :class:`~shared.errors.PermanentError` from the state store
+    and the intent service. Telemetry: events ``DuplicateDropped``, ``MessageSilenced``, ``IntentClassified``;
+    metrics ``intent_confidence``, ``fallback_count``, ``intent_service_errors``.
     """
-    admission = state_store.update(msg.user_id, msg.channel_url, lambda s: admit(msg, s, settings, clock()))
-    ids = {"correlation_id": msg.correlation_id, "message_id": msg.message_id, "channel_url": msg.channel_url,
-           "user_id": msg.user_id}
+    s = deps.settings
+    admission = deps.state_store.update(msg.user_id, msg.channel_url, lambda state: admit(msg, state, s, clock()))
     if admission.verdict != "admitted":
-        log.info("message_id=%s of %s not routed: %s (correlation_id=%s)", msg.message_id, msg.user_id,
+        log.info("message_id=%s not routed: %s (correlation_id=%s)", msg.message_id,
                  "duplicate delivery" if admission.verdict == "duplicate" else "conversation handed off",
                  msg.correlation_id)
-        telemetry.event("DuplicateDropped" if admission.verdict == "duplicate" else "MessageSilenced", ids)
+        deps.telemetry.event("DuplicateDropped" if admission.verdict == "duplicate" else "MessageSilenced", _ids(msg))
         return None
     if msg.message_type == "FILE":
-        language = admission.language or settings.default_language
-        return RoutedMessage(**msg.next_hop(), route=Route.UNSUPPORTED, language=language, top_intent=None,
-                             seq=admission.seq)
+        return RoutedMessage.following(msg, route=UNSUPPORTED, language=admission.language or s.default_language,
+                                       top_intent=None, seq=admission.seq)
+    language = detect_language(msg.text) or admission.language or s.default_language
+    prediction, intent_ms = _predict(msg, language, deps)
+    route, slot_filled = choose_route(prediction, admission.pending_slot, s.intent_confidence_threshold)
+    _report(msg, language, prediction, route, intent_ms, deps.telemetry)
+    return RoutedMessage.following(
+        msg, route=route, text=msg.text, language=language, top_intent=prediction.top_intent,
+        confidence_score=prediction.confidence_score, intents=prediction.intents[:MAX_INTENTS],
+        entities=prediction.entities[:MAX_ENTITIES], slot_filled=slot_filled, seq=admission.seq,
+    )
 
-    language = detect_language(msg.text) or admission.language or settings.default_language
+
+def _predict(msg: InboundMessage, language: str, deps: IntentStageDeps) -> tuple[IntentPrediction, float]:
+    """The intent service's prediction for ``msg`` (its excerpt, :mod:`shared.utterance`) and the call's ms."""
     started = time.perf_counter()
     try:
-        prediction = intent_client.analyze(intent_excerpt(msg.text, settings.intent_max_text_chars), language,
-                                           participant_id=msg.user_id,
-                                           item_id=str(msg.message_id), request_id=msg.correlation_id)
+        prediction = deps.intent.analyze(intent_excerpt(msg.text, deps.settings.intent_max_text_chars), language,
+                                         participant_id=msg.user_id, item_id=str(msg.message_id),
+                                         request_id=msg.correlation_id)
     except GatewayError:
-        telemetry.metric("intent_service_errors", 1)
+        deps.telemetry.metric("intent_service_errors", 1)
         raise
-    intent_ms = (time.perf_counter() - started) * 1000
-    route, slot_filled = choose_route(prediction, admission.pending_slot, settings.intent_confidence_threshold)
+    return prediction, (time.perf_counter() - started) * 1000
+
+
+def _report(msg: InboundMessage, language: str, prediction: IntentPrediction, route: str, intent_ms: float,
+            telemetry: TelemetryPort) -> None:
     telemetry.event("IntentClassified", {
-        **ids, "language": language, "text": msg.text, "intent": prediction.top_intent, "route": route.value,
+        **_ids(msg), "language": language, "text": msg.text, "intent": prediction.top_intent, "route": route,
         "entities": ",".join(sorted({e.category for e in prediction.entities})) or None,
     }, {"confidence": prediction.confidence_score, "intent_latency_ms": intent_ms})
-    telemetry.metric("intent_confidence", prediction.confidence_score, route=route.value)
-    if route is Route.FALLBACK:
+    telemetry.metric("intent_confidence", prediction.confidence_score, route=route)
+    if route == FALLBACK:
         telemetry.metric("fallback_count", 1)
-    return RoutedMessage(
-        **msg.next_hop(), route=route, text=msg.text, language=language,
-        top_intent=prediction.top_intent, confidence_score=prediction.confidence_score,
-        intents=prediction.intents[:MAX_INTENTS], entities=prediction.entities[:MAX_ENTITIES],
-        slot_filled=slot_filled, seq=admission.seq,
-    )
+
+
+def _ids(msg: InboundMessage) -> dict[str, Any]:
+    return {"correlation_id": msg.correlation_id, "message_id": msg.message_id, "channel_url": msg.channel_url,
+            "user_id": msg.user_id}

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import time
-from enum import Enum
 from typing import Any, ClassVar, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -60,22 +59,8 @@ def poison_record_queue(queue: str) -> str:
     return f"{queue}-poison-records"
 
 
-class Route(str, Enum):
-    """Branch handlers: one queue and one function each."""
-
-    GREETING = "greeting"
-    HELP = "help"
-    ORDER_STATUS = "order_status"
-    PRODUCT_SEARCH = "product_search"
-    HANDOFF = "handoff"
-    GOODBYE = "goodbye"
-    FALLBACK = "fallback"
-    UNSUPPORTED = "unsupported"  # non-text content (files, images)
-
-    @property
-    def queue(self) -> str:
-        """The route's queue name, e.g. ``route-order-status``."""
-        return "route-" + self.value.replace("_", "-")
+#: Route names: lowercase letters, digits, ``_`` (the route registry, :mod:`shared.routes`, holds the routes).
+ROUTE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
 
 
 def now_ms() -> int:
@@ -92,6 +77,9 @@ class Hop(BaseModel):
     duration_ms: int = Field(ge=0, description="from the stage's start to its next message")
     dependency_ms: dict[str, int] = Field(default_factory=dict,
                                           description="of which in outbound calls, by system (intent, sendbird, cosmos)")
+
+
+QM = TypeVar("QM", bound="QueueMessageBase")
 
 
 class QueueMessageBase(BaseModel):
@@ -116,8 +104,18 @@ class QueueMessageBase(BaseModel):
     replayed: bool = Field(default=False, description="re-sent from a poison queue by an operator")
 
     def to_queue_text(self) -> str:
-        """JSON text for a queue (output binding value or SDK message body); UTF-8, not ASCII-escaped."""
+        """JSON text for a queue (SDK message body); UTF-8, not ASCII-escaped."""
         return self.model_dump_json()
+
+    def to_queue_bytes(self) -> bytes:
+        """The UTF-8 bytes of :meth:`to_queue_text`, for queue output bindings (``func.Out[bytes]``).
+
+        The host passes bytes through unchanged, whereas a ``str`` that parses as JSON is re-serialized by the host
+        (indented, about 30 % larger, ISO-date-looking strings rewritten; ``../shared/reference/functions-host-rules.md``,
+        "Output bindings"): the Python worker encodes ``bytes`` as a ``bytes`` datum
+        (azure-functions ``QueueMessageOutConverter.encode``), which the host writes as the message as is.
+        """
+        return self.model_dump_json().encode("utf-8")
 
     def with_hop(self, stage: str, queue_wait_ms: int, started_at_ms: int,
                  dependency_ms: dict[str, float] | None = None, traceparent: str | None = None) -> "QueueMessageBase":
@@ -131,12 +129,13 @@ class QueueMessageBase(BaseModel):
             update["traceparent"] = traceparent
         return self.model_copy(update=update)
 
-    def next_hop(self, **changes: Any) -> dict[str, Any]:
-        """The common fields for the next stage's message, with ``enqueued_at_ms`` set to now."""
-        common = {k: getattr(self, k) for k in QueueMessageBase.model_fields if k not in ("type", "version")}
+    @classmethod
+    def following(cls: type[QM], previous: "QueueMessageBase", **fields: Any) -> QM:
+        """The next stage's message for the same conversation turn: ``previous``'s ids, timings and hops,
+        enqueued now, plus ``fields``. Raises pydantic's ``ValidationError`` on bad fields."""
+        common = {k: getattr(previous, k) for k in QueueMessageBase.model_fields if k not in ("type", "version")}
         common["enqueued_at_ms"] = now_ms()
-        common.update(changes)
-        return common
+        return cls(**{**common, **fields})
 
 
 class InboundMessage(QueueMessageBase):
@@ -172,6 +171,20 @@ class Entity(BaseModel):
     key: str | None = Field(default=None, description="canonical value of a list entity (CLU ListKey)")
 
 
+class IntentPrediction(BaseModel):
+    """The parts of a CLU prediction the gateway uses. Scores 0..1, intents sorted best first."""
+
+    query: str
+    top_intent: str | None
+    intents: list[IntentScore]
+    entities: list[Entity]
+
+    @property
+    def confidence_score(self) -> float:
+        """Confidence score of the top intent (0 when there is none)."""
+        return next((i.confidence_score for i in self.intents if i.category == self.top_intent), 0.0)
+
+
 class RoutedMessage(QueueMessageBase):
     """A message classified by the intent stage, on its route's queue (``route-<route>``)."""
 
@@ -180,7 +193,7 @@ class RoutedMessage(QueueMessageBase):
     type: Literal["routed"] = "routed"
     version: Literal[1] = 1
 
-    route: Route
+    route: str = Field(pattern=ROUTE_NAME_PATTERN, description="the branch route (shared.routes registry)")
     text: str = Field(default="", max_length=MAX_UTTERANCE_CHARS)
     language: Literal["ko", "en"]
     top_intent: str | None = Field(description="CLU topIntent; None when not classified (e.g. a file)")
@@ -206,7 +219,7 @@ class ReplyMessage(QueueMessageBase):
 
     text: str = Field(min_length=1, max_length=5_000)
     language: Literal["ko", "en"]
-    route: Route | None = None
+    route: str | None = Field(default=None, pattern=ROUTE_NAME_PATTERN)
     top_intent: str | None = Field(default=None, description="CLU topIntent of the user's message")
     confidence_score: float = Field(default=0.0, ge=0, le=1, description="its confidence score")
     reply_key: str = Field(description="response catalog key the text came from")

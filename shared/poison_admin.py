@@ -24,17 +24,27 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from azure.core.exceptions import ResourceNotFoundError
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shared.clients.queues import QueueSender
-from shared.models import INBOUND_QUEUE, REPLY_QUEUE, PoisonRecord, Route, now_ms, poison_queue_name, poison_record_queue
+from shared.models import INBOUND_QUEUE, REPLY_QUEUE, PoisonRecord, now_ms, poison_queue_name, poison_record_queue
+from shared.ports import QueuedMessage, QueuePort
+from shared.routes import routes
 from shared.telemetry import Redactor
 
-#: Every queue a stage consumes, hence every poison queue there can be.
-SOURCE_QUEUES: tuple[str, ...] = (INBOUND_QUEUE, *(r.queue for r in Route), REPLY_QUEUE)
+
+def source_queues() -> tuple[str, ...]:
+    """Every queue a stage consumes (inbound, one per registered route, reply): every poison queue there can be."""
+    return (INBOUND_QUEUE, *routes().queues(), REPLY_QUEUE)
+
+
 #: Storage queues return at most 32 messages per receive/peek call.
 PAGE = 32
+#: Most entries one listing returns (``offset`` pages through more).
+LIST_LIMIT = 200
+#: How long records stay hidden while a listing reads them, seconds.
+LIST_LEASE_SECONDS = 5
+#: Most records read per queue for one listing (the listing is sorted, so it reads them all up to this).
+LIST_SCAN_MAX = 2_000
 #: How long messages taken from a poison queue stay hidden while a replay looks at them, seconds.
 REPLAY_LEASE_SECONDS = 30
 
@@ -111,16 +121,63 @@ def mark_replayed(original: str) -> str:
     return original
 
 
-def list_poison(queues: QueueSender, source_queues: tuple[str, ...] = SOURCE_QUEUES) -> list[PoisonEntry]:
-    """Poison messages of ``source_queues``: records, then raw bodies the poison trigger has not handled yet
-    (up to 32 of each per queue: Storage's peek limit), oldest first, one entry per poisoned delivery."""
+@dataclass(frozen=True)
+class PoisonPage:
+    """One page of the listing: ``entries``, and the ``offset`` of the next page (None: this was the last)."""
+
+    entries: list[PoisonEntry]
+    next_offset: int | None
+
+
+def list_poison(queues: QueuePort, queue_names: tuple[str, ...] | None = None, *, offset: int = 0,
+                limit: int = LIST_LIMIT) -> PoisonPage:
+    """Poison messages of ``queue_names`` (default: every stage queue), one entry per poisoned delivery, in a
+    stable order (source queue, then poisoning time, then id), from the ``offset``-th entry, at most ``limit``.
+
+    Records are read with receive (hidden for ``LIST_LEASE_SECONDS`` while they are read, then released; at
+    most ``LIST_SCAN_MAX`` per queue); raw bodies still in the host's poison queue (the poison trigger takes them
+    within seconds) are peeked, never received, so listing never raises their dequeue count.
+    """
     entries: dict[tuple, PoisonEntry] = {}
-    for q in source_queues:
-        for name in (poison_record_queue(q), poison_queue_name(q)):
-            for m in queues.peek(name, max_messages=PAGE):
-                entry = parse_entry(q, m.id, m.content)
-                entries.setdefault(entry.key(), entry)
-    return list(entries.values())
+    for q in queue_names or source_queues():
+        for entry in _records(queues, q, LIST_SCAN_MAX) + _host_moved(queues, q):
+            entries.setdefault(entry.key(), entry)
+    order = {q: i for i, q in enumerate(source_queues())}
+    found = sorted(entries.values(), key=lambda e: (order.get(e.source_queue, len(order)), e.poisoned_at_ms or 0,
+                                                    e.message_id or 0, e.id))
+    more = len(found) > offset + limit
+    return PoisonPage(found[offset:offset + limit], offset + limit if more else None)
+
+
+def _records(queues: QueuePort, source_queue: str, wanted: int) -> list[PoisonEntry]:
+    name = poison_record_queue(source_queue)
+    held: list[QueuedMessage] = []
+    try:
+        while len(held) < wanted and (batch := queues.receive(name, PAGE, LIST_LEASE_SECONDS)):
+            held += batch
+    finally:
+        for m in held:
+            queues.release(name, m)
+    return [parse_entry(source_queue, m.id, m.content) for m in held]
+
+
+def _host_moved(queues: QueuePort, source_queue: str) -> list[PoisonEntry]:
+    return [parse_entry(source_queue, m.id, m.content) for m in queues.peek(poison_queue_name(source_queue), PAGE)]
+
+
+class ListRequest(BaseModel):
+    """Query of a listing: one source queue (default all), the page's ``offset`` and ``limit`` (1..LIST_LIMIT)."""
+
+    model_config = ConfigDict(extra="forbid")
+    queue: str | None = None
+    offset: int = Field(default=0, ge=0)
+    limit: int = Field(default=LIST_LIMIT, ge=1, le=LIST_LIMIT)
+
+    @model_validator(mode="after")
+    def _known_queue(self) -> "ListRequest":
+        if self.queue is not None and self.queue not in source_queues():
+            raise ValueError(f"unknown queue {self.queue!r}; known: {list(source_queues())}")
+        return self
 
 
 class ReplayRequest(BaseModel):
@@ -135,9 +192,9 @@ class ReplayRequest(BaseModel):
 
     @model_validator(mode="after")
     def _selects_something(self) -> "ReplayRequest":
-        unknown = set(self.queues) - set(SOURCE_QUEUES)
+        unknown = set(self.queues) - set(source_queues())
         if unknown:
-            raise ValueError(f"unknown queues {sorted(unknown)}; known: {list(SOURCE_QUEUES)}")
+            raise ValueError(f"unknown queues {sorted(unknown)}; known: {list(source_queues())}")
         if not (self.all or self.ids or self.correlation_ids or self.message_ids):
             raise ValueError("select messages with ids, correlation_ids, message_ids, or all=true")
         return self
@@ -147,7 +204,7 @@ class ReplayRequest(BaseModel):
                 in self.correlation_ids) or (e.message_id is not None and e.message_id in self.message_ids))
 
 
-def replay(queues: QueueSender, request: ReplayRequest, *, started_ms: int | None = None) -> list[PoisonEntry]:
+def replay(queues: QueuePort, request: ReplayRequest, *, started_ms: int | None = None) -> list[PoisonEntry]:
     """Move the selected poison messages back to their source queues; returns what was replayed.
 
     Each records queue and host poison queue is read with receive (messages hidden for
@@ -157,36 +214,41 @@ def replay(queues: QueueSender, request: ReplayRequest, *, started_ms: int | Non
     again while the scan goes on is not replayed a second time. A crash between re-send and delete leaves a
     copy in the poison queue: replaying it again is harmless (the stages answer a message at most once).
     """
-    cutoff = now_ms() if started_ms is None else started_ms
-    replayed: list[PoisonEntry] = []
-    done: set[tuple] = set()
-    for q in request.queues or SOURCE_QUEUES:
+    scan = _ReplayScan(queues, request, now_ms() if started_ms is None else started_ms)
+    for q in request.queues or source_queues():
         for name in (poison_record_queue(q), poison_queue_name(q)):
-            replayed += _replay_queue(queues, q, name, request, cutoff, done)
-    return replayed
+            scan.queue(q, name)
+    return scan.replayed
 
 
-def _replay_queue(queues: QueueSender, source_queue: str, name: str, request: ReplayRequest, cutoff_ms: int,
-                  done: set[tuple]) -> list[PoisonEntry]:
-    client = queues.client(name)
-    replayed, kept = [], []  # kept: not selected, hidden during the scan so every receive returns new messages
-    try:
-        while batch := list(client.receive_messages(max_messages=PAGE, visibility_timeout=REPLAY_LEASE_SECONDS)):
-            for m in batch:
-                entry = parse_entry(source_queue, m.id, m.content)
-                inserted_ms = m.inserted_on.timestamp() * 1000 if m.inserted_on else 0
-                if request.selects(entry) and inserted_ms <= cutoff_ms and entry.key() not in done:
-                    queues.send(source_queue, mark_replayed(entry.original))
-                    client.delete_message(m)
-                    done.add(entry.key())
-                    replayed.append(entry)
-                elif request.selects(entry) and entry.key() in done:
-                    client.delete_message(m)  # a second copy of a delivery just replayed
-                else:
-                    kept.append(m)
-    except ResourceNotFoundError:
-        pass  # no such queue: nothing to replay
-    finally:
-        for m in kept:
-            client.update_message(m, visibility_timeout=0)
-    return replayed
+class _ReplayScan:
+    """One replay: what was replayed so far (a second copy of a replayed delivery is deleted, not re-sent)."""
+
+    def __init__(self, queues: QueuePort, request: ReplayRequest, cutoff_ms: int):
+        self.queues, self.request, self.cutoff_ms = queues, request, cutoff_ms
+        self.replayed: list[PoisonEntry] = []
+        self.done: set[tuple] = set()
+
+    def queue(self, source_queue: str, name: str) -> None:
+        kept: list[QueuedMessage] = []  # not selected: hidden during the scan so every receive returns new ones
+        try:
+            while batch := self.queues.receive(name, PAGE, REPLAY_LEASE_SECONDS):
+                kept += [m for m in batch if not self._take(source_queue, name, m)]
+        finally:
+            for m in kept:
+                self.queues.release(name, m)
+
+    def _take(self, source_queue: str, name: str, m: QueuedMessage) -> bool:
+        entry = parse_entry(source_queue, m.id, m.content)
+        if not self.request.selects(entry):
+            return False
+        if entry.key() in self.done:
+            self.queues.delete(name, m)  # a second copy of a delivery just replayed
+            return True
+        if m.inserted_at_ms > self.cutoff_ms:
+            return False  # poisoned after the replay started: left for the next one
+        self.queues.send(source_queue, mark_replayed(entry.original))
+        self.queues.delete(name, m)
+        self.done.add(entry.key())
+        self.replayed.append(entry)
+        return True

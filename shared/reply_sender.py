@@ -34,20 +34,22 @@ from __future__ import annotations
 import json
 import logging
 import time
-from typing import Callable, Literal
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from shared.catalog import ResponseCatalog
-from shared.clients.queues import QueueSender
-from shared.clients.sendbird import SendBirdClient
 from shared.errors import GatewayError, PermanentError, RateLimited
 from shared.models import REPLY_QUEUE, ReplyMessage, now_ms
+from shared.ports import QueuePort, SendBirdPort, StateStore, TelemetryPort
 from shared.settings import Settings
-from shared.state import APOLOGY_KEY, SendClaim, StateStore, Turn, UserState, reply_dedup_id
-from shared.telemetry import DISABLED, Telemetry
+from shared.state import APOLOGY_KEY, SendClaim, Turn, UserState, reply_dedup_id
+from shared.telemetry import DISABLED
 
 log = logging.getLogger(__name__)
 
-Outcome = Literal["sent", "duplicate", "superseded", "rescheduled"]
+#: What became of one reply message.
+Delivery = Literal["sent", "duplicate", "superseded", "rescheduled"]
 
 
 def reply_data(reply: ReplyMessage) -> str:
@@ -57,7 +59,7 @@ def reply_data(reply: ReplyMessage) -> str:
     outbound-call ms) and ``reply_queue_wait_ms`` (time on ``chat-reply`` before this send).
     """
     return json.dumps({
-        "correlation_id": reply.correlation_id, "route": reply.route.value if reply.route else None,
+        "correlation_id": reply.correlation_id, "route": reply.route,
         "intent": reply.top_intent, "confidence": round(reply.confidence_score, 4), "reply_key": reply.reply_key,
         "timings": {"received_at_ms": reply.received_at_ms, "hops": [h.model_dump() for h in reply.hops],
                     "reply_queue_wait_ms": max(0, now_ms() - reply.enqueued_at_ms)},
@@ -89,75 +91,105 @@ def owned_turn(state: UserState, reply: ReplyMessage, settings: Settings, catalo
     return turn
 
 
-def deliver(reply: ReplyMessage, *, sendbird: SendBirdClient, queues: QueueSender, state_store: StateStore,
-            settings: Settings, catalog: ResponseCatalog, clock: Callable[[], int] = now_ms,
-            telemetry: Telemetry = DISABLED) -> Outcome:
+@dataclass(frozen=True)
+class ReplyDeps:
+    """What the reply sender needs: the ports, the settings and the catalog (for the apology check)."""
+
+    sendbird: SendBirdPort
+    queues: QueuePort
+    state_store: StateStore
+    settings: Settings
+    catalog: ResponseCatalog
+    telemetry: TelemetryPort = DISABLED
+
+
+def claim(reply: ReplyMessage, state: UserState, *, settings: Settings, catalog: ResponseCatalog,
+          now: int) -> tuple[str, int]:
+    """Take the send claim on ``reply``'s turn (pure; runs in the ETag-guarded update). Returns ``(verdict,
+    wait_ms)``: ``claimed``; ``duplicate`` (sent before); ``superseded`` (the message has its one answer);
+    ``busy`` with the ms until another sender's claim expires."""
+    lease_ms = settings.reply_send_lease_seconds * 1000
+    apology = reply.reply_key == APOLOGY_KEY
+    turn = owned_turn(state, reply, settings, catalog)
+    if reply.dedup_id in turn.sent_dedup_ids:
+        return "duplicate", 0
+    # One visible answer per message: the real reply and the apology exclude each other.
+    if apology and (turn.answered or reply_dedup_id(reply.message_id) in turn.sent_dedup_ids):
+        return "superseded", 0
+    if not apology and turn.apologized and not reply.replayed:
+        return "superseded", 0
+    if turn.sending and now - turn.sending.since_ms < lease_ms:
+        if turn.sending.dedup_id == reply.dedup_id or not apology:
+            return "busy", turn.sending.since_ms + lease_ms - now
+        return "superseded", 0  # an apology while the real reply is being sent
+    turn.sending = SendClaim(dedup_id=reply.dedup_id, since_ms=now)
+    return "claimed", 0
+
+
+def release(reply: ReplyMessage, state: UserState) -> None:
+    """Drop ``reply``'s send claim (it was not sent)."""
+    turn = state.turn_for(reply.message_id)
+    if turn and turn.sending and turn.sending.dedup_id == reply.dedup_id:
+        turn.sending = None
+
+
+def mark_sent(reply: ReplyMessage, state: UserState, *, settings: Settings, catalog: ResponseCatalog,
+              now: int) -> None:
+    """Record that SendBird accepted ``reply``."""
+    turn = owned_turn(state, reply, settings, catalog)
+    if reply.dedup_id not in turn.sent_dedup_ids:
+        turn.sent_dedup_ids = [*turn.sent_dedup_ids, reply.dedup_id]
+    turn.status, turn.sent_at_ms, turn.sending = "sent", now, None
+    turn.reply_key, turn.reply_text = reply.reply_key, reply.text
+
+
+def deliver(reply: ReplyMessage, deps: ReplyDeps, *, clock: Callable[[], int] = now_ms) -> Delivery:
     """Send ``reply`` at most once (see module docstring).
 
+    Errors: :class:`~shared.errors.PermanentError` (a reply the gateway did not produce; SendBird 4xx; too many
+    reschedules), :class:`~shared.errors.TransientError` (SendBird 5xx/timeouts, the state store).
     Telemetry: events ``ReplySent`` (with the latencies, ms), ``ReplyDeduplicated``, ``SendBirdThrottled``;
     metrics ``e2e_latency_ms``, ``sendbird_429_count``.
     """
-    lease_ms = settings.reply_send_lease_seconds * 1000
-    apology = reply.reply_key == APOLOGY_KEY
-
-    def claim(state: UserState) -> tuple[str, int]:
-        now = clock()
-        turn = owned_turn(state, reply, settings, catalog)
-        if reply.dedup_id in turn.sent_dedup_ids:
-            return "duplicate", 0
-        # One visible answer per message: the real reply and the apology exclude each other.
-        if apology and (turn.answered or reply_dedup_id(reply.message_id) in turn.sent_dedup_ids):
-            return "superseded", 0
-        if not apology and turn.apologized and not reply.replayed:
-            return "superseded", 0
-        if turn.sending and now - turn.sending.since_ms < lease_ms:
-            if turn.sending.dedup_id == reply.dedup_id or not apology:
-                return "busy", turn.sending.since_ms + lease_ms - now
-            return "superseded", 0  # an apology while the real reply is being sent
-        turn.sending = SendClaim(dedup_id=reply.dedup_id, since_ms=now)
-        return "claimed", 0
-
-    def release(state: UserState) -> None:
-        turn = state.turn_for(reply.message_id)
-        if turn and turn.sending and turn.sending.dedup_id == reply.dedup_id:
-            turn.sending = None
-
-    def mark_sent(state: UserState) -> None:
-        turn = owned_turn(state, reply, settings, catalog)
-        if reply.dedup_id not in turn.sent_dedup_ids:
-            turn.sent_dedup_ids = [*turn.sent_dedup_ids, reply.dedup_id]
-        turn.status, turn.sent_at_ms, turn.sending = "sent", clock(), None
-        turn.reply_key, turn.reply_text = reply.reply_key, reply.text
-
-    verdict, wait_ms = state_store.update(reply.user_id, reply.channel_url, claim)
-    ids = {"correlation_id": reply.correlation_id, "message_id": reply.message_id,
-           "channel_url": reply.channel_url, "user_id": reply.user_id}
+    s, store = deps.settings, deps.state_store
+    verdict, wait_ms = store.update(reply.user_id, reply.channel_url, lambda state: claim(
+        reply, state, settings=s, catalog=deps.catalog, now=clock()))
     if verdict in ("duplicate", "superseded"):
         log.info("reply %s for message_id=%s not sent: %s", reply.dedup_id, reply.message_id,
                  "sent before" if verdict == "duplicate" else "the message already has its answer")
-        telemetry.event("ReplyDeduplicated", {**ids, "reply_key": reply.reply_key, "reason": verdict})
-        return verdict
+        deps.telemetry.event("ReplyDeduplicated", {**_ids(reply), "reply_key": reply.reply_key, "reason": verdict})
+        return "duplicate" if verdict == "duplicate" else "superseded"
     if verdict == "busy":
-        return _reschedule(reply, queues, settings, max(1.0, wait_ms / 1000), "another sender holds the claim")
+        return _reschedule(reply, deps.queues, s, max(1.0, wait_ms / 1000), "another sender holds the claim")
+    return _send(reply, deps, clock)
+
+
+def _send(reply: ReplyMessage, deps: ReplyDeps, clock: Callable[[], int]) -> Delivery:
     started = time.perf_counter()
     try:
-        sendbird.send_bot_message(reply.channel_url, reply.text, reply.dedup_id, data=reply_data(reply))
+        deps.sendbird.send_bot_message(reply.channel_url, reply.text, reply.dedup_id, data=reply_data(reply))
     except RateLimited as exc:
-        telemetry.metric("sendbird_429_count", 1)
-        telemetry.event("SendBirdThrottled", {**ids, "reason": exc.reason},
-                        {"retry_after_seconds": exc.retry_after_seconds, "reschedules": reply.reschedules})
-        state_store.update(reply.user_id, reply.channel_url, release)
-        return _reschedule(reply, queues, settings, exc.retry_after_seconds, f"SendBird 429: {exc.reason}")
+        deps.telemetry.metric("sendbird_429_count", 1)
+        deps.telemetry.event("SendBirdThrottled", {**_ids(reply), "reason": exc.reason},
+                             {"retry_after_seconds": exc.retry_after_seconds, "reschedules": reply.reschedules})
+        deps.state_store.update(reply.user_id, reply.channel_url, lambda state: release(reply, state))
+        return _reschedule(reply, deps.queues, deps.settings, exc.retry_after_seconds, f"SendBird 429: {exc.reason}")
     except GatewayError:
-        _release_quietly(state_store, reply, release)
+        _release_quietly(deps.state_store, reply)
         raise
     sendbird_ms = (time.perf_counter() - started) * 1000
-    state_store.update(reply.user_id, reply.channel_url, mark_sent)
-    _report_sent(reply, ids, sendbird_ms, telemetry)
+    deps.state_store.update(reply.user_id, reply.channel_url, lambda state: mark_sent(
+        reply, state, settings=deps.settings, catalog=deps.catalog, now=clock()))
+    _report_sent(reply, _ids(reply), sendbird_ms, deps.telemetry)
     return "sent"
 
 
-def _report_sent(reply: ReplyMessage, ids: dict, sendbird_ms: float, telemetry: Telemetry) -> None:
+def _ids(reply: ReplyMessage) -> dict[str, Any]:
+    return {"correlation_id": reply.correlation_id, "message_id": reply.message_id,
+            "channel_url": reply.channel_url, "user_id": reply.user_id}
+
+
+def _report_sent(reply: ReplyMessage, ids: dict[str, Any], sendbird_ms: float, telemetry: TelemetryPort) -> None:
     now = now_ms()
     hops = {h.stage: h for h in reply.hops}
     intent_hop = hops.get("chat-inbound")
@@ -174,13 +206,13 @@ def _report_sent(reply: ReplyMessage, ids: dict, sendbird_ms: float, telemetry: 
     if handler_hop:
         measurements.update(handler_queue_wait_ms=handler_hop.queue_wait_ms, handler_stage_ms=handler_hop.duration_ms)
     telemetry.event("ReplySent", {
-        **ids, "route": reply.route.value if reply.route else None, "intent": reply.top_intent,
+        **ids, "route": reply.route, "intent": reply.top_intent,
         "reply_key": reply.reply_key, "language": reply.language, "reply_text": reply.text,
     }, measurements)
-    telemetry.metric("e2e_latency_ms", measurements["e2e_latency_ms"], route=reply.route.value if reply.route else None)
+    telemetry.metric("e2e_latency_ms", measurements["e2e_latency_ms"], route=reply.route)
 
 
-def mark_failed(reply: ReplyMessage, state_store: StateStore, settings: Settings) -> None:
+def mark_failed(reply: ReplyMessage, state_store: StateStore) -> None:
     """Record that ``reply`` could not be delivered (it was poisoned), so later messages are not held back.
     A reply without an admitted turn (e.g. one refused as not the gateway's) changes nothing."""
 
@@ -192,8 +224,8 @@ def mark_failed(reply: ReplyMessage, state_store: StateStore, settings: Settings
     state_store.update(reply.user_id, reply.channel_url, fail)
 
 
-def _reschedule(reply: ReplyMessage, queues: QueueSender, settings: Settings, delay_seconds: float,
-                why: str) -> Outcome:
+def _reschedule(reply: ReplyMessage, queues: QueuePort, settings: Settings, delay_seconds: float,
+                why: str) -> Delivery:
     if reply.reschedules >= settings.reply_max_reschedules:
         raise PermanentError(f"not delivered after {reply.reschedules} reschedules; last: {why}")
     again = reply.model_copy(update={"reschedules": reply.reschedules + 1, "enqueued_at_ms": now_ms()})
@@ -203,8 +235,8 @@ def _reschedule(reply: ReplyMessage, queues: QueueSender, settings: Settings, de
     return "rescheduled"
 
 
-def _release_quietly(state_store: StateStore, reply: ReplyMessage, release: Callable[[UserState], None]) -> None:
+def _release_quietly(state_store: StateStore, reply: ReplyMessage) -> None:
     try:
-        state_store.update(reply.user_id, reply.channel_url, release)
+        state_store.update(reply.user_id, reply.channel_url, lambda state: release(reply, state))
     except GatewayError as exc:  # the claim expires by itself after the lease
         log.warning("could not release the send claim of %s: %s", reply.dedup_id, exc.reason)

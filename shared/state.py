@@ -1,26 +1,15 @@
 """Per-user conversation state: one document per SendBird user.
 
-The store interface (:class:`StateStore`) has two adapters held to the same
-contract test (``tests/test_state_contract.py``): the Cosmos DB client
-(:mod:`shared.clients.cosmos`) and an in-memory fake for unit tests.
-
-Concurrency: :meth:`StateStore.update` is an optimistic read-modify-write. The
-``mutate`` callback may run more than once (after an ETag conflict, HTTP 412) and
-must therefore be a pure function of the state it is given.
+Where it is stored: :class:`shared.ports.StateStore` (Cosmos DB adapter :mod:`shared.clients.cosmos`, an in-memory
+fake for unit tests, both held to ``tests/test_state_contract.py``).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Literal, Protocol, TypeVar
+from typing import Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
-
-T = TypeVar("T")
-
-#: Slots a handler can ask the next message to fill, and the entity category that fills each.
-SLOT_ENTITIES = {"order_number": "OrderNumber", "product_category": "ProductCategory"}
-
 
 #: Catalog key of the apology a user gets when their message was poisoned.
 APOLOGY_KEY = "apology.error"
@@ -100,7 +89,7 @@ class UserState(BaseModel):
     schema_version: Literal[1] = 1
     channel_url: str | None = None
     language: Literal["ko", "en"] | None = None
-    pending_slot: Literal["order_number", "product_category"] | None = None
+    pending_slot: str | None = Field(default=None, description="the slot the next message may fill (a route's slot)")
     handoff_until_ms: int | None = Field(default=None, description="bot stays silent until this epoch ms")
     next_seq: int = Field(default=1, description="sequence number of the user's next admitted message")
     turns: list[Turn] = Field(default_factory=list, description="most recent last, bounded")
@@ -161,20 +150,3 @@ class UserState(BaseModel):
 def document_id(user_id: str) -> str:
     """Cosmos DB item id for ``user_id`` (ids may not contain ``/ \\ ? #``; those are %-escaped)."""
     return quote(user_id, safe="") if any(c in user_id for c in "/\\?#%") else user_id
-
-
-class StateStore(Protocol):
-    """Where user state lives. Errors: :class:`~shared.errors.TransientError` when the store is unavailable."""
-
-    def get_or_create(self, user_id: str, channel_url: str | None) -> UserState:
-        """The user's state, created (and stored) if it does not exist yet."""
-        ...
-
-    def update(self, user_id: str, channel_url: str | None, mutate: Callable[[UserState], T]) -> T:
-        """Apply ``mutate`` to the current state and store it atomically (ETag); returns mutate's result.
-
-        ``mutate`` may be called several times (once per conflict). When it changes
-        nothing, nothing is written. Raises :class:`~shared.errors.TransientError`
-        after too many conflicts.
-        """
-        ...

@@ -1,20 +1,23 @@
 """Per-invocation timing of outbound calls (intent service, SendBird, Cosmos DB), in milliseconds.
 
-A queue stage opens a scope (:func:`scope`); client modules wrap each outbound
-call in :func:`dependency`; the stage reads the totals when it writes its hop.
-Calls outside a scope are not recorded. Uses a ``ContextVar``, so concurrent
-invocations on other threads do not mix.
+A queue stage opens a scope (:func:`scope`); client modules wrap each outbound call in :func:`dependency`; the
+stage reads the totals when it writes its hop. Calls outside a scope are not recorded. Uses a ``ContextVar``, so
+concurrent invocations on other threads do not mix.
 """
 
 from __future__ import annotations
 
 import time
 from collections import defaultdict
+from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Iterator
+from typing import TYPE_CHECKING
 
-from shared import telemetry
+from shared.telemetry import Span
+
+if TYPE_CHECKING:  # pragma: no cover - types only
+    from shared.ports import TelemetryPort
 
 _current: ContextVar[dict[str, float] | None] = ContextVar("dependency_ms", default=None)
 
@@ -31,14 +34,14 @@ def scope() -> Iterator[dict[str, float]]:
 
 
 @contextmanager
-def dependency(name: str, operation: str = "", target: str = "",
-               dependency_type: str = "HTTP") -> Iterator[telemetry.Span]:
-    """Add the wall time of the ``with`` block (ms) to ``name`` in the current scope, if any, and
-    report it as a telemetry dependency (``operation`` on ``target``) of the current stage.
+def dependency(telemetry: TelemetryPort, name: str, operation: str = "", target: str = "",
+               dependency_type: str = "HTTP") -> Iterator[Span]:
+    """Add the wall time of the ``with`` block (ms) to ``name`` in the current scope, if any, and report it
+    through ``telemetry`` as a dependency (``operation`` on ``target``) of the current stage.
     Yields the dependency span (``set_status_code`` for HTTP answers)."""
     start = time.perf_counter()
     try:
-        with telemetry.current().dependency(name, operation or name, target, dependency_type) as span:
+        with telemetry.dependency(name, operation or name, target, dependency_type) as span:
             yield span
     finally:
         totals = _current.get()

@@ -8,30 +8,19 @@ from pathlib import Path
 import pytest
 
 from shared.catalog import ResponseCatalog
-from shared.settings import Settings, load_settings
-from tests.fakes import FakeSendBird, InMemoryStateStore, RecordingQueueSender, ScriptedIntentClient
+from shared.settings import AppConfig, Settings, load_settings
+from tests.support.chain import Chain, fake_services
+from tests.support.samples import ROOT, sample_values
+from tests.support.fakes import FakeSendBird, InMemoryStateStore, RecordingQueueSender, ScriptedIntentClient
 
-ROOT = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).resolve().parent / "fixtures" / "sendbird"
-#: The API token the sample payloads were signed with (fixtures/sendbird/README.md).
-SAMPLE_TOKEN = "0123456789abcdef0123456789abcdef01234567"
-#: A clock (epoch ms) for the sample payloads: one second after their ``payload.created_at``, so the
-#: intake's replay window accepts them.
-SAMPLE_NOW_MS = 1763600000123 + 1000
-
-
-def sample_values() -> dict[str, str]:
-    return json.loads((ROOT / "local.settings.sample.json").read_text(encoding="utf-8"))["Values"]
+@pytest.fixture
+def config() -> AppConfig:
+    return load_settings(sample_values())
 
 
 @pytest.fixture
-def settings() -> Settings:
-    return load_settings(sample_values()).settings
-
-
-def payload(name: str) -> bytes:
-    """Exact bytes of a sample webhook file (the signatures in the README cover these bytes)."""
-    return (FIXTURES / name).read_bytes()
+def settings(config) -> Settings:
+    return config.settings
 
 
 @pytest.fixture
@@ -57,6 +46,18 @@ def intent() -> ScriptedIntentClient:
 @pytest.fixture
 def sendbird() -> FakeSendBird:
     return FakeSendBird()
+
+
+@pytest.fixture
+def services(config, store, queues, intent, sendbird, catalog):
+    """The composition root with every external system faked (the fakes of the fixtures above)."""
+    return fake_services(config, state_store=store, queues=queues, intent=intent, sendbird=sendbird, catalog=catalog)
+
+
+@pytest.fixture
+def chain(services) -> Chain:
+    """Moves messages through intent stage -> branch handler -> reply sender on :func:`services`."""
+    return Chain(services)
 
 
 # --------------------------------------------------------------------------- local stack services

@@ -13,14 +13,14 @@ import uuid
 import pytest
 from pytest_httpserver import HTTPServer
 
-from shared.clients.intent import IntentClient
+from shared.clients.clu import IntentClient
 from shared.clients.queues import QueueSender
 from shared.clients.sendbird import SendBirdClient
 from shared.errors import PermanentError, RateLimited, TransientError
 from shared.models import PoisonRecord, poison_record_queue
 from shared.settings import load_settings
-from tests.conftest import sample_values
-from tests.fakes import FakeSendBird, RecordingQueueSender, ScriptedIntentClient, clu_prediction
+from tests.support.samples import sample_values
+from tests.support.fakes import FakeSendBird, RecordingQueueSender, ScriptedIntentClient, clu_prediction
 
 
 def settings_with(**values):
@@ -295,3 +295,21 @@ def test_wrong_token_is_permanent(sendbird_standin):
                                           SENDBIRD_API_TOKEN="wrong-token-123"))
     with pytest.raises(PermanentError, match="401"):
         client.send_bot_message(channel(), "hello", "reply-6")
+
+
+def test_received_messages_are_hidden_then_deleted_or_released(queue_view):
+    q, sender = qname(), queue_view.sender
+    for t in ("a", "b", "c"):
+        sender.send(q, t)
+    got = sender.receive(q, 32, visibility_timeout=30)
+    assert sorted(m.content for m in got) == ["a", "b", "c"] and sender.receive(q, 32, 30) == []
+    assert all(m.inserted_at_ms > 0 and m.dequeue_count == 1 for m in got)
+    by_content = {m.content: m for m in got}
+    sender.delete(q, by_content["a"])
+    sender.release(q, by_content["b"])
+    assert [m.content for m in sender.peek(q)] == ["b"] and sender.depth(q) == 2  # "c" is still hidden
+
+
+def test_a_missing_queue_reads_as_empty(queue_view):
+    q = qname()
+    assert queue_view.sender.peek(q) == [] and queue_view.sender.receive(q) == [] and queue_view.sender.depth(q) == 0

@@ -8,10 +8,10 @@ from contextlib import contextmanager
 
 import pytest
 
-from shared.clients.intent import IntentClient
+from shared.clients.clu import IntentClient
 from shared.clients.sendbird import SendBirdClient
 from shared.errors import PermanentError
-from tests.conftest import sample_values
+from tests.support.samples import sample_values
 from shared.settings import load_settings
 
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from shared.dead_letters import HOST_MOVED_REASON, handle_host_moved
-from shared.models import INBOUND_QUEUE, REPLY_QUEUE, PoisonRecord, Route, RoutedMessage
-from shared.reply_stage import deliver
-from tests.test_stages import admitted, inbound, reply_msg
+from shared.routes import routes
+
+from shared.dead_letters import HOST_MOVED_REASON, DeadLetterDeps, handle_host_moved
+from shared.models import INBOUND_QUEUE, REPLY_QUEUE, PoisonRecord, RoutedMessage
+from shared.reply_sender import ReplyDeps, deliver
+from tests.support.messages import admitted, inbound, reply_msg
 
 
 def run(body, queue, queues, store, catalog, settings):
-    return handle_host_moved(body, queue, queues=queues, state_store=store, catalog=catalog, settings=settings,
-                             max_dequeue_count=5)
+    return handle_host_moved(body, queue, DeadLetterDeps(queues, store, catalog, settings, max_dequeue_count=5))
 
 
 def test_a_host_moved_user_message_gets_a_record_and_an_apology(queues, store, catalog, settings):
@@ -26,10 +27,10 @@ def test_a_host_moved_user_message_gets_a_record_and_an_apology(queues, store, c
 
 
 def test_a_routed_message_apologises_in_its_language(queues, store, catalog, settings):
-    routed = RoutedMessage(**inbound("주문 어디", 4).next_hop(), route=Route.ORDER_STATUS, text="주문 어디",
+    routed = RoutedMessage.following(inbound("주문 어디", 4), route="order_status", text="주문 어디",
                            language="ko", top_intent="OrderStatus", confidence_score=0.9, seq=1)
-    apology = run(routed.to_queue_text(), Route.ORDER_STATUS.queue, queues, store, catalog, settings)
-    assert apology.language == "ko" and queues.poison_records(Route.ORDER_STATUS.queue)[0].message_id == 4
+    apology = run(routed.to_queue_text(), "route-order-status", queues, store, catalog, settings)
+    assert apology.language == "ko" and queues.poison_records("route-order-status")[0].message_id == 4
 
 
 def test_a_host_moved_reply_marks_its_turn_failed_and_apologises_not(queues, store, catalog, settings):
@@ -57,18 +58,18 @@ def test_a_redelivered_poison_message_apologises_once(queues, store, catalog, se
     """The poison trigger itself may run twice (crash after its outputs): the user still sees one apology."""
     msg = inbound("hi", 5)
     apologies = [run(msg.to_queue_text(), INBOUND_QUEUE, queues, store, catalog, settings) for _ in range(2)]
-    outcomes = [deliver(a, sendbird=sendbird, queues=queues, state_store=store, settings=settings, catalog=catalog)
-                for a in apologies]
+    deps = ReplyDeps(sendbird, queues, store, settings, catalog)
+    outcomes = [deliver(a, deps) for a in apologies]
     assert outcomes == ["sent", "duplicate"] and [m["dedup_id"] for m in sendbird.messages] == ["apology-5"]
 
 
-@pytest.mark.parametrize("queue", [INBOUND_QUEUE, *(r.queue for r in Route), REPLY_QUEUE])
+@pytest.mark.parametrize("queue", [INBOUND_QUEUE, *routes().queues(), REPLY_QUEUE])
 def test_every_stage_queue_has_a_poison_trigger(queue):
     import importlib
     import os
 
     from shared.models import poison_queue_name
-    from tests.conftest import sample_values
+    from tests.support.samples import sample_values
     saved = dict(os.environ)
     os.environ.update(sample_values())
     try:

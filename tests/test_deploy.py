@@ -29,9 +29,11 @@ from types import ModuleType
 
 import pytest
 
+from shared.routes import routes
+
 from shared import signature
 from shared.intake import handle_webhook
-from shared.models import INBOUND_QUEUE, REPLY_QUEUE, Route, poison_queue_name, poison_record_queue
+from shared.models import INBOUND_QUEUE, REPLY_QUEUE, poison_queue_name, poison_record_queue
 from shared.settings import SettingsError, load_settings, setting_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -613,7 +615,7 @@ def test_staging_slot_settings_stick_and_disable_queue_triggers(bicep, param_fil
 
 
 def test_queues_match_the_code(bicep):
-    stage = {INBOUND_QUEUE, REPLY_QUEUE} | {r.queue for r in Route}
+    stage = {INBOUND_QUEUE, REPLY_QUEUE} | set(routes().queues())
     assert set(bicep.array_var("stageQueues")) == stage
     assert "map(stageQueues, q => '${q}-poison')" in bicep.vars["queueNames"]
     assert "map(stageQueues, q => '${q}-poison-records')" in bicep.vars["queueNames"]

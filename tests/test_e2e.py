@@ -14,7 +14,7 @@ import requests
 from shared.clients.queues import QueueSender
 from shared.models import INBOUND_QUEUE, PoisonRecord, poison_record_queue
 from shared.signature import sign
-from tests.conftest import SAMPLE_TOKEN, payload
+from tests.support.samples import SAMPLE_TOKEN, payload
 from tools import webhooks
 from tools.send_webhook import refresh_created_at
 

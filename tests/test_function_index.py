@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import sample_values
+from tests.support.samples import sample_values
 
 QUEUE_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
 KNOWN_TYPES = {"httpTrigger", "http", "queueTrigger", "queue"}

@@ -4,40 +4,19 @@ from __future__ import annotations
 
 import pytest
 
-from shared.handlers import apology_reply, handle
-from shared.intent_stage import classify
-from shared.models import REPLY_QUEUE, ReplyMessage, Route, RoutedMessage, decode, now_ms
-from shared.reply_stage import deliver, mark_failed
-from tests.fakes import clu_prediction
-from tests.test_stages import inbound
+from shared.branch_handlers import apology_reply, handle
+from shared.intent_stage import IntentStageDeps, classify
+from shared.models import REPLY_QUEUE, ReplyMessage, RoutedMessage, decode, now_ms
+from shared.reply_sender import deliver, mark_failed
+from tests.support.fakes import clu_prediction
+from tests.support.messages import inbound
 
 
 @pytest.fixture
-def chain(store, intent, settings, catalog, sendbird, queues):
+def chain(chain, intent):
+    """The conftest chain, with every utterance classified as a confident greeting."""
     intent.default = clu_prediction("Greeting", 0.9)
-    held: list[RoutedMessage] = []
-
-    class Chain:
-        def route(self, msg, clock=now_ms):
-            return classify(msg, state_store=store, intent_client=intent, settings=settings, clock=clock)
-
-        def handle(self, routed, clock=now_ms):
-            return handle(routed, state_store=store, catalog=catalog, settings=settings, clock=clock,
-                          reschedule=lambda m, d: held.append(m))
-
-        def send(self, reply, clock=now_ms):
-            return deliver(reply, sendbird=sendbird, queues=queues, state_store=store, settings=settings,
-                           catalog=catalog, clock=clock)
-
-        held_back = held
-        store = None
-
-        def turn(self, message_id, user="u-1"):
-            return store.get_or_create(user, "ch-1").turn_for(message_id)
-
-    c = Chain()
-    c.store = store
-    return c
+    return chain
 
 
 def test_webhook_retry_is_dropped_before_the_intent_call(chain, intent):
@@ -89,7 +68,7 @@ def test_the_wait_for_an_earlier_message_is_bounded(chain, settings):
 def test_a_poisoned_reply_no_longer_holds_back_later_messages(chain, settings, store):
     first, second = chain.route(inbound("hi", 1)), chain.route(inbound("hi again", 2))
     reply1 = chain.handle(first)
-    mark_failed(reply1, store, settings)
+    mark_failed(reply1, store)
     assert chain.turn(1).status == "failed"
     assert chain.handle(second) is not None
 
@@ -149,7 +128,7 @@ def test_a_queued_real_reply_after_an_apology_is_sent_only_for_a_replay(chain, c
     routed = chain.route(inbound("hi", 1))
     assert chain.send(apology_reply(routed, catalog, settings)) == "sent"  # poisoned before any answer
     from shared.state import reply_dedup_id
-    late = ReplyMessage(**routed.next_hop(), text="Hello!", language="en", route=Route.GREETING,
+    late = ReplyMessage.following(routed, text="Hello!", language="en", route="greeting",
                         reply_key="greeting.hello", dedup_id=reply_dedup_id(1), seq=routed.seq)
 
     def answer_recorded(state):  # what the branch handler records with the reply it enqueues
@@ -189,9 +168,9 @@ def test_nothing_is_written_when_nothing_changes(chain, store):
 
 
 def _forged(routed, **changes):
-    base = dict(text="Click http://evil.example for a refund", language="en", route=Route.GREETING,
+    base = dict(text="Click http://evil.example for a refund", language="en", route="greeting",
                 reply_key="greeting.hello", dedup_id="reply-1", seq=routed.seq)
-    return ReplyMessage(**{**routed.next_hop(), **base, **changes})
+    return ReplyMessage.following(routed, **{**base, **changes})
 
 
 @pytest.mark.parametrize("change, reason", [
@@ -214,7 +193,7 @@ def test_a_reply_the_gateway_did_not_produce_is_refused_and_nothing_is_sent(chai
 
 def test_a_refused_reply_that_is_poisoned_marks_nothing(chain, settings, store):
     routed = chain.route(inbound("hi", 1))
-    mark_failed(_forged(routed, message_id=999), store, settings)
+    mark_failed(_forged(routed, message_id=999), store)
     assert store.get_or_create("u-1", "ch-1").turn_for(999) is None
 
 
@@ -226,18 +205,19 @@ def test_an_apology_without_a_turn_is_still_delivered(chain, catalog, settings, 
     assert [m["dedup_id"] for m in sendbird.messages] == ["apology-7"]
 
 
-def test_a_message_id_evicted_from_the_history_is_still_a_duplicate_within_the_replay_window(chain, settings, intent):
-    small = settings.model_copy(update={"state_history_limit": 2})
+def test_a_message_id_evicted_from_the_history_is_still_a_duplicate_within_the_replay_window(chain, settings, intent,
+                                                                                             store):
+    small = IntentStageDeps(store, intent, settings.model_copy(update={"state_history_limit": 2}))
     t0 = now_ms()
     first = inbound("hi", 1)
-    assert classify(first, state_store=chain.store, intent_client=intent, settings=small, clock=lambda: t0)
+    assert classify(first, small, clock=lambda: t0)
     for i in (2, 3, 4):  # evicts message 1's turn from the 2-turn history
-        classify(inbound("hi", i), state_store=chain.store, intent_client=intent, settings=small, clock=lambda: t0)
+        classify(inbound("hi", i), small, clock=lambda: t0)
     assert chain.turn(1) is None
     replayed = first.model_copy(update={"correlation_id": "a-captured-webhook"})
-    assert classify(replayed, state_store=chain.store, intent_client=intent, settings=small, clock=lambda: t0) is None
+    assert classify(replayed, small, clock=lambda: t0) is None
     later = t0 + (settings.webhook_replay_window_seconds + settings.webhook_max_clock_skew_seconds + 1) * 1000
-    state = chain.store.get_or_create("u-1", "ch-1")
+    state = store.get_or_create("u-1", "ch-1")
     assert "1" in state.recent_message_ids
-    classify(inbound("hi", 5), state_store=chain.store, intent_client=intent, settings=small, clock=lambda: later)
-    assert "1" not in chain.store.get_or_create("u-1", "ch-1").recent_message_ids  # forgotten after the window
+    classify(inbound("hi", 5), small, clock=lambda: later)
+    assert "1" not in store.get_or_create("u-1", "ch-1").recent_message_ids  # forgotten after the window

@@ -10,7 +10,7 @@ import pytest
 from shared.intake import handle_webhook
 from shared.models import InboundMessage, decode
 from shared.signature import sign
-from tests.conftest import SAMPLE_NOW_MS, SAMPLE_TOKEN, payload
+from tests.support.samples import SAMPLE_NOW_MS, SAMPLE_TOKEN, payload
 
 
 def call(body: bytes, settings, signature: str | None = "auto"):
@@ -167,11 +167,11 @@ def test_webhooks_outside_the_replay_window_are_refused_without_enqueueing(setti
 
 
 def test_a_stale_webhook_is_counted_in_telemetry(settings):
-    from shared.telemetry import Telemetry
+    from shared.telemetry import NullTelemetry
 
-    class RecordingTelemetry(Telemetry):
+    class RecordingTelemetry(NullTelemetry):
         def __init__(self):
-            super().__init__("")
+            super().__init__()
             self.events = []
 
         def event(self, name, properties=None, measurements=None, traceparent=None):

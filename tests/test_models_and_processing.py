@@ -8,7 +8,8 @@ import pytest
 
 from shared.errors import PermanentError, TransientError
 from shared.models import INBOUND_QUEUE, InboundMessage, ReplyMessage, decode, now_ms
-from shared.processing import run_queue_stage
+from shared.processing import QueueStage, RetryPolicy, run_queue_stage
+from shared.telemetry import DISABLED
 
 
 def inbound(**changes) -> InboundMessage:
@@ -48,16 +49,16 @@ def test_unknown_fields_are_refused():
         decode(json.dumps(data), InboundMessage)
 
 
-def test_next_hop_carries_ids_and_stamps_enqueue_time():
+def test_following_carries_ids_and_stamps_enqueue_time():
     m = inbound(enqueued_at_ms=1)
-    r = ReplyMessage(**m.next_hop(), text="hello", language="en", reply_key="greeting.hello", dedup_id="reply-42")
+    r = ReplyMessage.following(m, text="hello", language="en", reply_key="greeting.hello", dedup_id="reply-42")
     assert (r.message_id, r.channel_url, r.user_id, r.correlation_id) == (42, "ch-1", "u-1", "c0ffee")
     assert r.enqueued_at_ms > 1 and r.received_at_ms == m.received_at_ms
 
 
-def run(body, queues, work, dequeue_count=1, on_poison=None):
-    return run_queue_stage(body, dequeue_count=dequeue_count, queue=INBOUND_QUEUE, model=InboundMessage, work=work,
-                           queues=queues, max_dequeue_count=5, on_poison=on_poison)
+def run(body, queues, work, dequeue_count=1, on_poison=None, retry_budget_seconds=0):
+    stage = QueueStage(INBOUND_QUEUE, InboundMessage, "intent_stage", on_poison=on_poison)
+    return run_queue_stage(body, dequeue_count, stage, work, RetryPolicy(queues, 5, retry_budget_seconds))
 
 
 def test_success_returns_the_work_result(queues):
@@ -122,9 +123,9 @@ def test_a_stage_that_produces_a_message_appends_its_hop(queues):
     from shared.models import ReplyMessage
 
     def work(m):
-        with timing.dependency("intent"):
+        with timing.dependency(DISABLED, "intent"):
             _time.sleep(0.02)
-        return ReplyMessage(**m.next_hop(), text="hi", language="en", reply_key="greeting.hello", dedup_id="r-1")
+        return ReplyMessage.following(m, text="hi", language="en", reply_key="greeting.hello", dedup_id="r-1")
 
     queued = inbound(enqueued_at_ms=now_ms() - 150)
     out = run(queued.to_queue_text().encode(), queues, work)
@@ -140,8 +141,7 @@ def test_rate_limited_work_is_requeued_with_the_delay_within_the_budget(queues):
         raise RateLimited("intent service circuit open", 4)
 
     body = inbound().to_queue_text().encode()
-    assert run_queue_stage(body, dequeue_count=1, queue=INBOUND_QUEUE, model=InboundMessage, work=work,
-                           queues=queues, max_dequeue_count=5, retry_budget_seconds=60) is None
+    assert run(body, queues, work, retry_budget_seconds=60) is None
     assert queues.sent[INBOUND_QUEUE] == [(body.decode(), 4)]  # same message, delayed, no attempt used up
 
 
@@ -153,8 +153,6 @@ def test_rate_limited_beyond_the_budget_is_retried_then_poisoned(queues):
 
     old = inbound(received_at_ms=now_ms() - 59_000).to_queue_text().encode()
     with pytest.raises(RateLimited):
-        run_queue_stage(old, dequeue_count=1, queue=INBOUND_QUEUE, model=InboundMessage, work=work,
-                        queues=queues, max_dequeue_count=5, retry_budget_seconds=60)
-    run_queue_stage(old, dequeue_count=5, queue=INBOUND_QUEUE, model=InboundMessage, work=work,
-                    queues=queues, max_dequeue_count=5, retry_budget_seconds=60)
+        run(old, queues, work, retry_budget_seconds=60)
+    run(old, queues, work, dequeue_count=5, retry_budget_seconds=60)
     assert INBOUND_QUEUE not in queues.sent and "circuit open" in queues.poison_records(INBOUND_QUEUE)[0].reason

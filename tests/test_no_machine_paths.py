@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import subprocess
 
-from tests.conftest import ROOT
+from tests.support.samples import ROOT
 
 # Built from pieces so that this file does not match itself.
 _ROOTS = ["/" + "work/", "/" + "home/", "/" + "Users/", "/" + "root/", "C:" + "\\\\Users", "/" + "tmp/pytest-"]

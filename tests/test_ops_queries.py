@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from shared import telemetry as tel
-from shared.models import Route
+from shared.routes import routes
 
 ROOT = Path(__file__).resolve().parents[1]
 OPS = ROOT / "ops"
@@ -214,9 +214,9 @@ def request_dimensions() -> set[str]:
 
 
 def dependency_dimensions() -> set[str]:
-    """customDimensions of dependencies: attributes ``Telemetry.dependency`` adds, minus those the telemetry
+    """customDimensions of dependencies: attributes the adapter's ``dependency`` adds, minus those the telemetry
     processor moves out of ``properties`` (``target``)."""
-    tree = _parse(ROOT / "shared" / "telemetry.py")
+    tree = _parse(ROOT / "shared" / "clients" / "appinsights.py")
     method = next(n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef) and n.name == "dependency")
     added = {c.args[0].value for c in ast.walk(method) if isinstance(c, ast.Call) and isinstance(c.func, ast.Attribute)
              and c.func.attr == "add_attribute" and isinstance(c.args[0], ast.Constant)}
@@ -227,10 +227,10 @@ def dependency_dimensions() -> set[str]:
 
 
 def dependency_systems() -> set[str]:
-    """The ``system`` of every ``timing.dependency("<system>", ...)`` call."""
-    return {call.args[0].value for _p, call in _calls({"dependency"})
+    """The ``system`` of every ``timing.dependency(telemetry, "<system>", ...)`` call."""
+    return {call.args[1].value for _p, call in _calls({"dependency"})
             if isinstance(call.func.value, ast.Name) and call.func.value.id == "timing"
-            and call.args and isinstance(call.args[0], ast.Constant)}
+            and len(call.args) > 1 and isinstance(call.args[1], ast.Constant)}
 
 
 def emitted() -> dict[str, set[str]]:
@@ -254,10 +254,10 @@ def allowed() -> dict[tuple[str, str], set[str]]:
         ("customEvents", "name"): set(tel.EVENTS),
         ("customEvents", "dim"): set(tel.EVENT_DIMENSIONS),
         ("customEvents", "measure"): set(tel.EVENT_MEASUREMENTS),
-        ("customEvents", "route"): {r.value for r in Route},
+        ("customEvents", "route"): {r.name for r in routes()},
         ("customMetrics", "name"): set(tel.METRICS),
         ("customMetrics", "dim"): set(tel.METRIC_DIMENSIONS),
-        ("customMetrics", "route"): {r.value for r in Route},
+        ("customMetrics", "route"): {r.name for r in routes()},
         ("requests", "name"): set(tel.STAGES),
         ("requests", "dim"): request_dimensions(),
         ("dependencies", "dim"): dependency_dimensions(),

@@ -11,7 +11,7 @@ import requests
 from shared.clients.queues import QueueSender
 from shared.models import INBOUND_QUEUE, REPLY_QUEUE, PoisonRecord, now_ms, poison_queue_name, poison_record_queue
 from shared.poison_admin import ReplayRequest, list_poison, replay
-from tests.test_stages import inbound
+from tests.support.messages import inbound
 
 
 def record(msg, reason="intent service answered 503") -> PoisonRecord:
@@ -43,7 +43,7 @@ def test_lists_app_records_and_host_moved_messages(sender):
     msg = inbound("hi", 31)
     sender.send_poison(record(msg))
     sender.send(poison_queue_name(REPLY_QUEUE), '{"type": "reply", "correlation_id": "c-raw", "message_id": 77}')
-    entries = {e.source_queue: e for e in list_poison(sender)}
+    entries = {e.source_queue: e for e in list_poison(sender).entries}
     app, host = entries[INBOUND_QUEUE], entries[REPLY_QUEUE]
     assert (app.recorded_by, app.reason, app.message_id, app.correlation_id) == \
         ("app", "intent service answered 503", 31, msg.correlation_id)
@@ -59,7 +59,7 @@ def test_replay_moves_only_the_selected_messages_back(sender):
     from shared.models import InboundMessage, decode
     [requeued] = [decode(m.content, InboundMessage) for m in sender.peek(INBOUND_QUEUE)]
     assert requeued == b.model_copy(update={"replayed": True})
-    assert [e.message_id for e in list_poison(sender)] == [41]  # the other one is still there, visible
+    assert [e.message_id for e in list_poison(sender).entries] == [41]  # the other one is still there, visible
 
 
 @pytest.mark.parametrize("body, fragment", [({}, "select messages"), ({"queues": ["nope"], "all": True}, "unknown"),
@@ -111,7 +111,7 @@ def test_a_record_written_twice_is_listed_once(sender):
     rec = record(msg)
     sender.send_poison(rec)
     sender.send_poison(rec)  # a poison trigger retried after writing its record
-    assert [e.message_id for e in list_poison(sender)] == [51]
+    assert [e.message_id for e in list_poison(sender).entries] == [51]
 
 
 def test_replay_all_does_not_replay_twice_a_message_poisoned_again_during_the_scan(sender):
@@ -119,14 +119,14 @@ def test_replay_all_does_not_replay_twice_a_message_poisoned_again_during_the_sc
     was poisoned anew during the scan was replayed a second time."""
     sender.send_poison(record(inbound("hi", 61)))
     [peeked] = sender.peek(poison_record_queue(INBOUND_QUEUE))
-    first_ms = int(peeked.inserted_on.timestamp() * 1000)  # Storage insertion times have one-second resolution
+    first_ms = peeked.inserted_at_ms  # Storage insertion times have one-second resolution
     started = first_ms + 1000  # the replay starts one second after the first poisoning...
     while now_ms() < first_ms + 2100:
         time.sleep(0.1)
     sender.send_poison(record(inbound("hi again", 62)))  # ...and this one is poisoned after it started
     done = replay(sender, ReplayRequest(all=True, queues=[INBOUND_QUEUE]), started_ms=started)
     assert [e.message_id for e in done] == [61]
-    assert [e.message_id for e in list_poison(sender)] == [62]  # left for the next replay, visible
+    assert [e.message_id for e in list_poison(sender).entries] == [62]  # left for the next replay, visible
 
 
 @pytest.mark.parametrize("mode", ["mask", "strict"])
@@ -134,7 +134,17 @@ def test_the_listing_redacts_bodies_in_pii_modes(sender, mode):
     from shared.telemetry import Redactor
     msg = inbound("where is my order 20261119-0042?", 71)
     sender.send_poison(record(msg))
-    [entry] = list_poison(sender)
+    [entry] = list_poison(sender).entries
     shown = entry.to_dict(Redactor(mode, "k" * 32))["original"]
     assert msg.user_id not in shown and "20261119" not in shown and msg.channel_url not in shown
     assert entry.to_dict()["original"] == msg.to_queue_text()  # replay still has the real body
+
+
+def test_the_listing_pages_through_more_records_than_one_receive_returns(sender):
+    for i in range(40):
+        sender.send_poison(record(inbound("hi", 1000 + i)))
+    first = list_poison(sender, (INBOUND_QUEUE,), limit=25)
+    second = list_poison(sender, (INBOUND_QUEUE,), offset=first.next_offset, limit=25)
+    ids = [e.message_id for e in first.entries + second.entries]
+    assert len(first.entries) == 25 and second.next_offset is None and sorted(ids) == list(range(1000, 1040))
+    assert len(list_poison(sender, (INBOUND_QUEUE,)).entries) == 40  # the listing hid nothing for good

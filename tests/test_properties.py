@@ -14,11 +14,11 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 from shared.errors import PermanentError
 from shared.intake import handle_webhook
 from shared.models import INBOUND_QUEUE, MAX_UTTERANCE_CHARS, InboundMessage, ReplyMessage, RoutedMessage, decode
-from shared.processing import run_queue_stage
+from shared.processing import QueueStage, RetryPolicy, run_queue_stage
 from shared.settings import load_settings
 from shared.signature import sign, verify
-from tests.conftest import SAMPLE_TOKEN, payload, sample_values
-from tests.fakes import RecordingQueueSender
+from tests.support.samples import SAMPLE_TOKEN, payload, sample_values
+from tests.support.fakes import RecordingQueueSender
 
 SETTINGS = load_settings(sample_values()).settings
 BASE_EVENT = json.loads(payload("message_send_en.json"))
@@ -127,8 +127,8 @@ def test_unknown_versions_are_refused_with_the_version_named(version, model):
        dequeue_count=st.integers(min_value=1, max_value=5))
 def test_stage_runner_poisons_bad_bodies_with_a_reason_and_never_raises(body, dequeue_count):
     queues = RecordingQueueSender()
-    result = run_queue_stage(body, dequeue_count=dequeue_count, queue=INBOUND_QUEUE, model=InboundMessage,
-                             work=lambda m: "ran", queues=queues, max_dequeue_count=5)
+    result = run_queue_stage(body, dequeue_count, QueueStage(INBOUND_QUEUE, InboundMessage, "intent_stage"),
+                             lambda m: "ran", RetryPolicy(queues, max_dequeue_count=5))
     poisoned = queues.poison_records(INBOUND_QUEUE)
     if result == "ran":
         assert poisoned == []

@@ -10,7 +10,7 @@ import pytest
 
 from shared.catalog import LANGUAGES, CatalogError, ResponseCatalog
 from shared.settings import IDENTITY_SETTINGS, SettingsError, load_settings, setting_names
-from tests.conftest import ROOT, sample_values
+from tests.support.samples import ROOT, sample_values
 
 
 def test_sample_settings_load(settings):
@@ -125,10 +125,21 @@ def test_catalog_has_both_languages_with_the_same_placeholders(catalog):
         assert re.search("[가-힣]", texts["ko"]), f"{key}: Korean text has no Hangul"
 
 
-def test_catalog_covers_every_reply_key_the_handlers_use(catalog):
-    source = (ROOT / "shared" / "handlers.py").read_text(encoding="utf-8")
-    used = set(re.findall(r'"([a-z_]+\.[a-z_]+)"', source))
-    assert used and all(catalog.has(k) for k in used), used - set(catalog.keys())
+def test_catalog_covers_every_response_key_of_every_route(catalog):
+    """The response keys come from the route registry; each exists in the catalog in Korean and English."""
+    from shared.routes import routes
+    declared = {k for r in routes() for k in r.response_keys}
+    assert declared and all(catalog.has(k) for k in declared), declared - set(catalog.keys())
+    for key in declared:
+        assert all(catalog.render(key, lang, **{p: "x" for p in placeholders(catalog._texts[key][lang])})
+                   for lang in LANGUAGES)
+
+
+def test_every_answer_a_handler_gives_is_declared_by_its_route():
+    source = (ROOT / "shared" / "branch_handlers.py").read_text(encoding="utf-8")
+    answered = set(re.findall(r'Answer\("([a-z_]+\.[a-z_]+)"', source))
+    from shared.routes import routes
+    assert answered and answered <= {k for r in routes() for k in r.response_keys}
 
 
 def test_catalog_errors_name_the_problem():

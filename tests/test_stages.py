@@ -7,63 +7,33 @@ import json
 import pytest
 
 from shared.errors import PermanentError, RateLimited, TransientError
-from shared.handlers import apology_reply, handle
-from shared.intent_stage import classify
+from shared.branch_handlers import BranchDeps, apology_reply, handle
+from shared.intent_stage import IntentStageDeps, classify
 from shared.language import detect_language
-from shared.models import REPLY_QUEUE, InboundMessage, ReplyMessage, Route, RoutedMessage, decode, now_ms
-from shared.reply_stage import deliver
+from shared.models import REPLY_QUEUE, InboundMessage, ReplyMessage, RoutedMessage, decode, now_ms
+from shared.reply_sender import ReplyDeps, deliver
 from shared.routing import choose_route
-from shared.clients.intent import parse_clu_response
-from tests.fakes import clu_prediction
+from shared.clients.clu import parse_clu_response
+from tests.support.fakes import InMemoryStateStore, RecordingQueueSender, clu_prediction
+from tests.support.messages import admitted, inbound, reply_msg
 
 ORDER = {"category": "OrderNumber", "text": "20261119-0042", "offset": 22, "length": 13, "confidenceScore": 1.0}
 SHOES = {"category": "ProductCategory", "text": "운동화", "offset": 0, "length": 3, "confidenceScore": 1.0,
          "extraInformation": [{"extraInformationKind": "ListKey", "key": "shoes"}]}
 
 
-def inbound(text="hi", message_id=1, user="u-1", message_type="MESG") -> InboundMessage:
-    t = now_ms()
-    return InboundMessage(correlation_id=f"corr-{message_id}", message_id=message_id, channel_url="ch-1",
-                          user_id=user, sendbird_created_at_ms=t, received_at_ms=t, enqueued_at_ms=t,
-                          message_type=message_type, text=text)
-
-
-class Bot:
-    """Drives one message through intent stage -> handler -> reply sender, as the queues would."""
-
-    def __init__(self, store, intent, settings, catalog, sendbird, queues):
-        self.store, self.intent, self.settings, self.catalog = store, intent, settings, catalog
-        self.sendbird, self.queues = sendbird, queues
-        self.next_id = 100
-        self.held_back: list[RoutedMessage] = []
-
-    def say(self, text, message_type="MESG", clock=now_ms):
-        self.next_id += 1
-        routed = classify(inbound(text, self.next_id, message_type=message_type), state_store=self.store,
-                          intent_client=self.intent, settings=self.settings, clock=clock)
-        if routed is None:
-            return None, None
-        # through the queue encoding, as in production
-        routed = decode(routed.to_queue_text().encode(), RoutedMessage)
-        reply = handle(routed, state_store=self.store, catalog=self.catalog, settings=self.settings, clock=clock,
-                       reschedule=lambda m, delay: self.held_back.append(m))
-        if reply is not None:
-            deliver(reply, sendbird=self.sendbird, queues=self.queues, state_store=self.store,
-                    settings=self.settings, catalog=self.catalog, clock=clock)
-        return routed, reply
-
-
 @pytest.fixture
-def bot(store, intent, settings, catalog, sendbird, queues):
-    return Bot(store, intent, settings, catalog, sendbird, queues)
+def bot(chain):
+    """One message at a time through all three stages."""
+    return chain
 
 
 # ---------------------------------------------------------------- routing
 @pytest.mark.parametrize("top, score, route", [
-    ("Greeting", 0.9, Route.GREETING), ("Help", 0.6, Route.HELP), ("OrderStatus", 0.5, Route.ORDER_STATUS),
-    ("ProductSearch", 0.99, Route.PRODUCT_SEARCH), ("HumanHandoff", 0.7, Route.HANDOFF),
-    ("ThanksGoodbye", 0.8, Route.GOODBYE), ("OrderStatus", 0.49, Route.FALLBACK), ("None", 0.95, Route.FALLBACK),
-    ("SomethingNew", 0.99, Route.FALLBACK),
+    ("Greeting", 0.9, "greeting"), ("Help", 0.6, "help"), ("OrderStatus", 0.5, "order_status"),
+    ("ProductSearch", 0.99, "product_search"), ("HumanHandoff", 0.7, "handoff"),
+    ("ThanksGoodbye", 0.8, "goodbye"), ("OrderStatus", 0.49, "fallback"), ("None", 0.95, "fallback"),
+    ("SomethingNew", 0.99, "fallback"),
 ])
 def test_route_by_top_intent_and_threshold(top, score, route):
     assert choose_route(parse_clu_response(clu_prediction(top, score)), None, 0.5) == (route, None)
@@ -71,8 +41,8 @@ def test_route_by_top_intent_and_threshold(top, score, route):
 
 def test_pending_slot_entity_wins_over_the_intent():
     p = parse_clu_response(clu_prediction("None", 0.9, entities=[ORDER]))
-    assert choose_route(p, "order_number", 0.5) == (Route.ORDER_STATUS, "order_number")
-    assert choose_route(p, None, 0.5) == (Route.FALLBACK, None)
+    assert choose_route(p, "order_number", 0.5) == ("order_status", "order_number")
+    assert choose_route(p, None, 0.5) == ("fallback", None)
 
 
 @pytest.mark.parametrize("text, lang", [("Hi there", "en"), ("안녕하세요", "ko"), ("나이키 sneakers 있어요?", "ko"),
@@ -85,8 +55,8 @@ def test_language_detection(text, lang):
 def test_greeting_in_english(bot, intent, catalog):
     intent.predictions["Hello!"] = clu_prediction("Greeting", 0.93)
     routed, reply = bot.say("Hello!")
-    assert routed.route == Route.GREETING and routed.language == "en" and routed.confidence_score == 0.93
-    assert reply.text == catalog.render("greeting.hello", "en") and reply.route == Route.GREETING
+    assert routed.route == "greeting" and routed.language == "en" and routed.confidence_score == 0.93
+    assert reply.text == catalog.render("greeting.hello", "en") and reply.route == "greeting"
     assert reply.top_intent == "Greeting" and reply.confidence_score == 0.93
     assert reply.dedup_id == f"reply-{routed.message_id}" and reply.correlation_id == routed.correlation_id
     assert intent.calls[-1]["language"] == "en" and intent.calls[-1]["participant_id"] == "u-1"
@@ -99,7 +69,7 @@ def test_order_status_asks_for_the_number_then_uses_the_next_message(bot, intent
     assert ask.reply_key == "order_status.ask_number" and ask.language == "ko"
     assert store.get_or_create("u-1", "ch-1").pending_slot == "order_number"
     routed, found = bot.say("20261119-0042")
-    assert routed.route == Route.ORDER_STATUS and routed.slot_filled == "order_number"
+    assert routed.route == "order_status" and routed.slot_filled == "order_number"
     assert routed.language == "ko"  # no letters: the language of the conversation so far
     assert found.reply_key == "order_status.found" and "20261119-0042" in found.text
     assert "https://shop.example.com/orders/20261119-0042" in found.text
@@ -145,7 +115,7 @@ def test_fallback_offers_the_top_suggestions(bot, intent, catalog):
     intent.predictions["hmm about my stuff"] = clu_prediction(
         "OrderStatus", 0.41, {"ProductSearch": 0.3, "None": 0.2, "Help": 0.02})
     routed, reply = bot.say("hmm about my stuff")
-    assert routed.route == Route.FALLBACK and reply.reply_key == "fallback.suggest"
+    assert routed.route == "fallback" and reply.reply_key == "fallback.suggest"
     assert catalog.render("intent.OrderStatus", "en") in reply.text
     assert catalog.render("intent.ProductSearch", "en") in reply.text
     assert catalog.render("intent.Help", "en") not in reply.text  # below the minimum score
@@ -158,7 +128,7 @@ def test_fallback_without_suggestions_is_generic(bot, intent):
 
 def test_file_gets_a_text_only_reply_without_calling_the_intent_service(bot, intent):
     routed, reply = bot.say("", message_type="FILE")
-    assert routed.route == Route.UNSUPPORTED and reply.reply_key == "unsupported.file"
+    assert routed.route == "unsupported" and reply.reply_key == "unsupported.file"
     assert reply.language == "ko"  # DEFAULT_LANGUAGE for a new user
     assert intent.calls == []
 
@@ -192,18 +162,19 @@ def test_concurrent_writer_causes_a_retry_not_a_lost_update(store, settings, cat
             store.update(user_id, "ch-1", lambda s: setattr(s, "language", "en"))
 
     intent.predictions["주문"] = clu_prediction("OrderStatus", 0.9)
-    routed = classify(inbound("주문", 8, user=state_user), state_store=store, intent_client=intent, settings=settings)
+    routed = classify(inbound("주문", 8, user=state_user), IntentStageDeps(store, intent, settings))
     store.before_write = other_writer
-    handle(routed, state_store=store, catalog=catalog, settings=settings, reschedule=pytest.fail)
+    requeued = RecordingQueueSender()
+    handle(routed, BranchDeps(store, requeued, catalog, settings))
     state = store.get_or_create(state_user, "ch-1")
-    assert store.conflicts == 1
+    assert store.conflicts == 1 and requeued.sent == {}  # handled, not held back
     assert state.pending_slot == "order_number" and [t.message_id for t in state.turns] == [8]
 
 
 def test_intent_service_errors_propagate(store, intent, settings):
     intent.fail_with = TransientError("intent service answered 503")
     with pytest.raises(TransientError):
-        classify(inbound("hi"), state_store=store, intent_client=intent, settings=settings)
+        classify(inbound("hi"), IntentStageDeps(store, intent, settings))
 
 
 def test_apology_follows_the_language_and_shares_the_dedup_id(catalog, settings):
@@ -213,27 +184,10 @@ def test_apology_follows_the_language_and_shares_the_dedup_id(catalog, settings)
 
 
 # ---------------------------------------------------------------- reply sender
-def reply_msg(reschedules=0) -> ReplyMessage:
-    return ReplyMessage(**inbound("hi", 11).next_hop(), text="Hello!", language="en", route=Route.GREETING,
-                        reply_key="greeting.hello", dedup_id="reply-11", reschedules=reschedules)
-
-
-def admitted(store, reply):
-    """Record the turn the handler would have recorded for ``reply`` (the reply sender sends only those)."""
-    def record(state):
-        if state.turn_for(reply.message_id) is None:
-            turn = state.admit(reply.message_id, reply.correlation_id, reply.received_at_ms, 20,
-                               channel_url=reply.channel_url)
-            turn.reply_key, turn.reply_text, turn.status = reply.reply_key, reply.text, "answered"
-    store.update(reply.user_id, reply.channel_url, record)
-    return store
-
-
 def send(reply, sendbird, queues, settings, store=None, clock=now_ms):
     from shared.catalog import ResponseCatalog
-    from tests.fakes import InMemoryStateStore
-    return deliver(reply, sendbird=sendbird, queues=queues, state_store=admitted(store or InMemoryStateStore(), reply),
-                   settings=settings, catalog=ResponseCatalog.load(), clock=clock)
+    store = admitted(store or InMemoryStateStore(), reply)
+    return deliver(reply, ReplyDeps(sendbird, queues, store, settings, ResponseCatalog.load()), clock=clock)
 
 
 def test_reply_is_sent_with_dedup_id_and_correlation(sendbird, queues, settings):
@@ -285,8 +239,8 @@ def test_a_long_message_is_classified_on_its_excerpt_and_routed_with_its_full_te
     text = "I need help with something. " + "Some long story about my week. " * 100 + "Where is my order?"
     assert len(text) > settings.intent_max_text_chars
     intent.default = clu_prediction("OrderStatus", 0.9)
-    routed = classify(inbound(text), state_store=store, intent_client=intent, settings=settings)
+    routed = classify(inbound(text), IntentStageDeps(store, intent, settings))
     [call] = intent.calls
     assert call["text"] == intent_excerpt(text, settings.intent_max_text_chars)
     assert len(call["text"]) <= settings.intent_max_text_chars and call["text"].endswith("Where is my order?")
-    assert routed.text == text and routed.route == Route.ORDER_STATUS
+    assert routed.text == text and routed.route == "order_status"

@@ -11,8 +11,8 @@ from shared.clients.cosmos import CosmosStateStore, connect
 from shared.errors import TransientError
 from shared.settings import load_settings
 from shared.state import Turn
-from tests.conftest import sample_values
-from tests.fakes import InMemoryStateStore
+from tests.support.samples import sample_values
+from tests.support.fakes import InMemoryStateStore
 
 
 @pytest.fixture(params=["in-memory", "cosmos"])

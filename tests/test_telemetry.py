@@ -13,7 +13,8 @@ import pytest
 
 from devstack.telemetry_sink import TelemetrySink
 from shared import timing
-from shared.telemetry import EVENTS, METRICS, Telemetry, new_traceparent, parse_traceparent, redact_text, set_current
+from shared.telemetry import EVENTS, METRICS, new_traceparent, parse_traceparent, redact_text
+from shared.telemetry import create as Telemetry  # the factory: Application Insights, or no-op without a connection string
 
 
 @pytest.fixture
@@ -52,12 +53,11 @@ def test_disabled_without_connection_string_sends_nothing_and_starts_no_threads(
 
 def test_stages_form_one_operation_tree_with_dependencies(sink):
     tel = Telemetry(sink.connection_string, export_interval_seconds=0.3)
-    set_current(tel)
     try:
         with tel.stage("intake", None) as a:
             pass
         with tel.stage("intent_stage", a.traceparent) as b:
-            with timing.dependency("intent", "POST /language/:analyze-conversations", "127.0.0.1:5088"):
+            with timing.dependency(tel, "intent", "POST /language/:analyze-conversations", "127.0.0.1:5088"):
                 pass
         with tel.stage("branch_handler", b.traceparent):
             pass
@@ -65,7 +65,7 @@ def test_stages_form_one_operation_tree_with_dependencies(sink):
         got = wait_envelopes(sink.envelopes, lambda e: len(kinds(e, "RequestData")) == 3
                              and kinds(e, "RemoteDependencyData"))
     finally:
-        set_current(Telemetry(""))
+        tel.close()
     requests = {e["data"]["baseData"]["name"]: e for e in kinds(got, "RequestData")}
     trace_id = parse_traceparent(a.traceparent)[0]
     assert {e["tags"]["ai.operation.id"] for e in got if e["data"]["baseType"] != "MetricData"} == {trace_id}
@@ -161,7 +161,7 @@ PII_KEY = "test-pii-hash-key-0123456789abcdef"
 def telemetry_gateway(stack_settings, stack_logs):
     """A second runner of the real app, exporting to an in-process sink."""
     from devstack.stack import FunctionsRunner
-    from tests.conftest import ROOT
+    from tests.support.samples import ROOT
     with TelemetrySink() as sink:
         env = {**stack_settings, "COSMOS_DATABASE": "telemetry", "APPLICATIONINSIGHTS_CONNECTION_STRING":
                sink.connection_string, "TELEMETRY_EXPORT_INTERVAL_SECONDS": "0.5", "TELEMETRY_PII_MODE": "mask",
@@ -276,7 +276,7 @@ def test_logs_exceptions_and_failed_requests_are_scrubbed_of_the_messages_ids_an
 def strict_gateway(stack_settings, stack_logs):
     """A runner of the real app in PII mode strict, exporting to an in-process sink."""
     from devstack.stack import FunctionsRunner
-    from tests.conftest import ROOT
+    from tests.support.samples import ROOT
     with TelemetrySink() as sink:
         env = {**stack_settings, "COSMOS_DATABASE": "telemetry-strict", "APPLICATIONINSIGHTS_CONNECTION_STRING":
                sink.connection_string, "TELEMETRY_EXPORT_INTERVAL_SECONDS": "0.5", "TELEMETRY_PII_MODE": "strict",

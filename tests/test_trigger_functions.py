@@ -2,7 +2,7 @@
 
 The functions are called the way the worker calls them (``func.HttpRequest``,
 ``azure.functions.queue.QueueMessage`` with a dequeue count, ``func.Out``),
-with the composition root's accessors replaced by in-memory fakes.
+on the composition root built with in-memory fakes (``bootstrap.install``).
 """
 
 from __future__ import annotations
@@ -13,19 +13,18 @@ import azure.functions as func
 import pytest
 from azure.functions.queue import QueueMessage
 
-from functions import handlers as handler_functions
+from functions import branch_handlers as handler_functions
 from functions import intake as intake_fn
-from functions import intent as intent_fn
-from functions import reply as reply_fn
-from shared import services
-from shared.catalog import ResponseCatalog
+from functions import intent_stage as intent_fn
+from functions import reply_sender as reply_fn
+from shared import bootstrap
 from shared.errors import TransientError
-from shared.models import INBOUND_QUEUE, REPLY_QUEUE, InboundMessage, ReplyMessage, Route, RoutedMessage, decode
-from shared.settings import load_settings
+from shared.models import INBOUND_QUEUE, REPLY_QUEUE, InboundMessage, ReplyMessage, RoutedMessage, decode
+from shared.routes import routes
 from shared.signature import sign
-from tests.conftest import SAMPLE_TOKEN, payload, sample_values
-from tests.fakes import clu_prediction
-from tests.test_stages import inbound, reply_msg
+from tests.support.samples import SAMPLE_TOKEN, payload
+from tests.support.fakes import clu_prediction
+from tests.support.messages import inbound, reply_msg
 
 
 class Out(func.Out):
@@ -40,18 +39,11 @@ class Out(func.Out):
 
 
 @pytest.fixture
-def wired(monkeypatch, store, queues, intent, sendbird):
-    cfg = load_settings(sample_values())
-    monkeypatch.setattr(services, "config", lambda: cfg)
-    monkeypatch.setattr(services, "settings", lambda: cfg.settings)
-    monkeypatch.setattr(services, "state_store", lambda: store)
-    monkeypatch.setattr(services, "queues", lambda: queues)
-    monkeypatch.setattr(services, "intent_client", lambda: intent)
-    monkeypatch.setattr(services, "sendbird", lambda: sendbird)
-    monkeypatch.setattr(services, "catalog", ResponseCatalog.load)
-    from shared.telemetry import DISABLED
-    monkeypatch.setattr(services, "telemetry", lambda: DISABLED)
-    return cfg
+def wired(services):
+    """The trigger functions run on the composition root of fakes (one line: install it)."""
+    bootstrap.install(services)
+    yield services.config
+    bootstrap.install(None)
 
 
 def webhook(body: bytes, signature: str | None = None) -> func.HttpRequest:
@@ -82,7 +74,7 @@ def queue_msg(text: str | bytes, dequeue_count: int = 1) -> QueueMessage:
 
 
 def intent_outputs() -> dict[str, Out]:
-    return {f"to_{r.value}": Out() for r in Route}
+    return {r.binding: Out() for r in routes()}
 
 
 def test_intent_function_writes_only_the_chosen_route(wired, intent):
@@ -120,15 +112,15 @@ def test_intent_function_last_attempt_poisons_and_apologizes(wired, intent, queu
 def test_branch_function_writes_the_reply(wired, store, settings):
     from shared.intent_stage import admit
     store.update("u-1", "ch-1", lambda s: admit(inbound("hi"), s, settings, 0))
-    routed = RoutedMessage(**inbound("hi").next_hop(), route=Route.GREETING, text="hi", language="en",
+    routed = RoutedMessage.following(inbound("hi"), route="greeting", text="hi", language="en",
                            top_intent="Greeting", confidence_score=0.9, seq=1)
     out = Out()
-    handler_functions.process_routed(Route.GREETING, queue_msg(routed.to_queue_text()), out)
+    handler_functions.process_routed(routes().get("greeting"), queue_msg(routed.to_queue_text()), out)
     assert decode(out.get(), ReplyMessage).reply_key == "greeting.hello"
 
 
 def test_reply_function_sends_through_sendbird(wired, sendbird, store):
-    from tests.test_stages import admitted
+    from tests.support.messages import admitted
     admitted(store, reply_msg())
     reply_fn.reply_sender(queue_msg(reply_msg().to_queue_text()))
     assert [m["message"] for m in sendbird.messages] == ["Hello!"]

@@ -1,4 +1,4 @@
-"""Intent service client: Azure AI Language CLU ``analyze-conversations`` protocol.
+"""Intent service client (:class:`~shared.ports.IntentPort`): Azure AI Language CLU ``analyze-conversations``.
 
 Spec: Microsoft docs, "Query your deployed CLU model", REST api-version
 2023-04-01 (``../shared/reference/clu.md``). The same client calls Azure CLU or
@@ -9,10 +9,11 @@ Time budget: connect timeout 1 s, read timeout ``INTENT_TIMEOUT_SECONDS``;
 ``INTENT_RETRIES`` in-process retries with back-off (0.1 s, 0.2 s, ...) on
 connection errors, read timeouts and 502/503/504 (urllib3 ``Retry``). Then:
 
-- timeouts, connection errors, 429 and 5xx -> :class:`~shared.errors.TransientError`
-  (the queue trigger retries the message later; 503 while the model loads is one of these);
-- other 4xx (bad key, bad request), 1xx and 3xx -> :class:`~shared.errors.PermanentError` (redirects are
-  never followed, so ``Ocp-Apim-Subscription-Key`` never reaches another host);
+- exceptions and HTTP answers are classified by the tables of :mod:`shared.clients.errors`: timeouts,
+  connection errors, 429 and 5xx -> :class:`~shared.errors.TransientError` (the queue trigger retries the message
+  later; 503 while the model loads is one of these); other 4xx (bad key, bad request), 1xx and 3xx ->
+  :class:`~shared.errors.PermanentError` (redirects are never followed, so ``Ocp-Apim-Subscription-Key`` never
+  reaches another host);
 - a 2xx body that is not a CLU conversation result -> :class:`~shared.errors.TransientError`.
 
 Circuit breaker (the ``circuitbreaker`` package, one per worker): after
@@ -32,30 +33,19 @@ from typing import Any
 
 import requests
 from circuitbreaker import CircuitBreaker, CircuitBreakerError
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
-from shared import telemetry, timing
-from shared.errors import PermanentError, RateLimited, TransientError
-from shared.models import Entity, IntentScore
+from shared import timing
+from shared.clients.errors import http_status_error, requests_error
+from shared.errors import RateLimited, TransientError
+from shared.models import Entity, IntentPrediction, IntentScore
+from shared.ports import TelemetryPort
 from shared.settings import Settings
+from shared.telemetry import DISABLED
 
 PATH = "/language/:analyze-conversations"
-
-
-class IntentPrediction(BaseModel):
-    """The parts of a CLU prediction the gateway uses. Scores 0..1, intents sorted best first."""
-
-    query: str
-    top_intent: str | None
-    intents: list[IntentScore]
-    entities: list[Entity]
-
-    @property
-    def confidence_score(self) -> float:
-        """Confidence score of the top intent (0 when there is none)."""
-        return next((i.confidence_score for i in self.intents if i.category == self.top_intent), 0.0)
 
 
 def parse_clu_response(body: Any) -> IntentPrediction:
@@ -80,7 +70,8 @@ def parse_clu_response(body: Any) -> IntentPrediction:
 class IntentClient:
     """Calls the intent service. One instance (one HTTP connection pool) per worker."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, telemetry: TelemetryPort = DISABLED):
+        self._telemetry = telemetry
         self._url = str(settings.intent_endpoint).rstrip("/") + PATH
         self._target = settings.intent_endpoint.host or ""
         self._params = {"api-version": settings.intent_api_version}
@@ -123,23 +114,23 @@ class IntentClient:
         try:
             return self._guarded_post(body, headers)
         except CircuitBreakerError as exc:
-            telemetry.current().metric("intent_breaker_open_count", 1)
+            self._telemetry.metric("intent_breaker_open_count", 1)
             wait = max(1.0, self.breaker.open_remaining)
             raise RateLimited(f"intent service circuit open after {self.breaker.failure_count} failures: "
                               f"failing fast for {wait:.0f} s more", wait) from exc
 
     def _post(self, body: dict, headers: dict | None) -> IntentPrediction:
         try:
-            with timing.dependency("intent", "POST /language/:analyze-conversations", self._target) as dep:
+            with timing.dependency(self._telemetry, "intent", "POST /language/:analyze-conversations",
+                                   self._target) as dep:
                 resp = self._session.post(self._url, params=self._params, json=body, headers=headers,
                                           timeout=self._timeout, allow_redirects=False)
                 dep.set_status_code(resp.status_code)
         except requests.RequestException as exc:
-            raise TransientError(f"intent service unreachable: {type(exc).__name__}: {exc}") from exc
-        if resp.status_code == 429 or resp.status_code >= 500:
-            raise TransientError(f"intent service answered {resp.status_code}: {resp.text[:200]}")
-        if not 200 <= resp.status_code < 300:
-            raise PermanentError(f"intent service rejected the request ({resp.status_code}): {resp.text[:200]}")
+            raise requests_error(exc, "intent service") from exc
+        error = http_status_error(resp.status_code)
+        if error is not None:
+            raise error(f"intent service answered ({resp.status_code}): {resp.text[:200]}")
         try:
             return parse_clu_response(resp.json())
         except (ValueError, KeyError, TypeError, ValidationError) as exc:

@@ -1,4 +1,4 @@
-"""Cosmos DB client: user state documents with ETag optimistic concurrency.
+"""Cosmos DB client (:class:`~shared.ports.StateStore`): user state documents with ETag optimistic concurrency.
 
 SDK: ``azure-cosmos`` 4.x (sync), SQL API. One document per user in the
 container ``COSMOS_STATE_CONTAINER`` (partition key ``/user_id``). Writes use
@@ -23,9 +23,12 @@ from azure.cosmos import exceptions as cosmos_errors
 from azure.core.exceptions import AzureError
 
 from shared import timing
+from shared.clients.errors import azure_error
 from shared.errors import TransientError
 from shared.models import now_ms
+from shared.ports import TelemetryPort
 from shared.settings import Settings
+from shared.telemetry import DISABLED
 from shared.state import UserState, document_id
 
 log = logging.getLogger(__name__)
@@ -88,16 +91,18 @@ def _body(state: UserState) -> dict[str, Any]:
 
 
 class CosmosStateStore:
-    """:class:`~shared.state.StateStore` on a Cosmos DB container."""
+    """:class:`~shared.ports.StateStore` on a Cosmos DB container."""
 
-    def __init__(self, container: ContainerProxy, max_attempts: int = MAX_CONFLICT_ATTEMPTS):
+    def __init__(self, container: ContainerProxy, max_attempts: int = MAX_CONFLICT_ATTEMPTS,
+                 telemetry: TelemetryPort = DISABLED):
+        self._telemetry = telemetry
         self._container = container
         self._max_attempts = max_attempts
         self._target = getattr(container, "container_link", "user_state")
 
     def _read(self, user_id: str) -> tuple[UserState, str] | None:
         try:
-            with timing.dependency("cosmos", "read user_state", self._target, "Azure DocumentDB"):
+            with timing.dependency(self._telemetry, "cosmos", "read user_state", self._target, "Azure DocumentDB"):
                 doc = self._container.read_item(document_id(user_id), partition_key=user_id)
         except cosmos_errors.CosmosResourceNotFoundError:
             return None
@@ -117,7 +122,7 @@ class CosmosStateStore:
                     return found[0]
             return state
         except AzureError as exc:
-            raise TransientError(f"cosmos state read failed: {type(exc).__name__}: {exc}") from exc
+            raise azure_error(exc, "cosmos state read") from exc
 
     def update(self, user_id: str, channel_url: str | None, mutate: Callable[[UserState], T]) -> T:
         for attempt in range(1, self._max_attempts + 1):
@@ -129,7 +134,8 @@ class CosmosStateStore:
                 if etag is not None and state.model_dump() == before:
                     return result  # nothing changed: no write
                 state.updated_at_ms = now_ms()
-                with timing.dependency("cosmos", "write user_state", self._target, "Azure DocumentDB"):
+                with timing.dependency(self._telemetry, "cosmos", "write user_state", self._target,
+                                       "Azure DocumentDB"):
                     if etag is None:
                         self._container.create_item(_body(state))
                     else:
@@ -139,5 +145,5 @@ class CosmosStateStore:
             except (cosmos_errors.CosmosAccessConditionFailedError, cosmos_errors.CosmosResourceExistsError):
                 log.info("state of %s changed concurrently (attempt %d); retrying", user_id, attempt)
             except AzureError as exc:
-                raise TransientError(f"cosmos state update failed: {type(exc).__name__}: {exc}") from exc
+                raise azure_error(exc, "cosmos state update") from exc
         raise TransientError(f"state of {user_id} kept changing: {self._max_attempts} ETag conflicts in a row")

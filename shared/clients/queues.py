@@ -1,9 +1,12 @@
-"""Storage queue client (``azure-storage-queue`` 12.x) for what output bindings cannot do.
+"""Storage queue client (:class:`~shared.ports.QueuePort`, ``azure-storage-queue`` 12.x) for what output bindings
+cannot do.
 
 Stage-to-stage messages travel through queue *output bindings* (the host writes
 them when the function succeeds, and wakes the target listener at once). This
 client covers the rest: delayed re-sends (SendBird 429 ``X-RateLimit-RetryAfter``),
-poison records with a reason, and tooling (peek/receive).
+poison records with a reason, and operations (peek, receive/delete/release for replays, queue depth).
+Errors: :class:`~shared.errors.TransientError` / :class:`~shared.errors.PermanentError` by
+:data:`shared.clients.errors.AZURE_ERRORS`.
 
 Encoding: messages are encoded exactly as the queue trigger expects, per
 ``host.json`` ``extensions.queues.messageEncoding`` (``base64``: UTF-8 text,
@@ -25,8 +28,9 @@ from azure.storage.queue import (
     TextBase64EncodePolicy,
 )
 
-from shared.errors import TransientError
+from shared.clients.errors import azure_error
 from shared.models import PoisonRecord, poison_record_queue
+from shared.ports import QueuedMessage
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +87,7 @@ class QueueSender:
                 self.ensure_queue(queue)
                 self.client(queue).send_message(text, **options)
         except AzureError as exc:
-            raise TransientError(f"cannot send to queue {queue}: {type(exc).__name__}: {exc}") from exc
+            raise azure_error(exc, f"send to queue {queue}") from exc
 
     def send_poison(self, record: PoisonRecord) -> None:
         """Write ``record`` to ``<record.source_queue>-poison-records`` (never expires: an operator decides)."""
@@ -92,9 +96,50 @@ class QueueSender:
                   record.source_queue, record.reason, record.correlation_id, record.message_id,
                   record.dequeue_count)
 
-    def peek(self, queue: str, max_messages: int = 32) -> list[QueueMessage]:
+    def peek(self, queue: str, max_messages: int = 32) -> list[QueuedMessage]:
         """Up to ``max_messages`` (1..32) visible messages of ``queue`` without hiding them."""
         try:
-            return list(self.client(queue).peek_messages(max_messages=max_messages))
+            return [_queued(m) for m in self.client(queue).peek_messages(max_messages=max_messages)]
         except ResourceNotFoundError:
             return []
+        except AzureError as exc:
+            raise azure_error(exc, f"peek at queue {queue}") from exc
+
+    def receive(self, queue: str, max_messages: int = 32, visibility_timeout: int = 30) -> list[QueuedMessage]:
+        """Up to ``max_messages`` (1..32) visible messages, hidden for ``visibility_timeout`` seconds."""
+        try:
+            return [_queued(m) for m in self.client(queue).receive_messages(
+                messages_per_page=max_messages, max_messages=max_messages, visibility_timeout=visibility_timeout)]
+        except ResourceNotFoundError:
+            return []
+        except AzureError as exc:
+            raise azure_error(exc, f"receive from queue {queue}") from exc
+
+    def delete(self, queue: str, message: QueuedMessage) -> None:
+        """Delete a received message."""
+        try:
+            self.client(queue).delete_message(message.id, message.pop_receipt)
+        except AzureError as exc:
+            raise azure_error(exc, f"delete from queue {queue}") from exc
+
+    def release(self, queue: str, message: QueuedMessage) -> None:
+        """Make a received message visible again now."""
+        try:
+            self.client(queue).update_message(message.id, message.pop_receipt, visibility_timeout=0)
+        except AzureError as exc:
+            raise azure_error(exc, f"release a message of queue {queue}") from exc
+
+    def depth(self, queue: str) -> int:
+        """Approximate number of messages in ``queue`` (0 when it does not exist)."""
+        try:
+            return int(self.client(queue).get_queue_properties().approximate_message_count or 0)
+        except ResourceNotFoundError:
+            return 0
+        except AzureError as exc:
+            raise azure_error(exc, f"read the depth of queue {queue}") from exc
+
+
+def _queued(m: QueueMessage) -> QueuedMessage:
+    inserted = int(m.inserted_on.timestamp() * 1000) if m.inserted_on else 0
+    return QueuedMessage(id=m.id, content=m.content, inserted_at_ms=inserted, dequeue_count=m.dequeue_count or 0,
+                         pop_receipt=m.pop_receipt or "")

@@ -1,4 +1,4 @@
-"""SendBird Platform API client: send the bot's message proactively.
+"""SendBird Platform API client (:class:`~shared.ports.SendBirdPort`): send the bot's message proactively.
 
 Spec: SendBird Chat Platform API v3, "Bot interface: send a bot's message"
 ``POST {base}/v3/bots/{bot_userid}/send`` with headers ``Api-Token`` and
@@ -12,10 +12,10 @@ two in-process retries with back-off on connection errors and 500/502/503/504
 
 - 429 -> :class:`~shared.errors.RateLimited` with ``X-RateLimit-RetryAfter`` seconds
   (the caller reschedules the message; nothing sleeps here);
-- timeouts, connection errors, 5xx -> :class:`~shared.errors.TransientError`;
-- any other 4xx, and any 1xx/3xx -> :class:`~shared.errors.PermanentError` (SendBird's error ``code`` and
-  ``message`` in the reason). Redirects are never followed: ``Api-Token`` must never reach another host,
-  and a 302 turned into a GET is not a sent message.
+- other exceptions and answers by the tables of :mod:`shared.clients.errors`: timeouts, connection errors,
+  5xx -> :class:`~shared.errors.TransientError`; any other 4xx, and any 1xx/3xx ->
+  :class:`~shared.errors.PermanentError` (SendBird's error ``code`` and ``message`` in the reason). Redirects are
+  never followed: ``Api-Token`` must never reach another host, and a 302 turned into a GET is not a sent message.
 """
 
 from __future__ import annotations
@@ -27,8 +27,11 @@ from requests.adapters import HTTPAdapter
 from urllib3.util.retry import Retry
 
 from shared import timing
-from shared.errors import PermanentError, RateLimited, TransientError
+from shared.clients.errors import http_status_error, requests_error
+from shared.errors import RateLimited
+from shared.ports import TelemetryPort
 from shared.settings import Settings
+from shared.telemetry import DISABLED
 
 #: Wait used when a 429 carries no usable ``X-RateLimit-RetryAfter`` header, in seconds.
 DEFAULT_RETRY_AFTER_SECONDS = 1.0
@@ -37,7 +40,8 @@ DEFAULT_RETRY_AFTER_SECONDS = 1.0
 class SendBirdClient:
     """Sends bot messages. One instance (one keep-alive connection pool) per worker."""
 
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, telemetry: TelemetryPort = DISABLED):
+        self._telemetry = telemetry
         self._url = f"{settings.sendbird_base_url}/v3/bots/{quote(settings.sendbird_bot_user_id, safe='')}/send"
         self._timeout = (min(2.0, settings.sendbird_timeout_seconds), settings.sendbird_timeout_seconds)
         self._target = settings.sendbird_api_base_url.host or ""
@@ -61,18 +65,18 @@ class SendBirdClient:
         if data:
             body["data"] = data
         try:
-            with timing.dependency("sendbird", "POST /v3/bots/{bot_userid}/send", self._target) as dep:
+            with timing.dependency(self._telemetry, "sendbird", "POST /v3/bots/{bot_userid}/send",
+                                   self._target) as dep:
                 resp = self._session.post(self._url, json=body, timeout=self._timeout, allow_redirects=False)
                 dep.set_status_code(resp.status_code)
         except requests.RequestException as exc:
-            raise TransientError(f"SendBird unreachable: {type(exc).__name__}: {exc}") from exc
+            raise requests_error(exc, "SendBird") from exc
         if resp.status_code == 429:
             raise RateLimited(f"SendBird rate limit: {_error_text(resp)}",
                               _retry_after(resp.headers.get("X-RateLimit-RetryAfter")))
-        if resp.status_code >= 500:
-            raise TransientError(f"SendBird answered {resp.status_code}: {_error_text(resp)}")
-        if not 200 <= resp.status_code < 300:
-            raise PermanentError(f"SendBird rejected the message ({resp.status_code}): {_error_text(resp)}")
+        error = http_status_error(resp.status_code)
+        if error is not None:
+            raise error(f"SendBird answered ({resp.status_code}): {_error_text(resp)}")
         try:
             return int(resp.json()["message_id"])
         except (ValueError, KeyError, TypeError):

@@ -1,19 +1,22 @@
 """In-memory fakes of the external systems, for unit tests only.
 
-Each fake passes the same contract test as its real adapter
-(``test_state_contract.py``, ``test_queue_contract.py``,
-``test_intent_client_contract.py``, ``test_sendbird_client_contract.py``).
+Each fake implements its port (:mod:`shared.ports`; mypy checks it, see the assignments at the end) and passes
+the same contract test as its real adapter (``tests/test_state_contract.py``, ``tests/test_adapter_contracts.py``).
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
 import threading
-from typing import Callable, TypeVar
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
-from shared.clients.intent import IntentPrediction, parse_clu_response
+from shared.clients.clu import parse_clu_response
 from shared.errors import PermanentError, RateLimited, TransientError
-from shared.models import PoisonRecord, now_ms, poison_record_queue
+from shared.models import IntentPrediction, PoisonRecord, now_ms, poison_record_queue
+from shared.ports import IntentPort, QueuedMessage, QueuePort, SendBirdPort, StateStore
 from shared.state import UserState
 
 T = TypeVar("T")
@@ -68,20 +71,66 @@ class InMemoryStateStore:
         raise TransientError(f"state of {user_id} kept changing: {self._max_attempts} conflicts in a row")
 
 
-class RecordingQueueSender:
-    """QueueSender that keeps messages in lists: ``sent[queue] -> [(text, delay_seconds)]``."""
+@dataclass
+class _Stored:
+    message: QueuedMessage
+    visible_at_ms: int
 
-    def __init__(self):
+
+class RecordingQueueSender:
+    """The queue port in memory. ``sent[queue] -> [(text, delay_seconds)]`` records every send in order; the
+    messages themselves can be peeked, received (hidden for the visibility timeout), deleted and released."""
+
+    def __init__(self) -> None:
         self.sent: dict[str, list[tuple[str, float]]] = {}
         self.fail_with: Exception | None = None
+        self._queues: dict[str, list[_Stored]] = {}
+        self._ids = itertools.count(1)
+        self._lock = threading.Lock()
 
     def send(self, queue: str, text: str, delay_seconds: float = 0, *, keep_forever: bool = False) -> None:
         if self.fail_with:
             raise self.fail_with
-        self.sent.setdefault(queue, []).append((text, delay_seconds))
+        now = now_ms()
+        with self._lock:
+            self.sent.setdefault(queue, []).append((text, delay_seconds))
+            n = next(self._ids)
+            self._queues.setdefault(queue, []).append(
+                _Stored(QueuedMessage(id=f"m{n}", content=text, inserted_at_ms=now), now + int(delay_seconds * 1000)))
 
     def send_poison(self, record: PoisonRecord) -> None:
-        self.send(poison_record_queue(record.source_queue), record.model_dump_json())
+        self.send(poison_record_queue(record.source_queue), record.model_dump_json(), keep_forever=True)
+
+    def peek(self, queue: str, max_messages: int = 32) -> list[QueuedMessage]:
+        now = now_ms()
+        with self._lock:
+            return [s.message for s in self._queues.get(queue, []) if s.visible_at_ms <= now][:max_messages]
+
+    def receive(self, queue: str, max_messages: int = 32, visibility_timeout: int = 30) -> list[QueuedMessage]:
+        now, got = now_ms(), []
+        with self._lock:
+            for stored in self._queues.get(queue, []):
+                if stored.visible_at_ms <= now and len(got) < max_messages:
+                    m = stored.message
+                    stored.message = QueuedMessage(m.id, m.content, m.inserted_at_ms, m.dequeue_count + 1,
+                                                   pop_receipt=f"r{next(self._ids)}")
+                    stored.visible_at_ms = now + visibility_timeout * 1000
+                    got.append(stored.message)
+        return got
+
+    def delete(self, queue: str, message: QueuedMessage) -> None:
+        with self._lock:
+            self._queues[queue] = [s for s in self._queues.get(queue, []) if s.message.id != message.id]
+
+    def release(self, queue: str, message: QueuedMessage) -> None:
+        with self._lock:
+            for stored in self._queues.get(queue, []):
+                if stored.message.id == message.id:
+                    stored.visible_at_ms = now_ms()
+
+    def depth(self, queue: str) -> int:
+        with self._lock:
+            return len(self._queues.get(queue, []))
 
     def texts(self, queue: str) -> list[str]:
         return [t for t, _ in self.sent.get(queue, [])]
@@ -144,5 +193,11 @@ class FakeSendBird:
         return len(self.messages)
 
 
+# The type checker proves each fake implements its port (mypy runs over tests/support in `make test`).
+_state: StateStore = InMemoryStateStore()
+_queues: QueuePort = RecordingQueueSender()
+_intent: IntentPort = ScriptedIntentClient()
+_sendbird: SendBirdPort = FakeSendBird()
+
 __all__ = ["InMemoryStateStore", "RecordingQueueSender", "ScriptedIntentClient", "FakeSendBird", "clu_prediction",
-           "RateLimited", "TransientError", "PermanentError"]
+           "RateLimited", "TransientError", "PermanentError", "Any"]

@@ -1,0 +1,175 @@
+"""Ports: the one interface of each external system the gateway's logic talks to.
+
+Each port is a ``typing.Protocol``. The real adapter lives in ``shared/clients/`` (one module per system) and an
+in-memory fake in ``tests/support/fakes.py``; both are checked against the port by the type checker (mypy, run by
+``make test``) and by the same contract tests (``tests/test_adapter_contracts.py``, ``tests/test_state_contract.py``).
+Domain modules (``shared/*.py``) import ports, never adapters.
+
+=====================  ==================================  ===============================================
+port                   real adapter                        fake (tests)
+=====================  ==================================  ===============================================
+:class:`StateStore`     ``shared.clients.cosmos``           ``InMemoryStateStore``
+:class:`QueuePort`      ``shared.clients.queues``           ``RecordingQueueSender``
+:class:`IntentPort`     ``shared.clients.clu``              ``ScriptedIntentClient``
+:class:`SendBirdPort`   ``shared.clients.sendbird``         ``FakeSendBird``
+:class:`TelemetryPort`  ``shared.clients.appinsights``      :class:`shared.telemetry.NullTelemetry` (also the
+                                                            implementation when telemetry is off)
+=====================  ==================================  ===============================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+
+from shared.models import IntentPrediction, PoisonRecord
+
+if TYPE_CHECKING:  # pragma: no cover - types only
+    from shared.state import UserState
+    from shared.telemetry import Redactor, Span
+
+T = TypeVar("T")
+
+
+class StateStore(Protocol):
+    """Where user state lives (Cosmos DB). Errors: :class:`~shared.errors.TransientError` when unavailable.
+
+    Concurrency: :meth:`update` is an optimistic read-modify-write; ``mutate`` may run more than once (after an
+    ETag conflict, HTTP 412) and must therefore be a pure function of the state it is given.
+    """
+
+    def get_or_create(self, user_id: str, channel_url: str | None) -> UserState:
+        """The user's state, created (and stored) if it does not exist yet."""
+        ...
+
+    def update(self, user_id: str, channel_url: str | None, mutate: Callable[[UserState], T]) -> T:
+        """Apply ``mutate`` to the current state and store it atomically (ETag); returns mutate's result.
+
+        When it changes nothing, nothing is written. Raises :class:`~shared.errors.TransientError` after too many
+        conflicts. An exception from ``mutate`` propagates and nothing is written.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class QueuedMessage:
+    """One message read from a queue: Storage message id, UTF-8 text content (decoded per the app's encoding),
+    insertion time (epoch ms), and what deleting or releasing it needs (``pop_receipt``; empty for a peek)."""
+
+    id: str
+    content: str
+    inserted_at_ms: int
+    dequeue_count: int = 0
+    pop_receipt: str = ""
+
+
+class QueuePort(Protocol):
+    """Storage queues (the app's own sends; stage-to-stage messages use output bindings).
+
+    Errors: :class:`~shared.errors.TransientError` when Storage fails. A missing queue reads as empty.
+    """
+
+    def send(self, queue: str, text: str, delay_seconds: float = 0, *, keep_forever: bool = False) -> None:
+        """Put ``text`` on ``queue`` (created if missing), invisible for ``delay_seconds`` (0..7 days)."""
+        ...
+
+    def send_poison(self, record: PoisonRecord) -> None:
+        """Keep ``record`` in ``<record.source_queue>-poison-records`` (never expires)."""
+        ...
+
+    def peek(self, queue: str, max_messages: int = 32) -> list[QueuedMessage]:
+        """Up to ``max_messages`` (1..32) visible messages without hiding them."""
+        ...
+
+    def receive(self, queue: str, max_messages: int = 32, visibility_timeout: int = 30) -> list[QueuedMessage]:
+        """Up to ``max_messages`` (1..32) visible messages, hidden for ``visibility_timeout`` seconds."""
+        ...
+
+    def delete(self, queue: str, message: QueuedMessage) -> None:
+        """Delete a received message."""
+        ...
+
+    def release(self, queue: str, message: QueuedMessage) -> None:
+        """Make a received message visible again now."""
+        ...
+
+    def depth(self, queue: str) -> int:
+        """Approximate number of messages in ``queue`` (0 when it does not exist)."""
+        ...
+
+
+class IntentPort(Protocol):
+    """The intent service (Azure CLU prediction protocol, api-version 2023-04-01).
+
+    Errors: :class:`~shared.errors.TransientError` (timeouts, 429, 5xx; :class:`~shared.errors.RateLimited`
+    while the circuit is open) and :class:`~shared.errors.PermanentError` (other non-2xx answers).
+    """
+
+    def analyze(self, text: str, language: str, participant_id: str, item_id: str,
+                request_id: str | None = None) -> IntentPrediction:
+        """Classify one utterance (at most 1,000 characters; see :mod:`shared.utterance`)."""
+        ...
+
+
+class SendBirdPort(Protocol):
+    """The SendBird Platform API v3, bot messages.
+
+    Errors: :class:`~shared.errors.RateLimited` (429 with ``X-RateLimit-RetryAfter``),
+    :class:`~shared.errors.TransientError` (timeouts, 5xx), :class:`~shared.errors.PermanentError` (other non-2xx).
+    """
+
+    def send_bot_message(self, channel_url: str, message: str, dedup_id: str, data: str = "") -> int:
+        """Send ``message`` to ``channel_url`` as the bot; returns SendBird's ``message_id`` (0 if not given)."""
+        ...
+
+
+class TelemetryPort(Protocol):
+    """Application Insights (see :mod:`shared.telemetry` for what is sent and the PII rules)."""
+
+    enabled: bool
+    export_failures: int
+
+    @property
+    def redactor(self) -> Redactor:
+        """The PII redaction every outbound item goes through."""
+        ...
+
+    def stage(self, name: str, traceparent: str | None, **properties: Any) -> AbstractContextManager[Span]:
+        """A request (server span) for one stage invocation, continuing ``traceparent``'s trace."""
+        ...
+
+    def dependency(self, system: str, name: str, target: str,
+                   dependency_type: str = "HTTP") -> AbstractContextManager[Span]:
+        """A dependency (client span) of the current stage."""
+        ...
+
+    def event(self, name: str, properties: dict[str, Any] | None = None,
+              measurements: dict[str, float] | None = None, traceparent: str | None = None) -> None:
+        """A custom event (properties redacted per PII mode)."""
+        ...
+
+    def metric(self, name: str, value: float, **dimensions: str | None) -> None:
+        """One value of a pre-aggregated metric."""
+        ...
+
+    def sensitive(self, *, user_id: str | None = None, channel_url: str | None = None,
+                  text: str | None = None) -> AbstractContextManager[None]:
+        """Register the raw ids and text of the message processed in this context (scrubbed everywhere)."""
+        ...
+
+    def redact_id(self, value: str) -> str:
+        """A user or channel id as telemetry stores it."""
+        ...
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Export everything queued now. Never raises."""
+        ...
+
+    def close(self) -> None:
+        """Flush and stop. Never raises."""
+        ...
+
+
+__all__ = ["IntentPort", "QueuePort", "QueuedMessage", "SendBirdPort", "StateStore", "TelemetryPort"]
