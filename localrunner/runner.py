@@ -156,13 +156,13 @@ class Runner:
         deadline = time.monotonic() + timeout
         if self._frontend is not None:
             self._frontend.draining = True
-        for l in self.listeners:
-            l.stop_polling()
-        for l in self.listeners:
-            l.join_poller(max(0.1, deadline - time.monotonic()))
+        for listener in self.listeners:
+            listener.stop_polling()
+        for listener in self.listeners:
+            listener.join_poller(max(0.1, deadline - time.monotonic()))
         drained = True
-        for l in self.listeners:
-            drained = l.wait_idle(deadline) and drained
+        for listener in self.listeners:
+            drained = listener.wait_idle(deadline) and drained
         if self._frontend is not None:
             drained = self._frontend.wait_idle(deadline) and drained
         if not drained:
@@ -265,17 +265,17 @@ class Runner:
             log.warning("chaos: %.0f%% of successfully processed queue messages will NOT be deleted "
                         "(LOCALRUNNER_CHAOS_SKIP_DELETE_RATE=%s); they reappear after the %d s lease",
                         chaos * 100, chaos, lease)
-        for l in self.listeners:
-            l.start()
+        for listener in self.listeners:
+            listener.start()
         for s in self.specs:
             if s.http:
                 log.info("  %s: [%s] %s", s.name, ",".join(s.http.methods or ["ALL"]), self.url(s.http.route))
 
     def _teardown(self, drained: bool) -> None:
-        for l in self.listeners:
+        for listener in self.listeners:
             try:
-                l.stop_polling()
-                l.close(drained)
+                listener.stop_polling()
+                listener.close(drained)
             except Exception:
                 log.exception("closing listener failed")
         if self._server is not None:

@@ -112,7 +112,7 @@ def test_polling_backoff_sequence():
     rng = random.Random(1)
     delays = [polling_delay(n, 60.0, rng=rng) for n in range(1, 12)]
     assert delays[0] == pytest.approx(0.1)
-    assert all(b >= a * 0.8 for a, b in zip(delays, delays[1:]))  # grows (with jitter)
+    assert all(b >= a * 0.8 for a, b in zip(delays, delays[1:], strict=False))  # grows (with jitter)
     assert 0.15 <= delays[1] <= 0.25
     assert 2.5 <= delays[6] <= 4.1  # about 3.3 s at the 7th empty poll
     assert polling_delay(40, 2.0) == 2.0  # capped at maxPollingInterval

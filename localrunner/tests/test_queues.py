@@ -67,7 +67,7 @@ def test_chain_with_output_bindings_and_wake(runner, qenv, azurite, helpers):
     helpers.wait_for(lambda: len(mod.SINK_SEEN) == 2, 10, what="sink messages")
     assert sorted(mod.SINK_SEEN) == [b"audit1:ping", b"audit2:ping"]
     for name in ("chain_a", "chain_b", "sink"):
-        helpers.wait_for(lambda: runner.function_stats(name)["successes"] >= 1, 5, what=f"{name} stats")
+        helpers.wait_for(lambda name=name: runner.function_stats(name)["successes"] >= 1, 5, what=f"{name} stats")
     helpers.wait_for(lambda: queue_len(azurite, qenv["Q_CHAIN_A"]) == 0, 5, what="chain-a emptied")
     assert queue_len(azurite, qenv["Q_CHAIN_B"]) == 0
 
@@ -111,7 +111,6 @@ def test_always_failing_goes_to_poison(runner, qenv, azurite, helpers):
 def test_already_exceeded_dequeue_count_is_poisoned_without_invocation(runner, qenv, azurite, helpers):
     # a message received with dequeue_count > maxDequeueCount (e.g. left by a crashed host) is poisoned at once
     src = qenv["Q_SLOW"]
-    q = QueueClient.from_connection_string(azurite, src, message_encode_policy=TextBase64EncodePolicy())
     runner_stopped_probe = runner.function_stats("slow")["invocations"]
     # bump the dequeue count by receiving it ourselves 3 times (visibility 1 s)
     # while the runner is not looking: use a separate queue name to avoid races
