@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 MODEL  := intent_service/models/retail.skops
 PY_REQS := requirements.txt requirements-dev.txt intent_service/requirements.txt localrunner/requirements.txt devstack/requirements.txt infra/requirements-dev.txt bench/requirements.txt
 
-.PHONY: install demo run test unit bench clean
+.PHONY: install demo run test lint unit bench clean
 
 install: $(VENV)/.installed devstack/node_modules/.installed ops/kql/node_modules/.installed $(MODEL)
 
@@ -35,9 +35,14 @@ demo: install
 run: install
 	$(BIN)/python -m tools.demo run
 
-## Every test: unit, contract, integration and end-to-end (starts the local services it needs).
-test: install
+## Every test: lint and type check, then unit, contract, integration and end-to-end (starts the local services it needs).
+test: install lint
 	$(BIN)/python -m pytest $(ARGS)
+
+## Lint (ruff, ruff.toml) and type check (mypy, mypy.ini: the fakes are checked against their ports).
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 ## Benchmark: queue chain vs monolith under load (bench/README.md). ARGS="--rates 5,20 --duration 10" etc.
 bench: install

@@ -26,7 +26,7 @@ def plot_metric(data: dict, key: str, title: str, out: Path) -> Path:
     runs = data["runs"]
     latencies = sorted({r["intent_latency_ms"] for r in runs})
     fig, axes = plt.subplots(1, len(latencies), figsize=(4.2 * len(latencies), 3.6), squeeze=False, sharey=True)
-    for ax, lat in zip(axes[0], latencies):
+    for ax, lat in zip(axes[0], latencies, strict=True):
         for mode in ("chain", "monolith"):
             rs = sorted((r for r in runs if r["mode"] == mode and r["intent_latency_ms"] == lat),
                         key=lambda r: r["rate"])

@@ -74,8 +74,8 @@ class Report:
         lines.append(f"per-user order           {o.get('users_in_order', 0)}/{o.get('users', 0)} users got their "
                      f"answers in the order they wrote ({o.get('inversions', 0)} inversions)")
         if self.latency_ms:
-            l = self.latency_ms
-            lines.append(f"latency sent->answer ms  p50 {l['p50']}  p95 {l['p95']}  max {l['max']}")
+            lat = self.latency_ms
+            lines.append(f"latency sent->answer ms  p50 {lat['p50']}  p95 {lat['p95']}  max {lat['max']}")
         lines.append("-" * 78)
         lines.append("faults injected")
         lines.append(f"  webhook deliveries     {inj.get('posts', 0)} posts for {self.plan.get('users', 0) * self.plan.get('messages', 0)}"
@@ -167,12 +167,12 @@ def build_report(messages: list[Message], visible: list[dict], poison: list, sta
     for msg in messages:
         users[msg.user].append(msg)
     in_order = inversions = 0
-    for user, msgs in users.items():
+    for msgs in users.values():
         sent = [m.message_id for m in sorted(msgs, key=lambda m: m.index) if m.message_id in by_mid]
         answered = [mid for mid, _ in sorted(((mid, min(a["created_at"] for a in by_mid[mid])) for mid in sent),
                                              key=lambda x: (x[1], sent.index(x[0])))]
         pos = {mid: i for i, mid in enumerate(answered)}
-        inv = sum(1 for a, b in zip(sent, sent[1:]) if pos[a] > pos[b])
+        inv = sum(1 for a, b in zip(sent, sent[1:], strict=False) if pos[a] > pos[b])
         inversions += inv
         in_order += inv == 0
     rep.order = {"users": len(users), "users_in_order": in_order, "inversions": inversions}

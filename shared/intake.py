@@ -133,7 +133,7 @@ def _decide(body: bytes, headers: Mapping[str, str], settings: Settings, tracepa
     inbound = InboundMessage(
         correlation_id=uuid.uuid4().hex, message_id=msg.payload.message_id, channel_url=msg.channel.channel_url,
         user_id=msg.sender.user_id, sendbird_created_at_ms=msg.payload.created_at, received_at_ms=received,
-        enqueued_at_ms=received, message_type=msg.type, text=_text(msg)[:MAX_UTTERANCE_CHARS],
+        enqueued_at_ms=received, message_type="FILE" if msg.type == "FILE" else "MESG", text=_text(msg)[:MAX_UTTERANCE_CHARS],
         file_name=msg.payload.filename if msg.type == "FILE" else None, traceparent=traceparent,
     )
     return IntakeDecision(200, {"status": "accepted", "correlation_id": inbound.correlation_id, **_ids(msg)}, inbound)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, ClassVar, Literal, TypeVar
+from typing import Any, ClassVar, Literal, Type, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -130,7 +130,7 @@ class QueueMessageBase(BaseModel):
         return self.model_copy(update=update)
 
     @classmethod
-    def following(cls: type[QM], previous: "QueueMessageBase", **fields: Any) -> QM:
+    def following(cls: Type[QM], previous: "QueueMessageBase", **fields: Any) -> QM:  # noqa: UP006 - `type` is a field
         """The next stage's message for the same conversation turn: ``previous``'s ids, timings and hops,
         enqueued now, plus ``fields``. Raises pydantic's ``ValidationError`` on bad fields."""
         common = {k: getattr(previous, k) for k in QueueMessageBase.model_fields if k not in ("type", "version")}

@@ -77,7 +77,8 @@ def run_queue_stage(body: bytes | str, dequeue_count: int, stage: QueueStage[M],
         try:
             return _traced(msg, dequeue_count, started, stage, work, policy.telemetry)
         except Exception as exc:  # noqa: BLE001 - every failure is either retried or poisoned
-            return _failed(exc, body, msg, dequeue_count, stage, policy)
+            _failed(exc, body, msg, dequeue_count, stage, policy)
+            return None
 
 
 def _traced(msg: M, dequeue_count: int, started: int, stage: QueueStage[M], work: Callable[[M], R],

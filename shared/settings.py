@@ -244,7 +244,7 @@ def load_settings(environ: dict[str, str] | None = None, host_json: Path | None 
             "read the secret: check the app's identity has 'Key Vault Secrets User' on it and the secret name; "
             "see the setting's 'Key Vault Reference' status in the portal)")
     try:
-        settings = Settings(**values)
+        settings = Settings.model_validate(values)
     except ValidationError as exc:
         raise SettingsError(f"invalid app settings: {_describe(exc)}") from exc
     host = HostQueueConfig.from_host_json(host_json or APP_ROOT / "host.json", source)

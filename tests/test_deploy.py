@@ -400,7 +400,7 @@ def test_bicep_brackets_balance_and_every_reference_is_declared(bicep):
         if dm := re.search(r"dependsOn: \[(.*?)\]", res["body"], re.S):
             for dep in dm[1].split():
                 assert dep in bicep.resources, f"dependsOn {dep}: not a resource"
-    for name, p in bicep.params.items():
+    for name in bicep.params:
         uses = len(re.findall(rf"\b{name}\b", code))
         assert uses > 1, f"param {name} is never used"
     assert "newGuid(" not in code and "utcNow(" not in code, "names and values must be deterministic"
@@ -806,7 +806,7 @@ def test_role_assignments_are_deterministic_and_least_privilege(bicep):
 def role_assignments(bicep: Bicep) -> list[tuple[str, str, str, str | None]]:
     """(scope resource or 'resourceGroup', identity, role key, condition) of every role assignment."""
     out = []
-    for name, res in bicep.of_type("Microsoft.Authorization/roleAssignments").items():
+    for res in bicep.of_type("Microsoft.Authorization/roleAssignments").values():
         m = re.search(r"name: guid\((\w+)\(?\)?\.id, (\w+)\.id, roles\.(\w+)\)", res["body"])
         out.append((m[1], m[2], m[3], res["condition"]))
     return out

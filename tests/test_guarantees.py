@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from shared.branch_handlers import apology_reply, handle
+from shared.branch_handlers import apology_reply
 from shared.intent_stage import IntentStageDeps, classify
-from shared.models import REPLY_QUEUE, ReplyMessage, RoutedMessage, decode, now_ms
-from shared.reply_sender import deliver, mark_failed
+from shared.models import REPLY_QUEUE, ReplyMessage, decode, now_ms
+from shared.reply_sender import mark_failed
 from tests.support.fakes import clu_prediction
 from tests.support.messages import inbound
 

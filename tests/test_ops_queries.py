@@ -597,7 +597,7 @@ def bad_kusto_report(tmp_path_factory) -> dict:
 def test_kusto_check_reports_errors_with_position(bad_kusto_report, name, text, expected):
     got = [d for d in kusto_errors(bad_kusto_report) if d["source"].endswith(f"/{name}")]
     assert len(got) == len(expected), describe(got)
-    for d, (line, column, code, fragment, schemas) in zip(got, expected):
+    for d, (line, column, code, fragment, schemas) in zip(got, expected, strict=True):
         assert (d["line"], d["column"], d["code"], sorted(d["schemas"])) == (line, column, code, schemas), describe([d])
         assert fragment in d["message"], describe([d])
         assert text.split("\n")[line - 1] == d["lineText"]

@@ -10,7 +10,7 @@ from shared.errors import PermanentError, RateLimited, TransientError
 from shared.branch_handlers import BranchDeps, apology_reply, handle
 from shared.intent_stage import IntentStageDeps, classify
 from shared.language import detect_language
-from shared.models import REPLY_QUEUE, InboundMessage, ReplyMessage, RoutedMessage, decode, now_ms
+from shared.models import REPLY_QUEUE, ReplyMessage, decode, now_ms
 from shared.reply_sender import ReplyDeps, deliver
 from shared.routing import choose_route
 from shared.clients.clu import parse_clu_response

@@ -88,7 +88,7 @@ def sendbird_webhook_monolith(req: func.HttpRequest) -> func.HttpResponse:
     while True:
         hold = _HoldBack(svc.queues)
         deps = replace(svc.branch(), queues=hold)
-        reply = _stage(routes().get(routed.route).queue, routed, lambda m: handle(m, deps))
+        reply = _stage(routes().get(routed.route).queue, routed, lambda m, deps=deps: handle(m, deps))
         if not hold.held:
             break
         routed, delay = hold.held[0]

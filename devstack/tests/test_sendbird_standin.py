@@ -231,7 +231,7 @@ def test_keep_alive_connection_reused(sendbird):
 
     conn = http.client.HTTPConnection(sendbird.host, sendbird.port, timeout=5)
     try:
-        for i in range(3):
+        for _ in range(3):
             conn.request("POST", f"/v3/bots/{BOT}/send", body=b'{"message": "k", "channel_url": "c"}',
                          headers={"Api-Token": API_TOKEN, "Content-Type": "application/json"})
             resp = conn.getresponse()

@@ -81,7 +81,7 @@ def _transport(settings: Settings) -> RequestsTransport:
                              connection_timeout=settings.cosmos_timeout_seconds)
 
 
-def _managed_identity(settings: Settings):
+def _managed_identity(settings: Settings) -> Any:
     from azure.identity import DefaultAzureCredential
     return DefaultAzureCredential(managed_identity_client_id=settings.storage_client_id or None)
 

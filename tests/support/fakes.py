@@ -48,7 +48,9 @@ class InMemoryStateStore:
         state = UserState.new(user_id, channel_url, now_ms())
         with self._lock:
             self._docs.setdefault(user_id, (state.model_dump(mode="json"), 1))
-        return self._read(user_id)[0]
+        stored = self._read(user_id)
+        assert stored is not None
+        return stored[0]
 
     def update(self, user_id: str, channel_url: str | None, mutate: Callable[[UserState], T]) -> T:
         for _ in range(self._max_attempts):
@@ -107,7 +109,7 @@ class RecordingQueueSender:
             return [s.message for s in self._queues.get(queue, []) if s.visible_at_ms <= now][:max_messages]
 
     def receive(self, queue: str, max_messages: int = 32, visibility_timeout: int = 30) -> list[QueuedMessage]:
-        now, got = now_ms(), []
+        now, got = now_ms(), list[QueuedMessage]()
         with self._lock:
             for stored in self._queues.get(queue, []):
                 if stored.visible_at_ms <= now and len(got) < max_messages:
@@ -163,9 +165,8 @@ class ScriptedIntentClient:
 def clu_prediction(top: str, score: float, others: dict[str, float] | None = None,
                    entities: list[dict] | None = None) -> dict:
     """A CLU ``ConversationResult`` body with ``top`` at ``score`` and ``others`` below it."""
-    intents = [{"category": top, "confidenceScore": score}]
-    intents += [{"category": c, "confidenceScore": s} for c, s in (others or {}).items()]
-    intents.sort(key=lambda i: -i["confidenceScore"])
+    scores = sorted({top: score, **(others or {})}.items(), key=lambda kv: -kv[1])
+    intents = [{"category": c, "confidenceScore": s} for c, s in scores]
     return {"kind": "ConversationResult",
             "result": {"query": "", "prediction": {"projectKind": "Conversation", "topIntent": top,
                                                    "intents": intents, "entities": entities or []}}}
