@@ -23,9 +23,10 @@ from typing import Any
 import psutil
 import requests
 
-from devstack.stack import Azurite, CosmosStandIn, FunctionsRunner, IntentService, LocalStack, SendBirdStandIn
+from devstack.stack import FunctionsRunner, LocalStack
 from tools import webhooks
-from tools.gateway_stack import BOT_USER_ID, LOCAL_API_TOKEN, ROOT, ensure_retail_model, gateway_env
+from tools.gateway_stack import (BOT_USER_ID, LOCAL_API_TOKEN, ROOT, StackOptions, build_stack, gateway_env,
+                                intent_client, top_intent)
 
 MONOLITH_APP = ROOT / "bench" / "monolith_app"
 APP_ROOTS = {"chain": ROOT, "monolith": MONOLITH_APP}
@@ -44,14 +45,10 @@ UTTERANCES = [
 
 # --------------------------------------------------------------------------- stack
 def infra_stack(intent_latency_ms: float, log_dir: str | os.PathLike | None = None) -> LocalStack:
-    """Azurite, Cosmos stand-in, SendBird stand-in and the intent service with an added latency (free ports)."""
-    stack = LocalStack()
-    stack.add(Azurite(0, log_dir=log_dir), "azurite")
-    stack.add(CosmosStandIn(0, log_dir=log_dir), "cosmos")
-    stack.add(SendBirdStandIn(0, LOCAL_API_TOKEN, BOT_USER_ID, log_dir=log_dir), "sendbird")
-    stack.add(IntentService(ensure_retail_model(), 0, env={"INTENT_ADDED_LATENCY_MS": str(intent_latency_ms)},
-                            log_dir=log_dir), "intent")
-    return stack
+    """Azurite, Cosmos stand-in, SendBird stand-in and the intent service with an added latency (free ports),
+    from the project's one stack builder; the runner is added per mode by :func:`runner_for`."""
+    return build_stack(StackOptions(free_ports=True, log_dir=log_dir, app_root=None,
+                                    intent_env={"INTENT_ADDED_LATENCY_MS": str(intent_latency_ms)}))
 
 
 def runner_for(stack: LocalStack, mode: str, log_dir: str | os.PathLike | None = None) -> FunctionsRunner:
@@ -61,18 +58,8 @@ def runner_for(stack: LocalStack, mode: str, log_dir: str | os.PathLike | None =
 
 def usable_utterances(intent_base_url: str) -> list[str]:
     """UTTERANCES minus those the model routes to a handoff (checked against the running intent service)."""
-    out = []
-    s = requests.Session()
-    for text in UTTERANCES:
-        body = {"kind": "Conversation",
-                "analysisInput": {"conversationItem": {"id": "1", "participantId": "bench", "text": text}},
-                "parameters": {"projectName": "retail-bot", "deploymentName": "production"}}
-        r = s.post(intent_base_url + "/language/:analyze-conversations", params={"api-version": "2023-04-01"},
-                   json=body, timeout=10)
-        r.raise_for_status()
-        if r.json()["result"]["prediction"]["topIntent"] != "HumanHandoff":
-            out.append(text)
-    return out
+    client = intent_client(intent_base_url)
+    return [text for text in UTTERANCES if top_intent(client, text) != "HumanHandoff"]
 
 
 # --------------------------------------------------------------------------- load

@@ -27,20 +27,12 @@ UTTERANCES = [
 def preflight(intent_base_url: str, utterances: list[str] = UTTERANCES) -> tuple[list[str], list[str]]:
     """Split ``utterances`` into (usable, excluded): excluded ones have HumanHandoff as top intent (a handed-off
     conversation is silent by design, which would blur the accounting)."""
-    from shared.language import detect_language
+    from tools.gateway_stack import intent_client, top_intent
 
     usable, excluded = [], []
-    s = requests.Session()
+    client = intent_client(intent_base_url)
     for text in utterances:
-        body = {"kind": "Conversation",
-                "analysisInput": {"conversationItem": {"id": "1", "participantId": "preflight", "text": text,
-                                                       "language": detect_language(text) or "ko"}},
-                "parameters": {"projectName": "retail-bot", "deploymentName": "production"}}
-        r = s.post(intent_base_url + "/language/:analyze-conversations", params={"api-version": "2023-04-01"},
-                   json=body, timeout=10)
-        r.raise_for_status()
-        top = r.json()["result"]["prediction"].get("topIntent")
-        (excluded if top == "HumanHandoff" else usable).append(text)
+        (excluded if top_intent(client, text) == "HumanHandoff" else usable).append(text)
     return usable, excluded
 
 

@@ -11,10 +11,9 @@ from pathlib import Path
 
 import requests
 
-from devstack.stack import (Azurite, ChaosProxy, CosmosStandIn, FunctionsRunner, IntentService, LocalStack,
-                            SendBirdStandIn, Service)
+from devstack.stack import FunctionsRunner, Service
 from faults.plan import FaultPlan
-from tools.gateway_stack import BOT_USER_ID, LOCAL_API_TOKEN, ROOT, ensure_retail_model, gateway_env
+from tools.gateway_stack import ROOT, StackOptions, build_stack, gateway_env
 
 log = logging.getLogger("faults")
 DATABASE = "faults"
@@ -33,20 +32,12 @@ class FaultStack:
 
     # ---- lifecycle
     def start(self) -> "FaultStack":
-        p, d = self.plan, self.log_dir
-        s = self.services
+        p = self.plan
         try:
-            s["azurite"] = Azurite(0, log_dir=d).start()
-            s["cosmos"] = CosmosStandIn(0, log_dir=d).start()
-            s["sendbird"] = SendBirdStandIn(0, LOCAL_API_TOKEN, BOT_USER_ID, log_dir=d).start()
-            s["intent"] = IntentService(ensure_retail_model(), 0, log_dir=d).start()
-            s["intent_proxy"] = ChaosProxy(s["intent"].base_url, 0, name="chaos-intent", seed=p.seed,
-                                           log_dir=d).start()
-            s["cosmos_proxy"] = ChaosProxy(s["cosmos"].endpoint.rstrip("/"), 0, tls=True, name="chaos-cosmos",
-                                           seed=p.seed + 1, log_dir=d).start()
-            self.env = gateway_env(LocalStack(dict(s)), {  # a view for gateway_env; not started by it
-                "INTENT_ENDPOINT": s["intent_proxy"].base_url,
-                "COSMOS_ENDPOINT": s["cosmos_proxy"].endpoint,
+            self._stack = build_stack(StackOptions(free_ports=True, log_dir=self.log_dir, app_root=None,
+                                                   chaos_seed=p.seed)).start()
+            self.services.update(self._stack.services)
+            self.env = gateway_env(self._stack, {
                 "COSMOS_DATABASE": DATABASE,
                 "INTENT_TIMEOUT_SECONDS": str(p.intent_timeout_seconds),
                 # explicit and short: localrunner's default lease is the host's 10 minutes, which would hold

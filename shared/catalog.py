@@ -30,7 +30,13 @@ class ResponseCatalog:
 
     @classmethod
     def load(cls, path: Path = DEFAULT_PATH) -> "ResponseCatalog":
-        return cls(json.loads(path.read_text(encoding="utf-8")))
+        """The catalog in ``path`` (default: ``shared/responses.json``)."""
+        return cls(json.loads(cls.load_text(path)))
+
+    @staticmethod
+    def load_text(path: Path = DEFAULT_PATH) -> str:
+        """The catalog file's JSON text."""
+        return path.read_text(encoding="utf-8")
 
     def keys(self) -> list[str]:
         return list(self._texts)

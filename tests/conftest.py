@@ -66,62 +66,47 @@ def stack_logs(tmp_path_factory):
     return tmp_path_factory.mktemp("stack-logs")
 
 
-def _start(service):
-    service.start()
-    return service
+@pytest.fixture(scope="session")
+def local_stack(stack_logs):
+    """The project's local stack from its one builder (tools.gateway_stack), every service on a free port, without
+    a functions runner (the gateway fixtures start their own)."""
+    from tools.gateway_stack import StackOptions, build_stack
+    stack = build_stack(StackOptions(free_ports=True, log_dir=stack_logs, app_root=None)).start()
+    yield stack
+    stack.stop()
 
 
 @pytest.fixture(scope="session")
-def azurite(stack_logs):
-    from devstack.stack import Azurite
-    svc = _start(Azurite(0, log_dir=stack_logs))
-    yield svc
-    svc.stop()
+def azurite(local_stack):
+    return local_stack["azurite"]
 
 
 @pytest.fixture(scope="session")
-def cosmos(stack_logs):
-    from devstack.stack import CosmosStandIn
-    svc = _start(CosmosStandIn(0, log_dir=stack_logs))
-    yield svc
-    svc.stop()
+def cosmos(local_stack):
+    return local_stack["cosmos"]
 
 
 @pytest.fixture(scope="session")
-def sendbird_standin(stack_logs):
-    from devstack.stack import SendBirdStandIn
-    from tools.gateway_stack import BOT_USER_ID, LOCAL_API_TOKEN
-    svc = _start(SendBirdStandIn(0, LOCAL_API_TOKEN, BOT_USER_ID, log_dir=stack_logs))
-    yield svc
-    svc.stop()
+def sendbird_standin(local_stack):
+    return local_stack["sendbird"]
 
 
 @pytest.fixture(scope="session")
-def intent_service(stack_logs):
-    from devstack.stack import IntentService
-    from tools.gateway_stack import ensure_retail_model
-    svc = _start(IntentService(ensure_retail_model(), 0, log_dir=stack_logs))
-    yield svc
-    svc.stop()
+def intent_service(local_stack):
+    return local_stack["intent"]
 
 
 @pytest.fixture(scope="session")
-def stack_settings(azurite, cosmos, sendbird_standin, intent_service) -> dict[str, str]:
+def stack_settings(local_stack) -> dict[str, str]:
     """App settings pointing at the session's services (what the functions runner gets)."""
-    from tools.gateway_stack import LOCAL_API_TOKEN
-    values = sample_values()
-    values.update({
-        "AzureWebJobsStorage": azurite.connection_string, "COSMOS_ENDPOINT": cosmos.endpoint,
-        "SENDBIRD_API_BASE_URL": sendbird_standin.base_url, "SENDBIRD_API_TOKEN": LOCAL_API_TOKEN,
-        "INTENT_ENDPOINT": intent_service.base_url,
-    })
-    return values
+    from tools.gateway_stack import gateway_env
+    return gateway_env(local_stack)
 
 
 @pytest.fixture(scope="session")
 def gateway(stack_settings, stack_logs):
     """The real function_app.py hosted by the local functions runner, wired to the session's services."""
     from devstack.stack import FunctionsRunner
-    svc = _start(FunctionsRunner(ROOT, 0, {**stack_settings, "COSMOS_DATABASE": "e2e"}, log_dir=stack_logs))
+    svc = FunctionsRunner(ROOT, 0, {**stack_settings, "COSMOS_DATABASE": "e2e"}, log_dir=stack_logs).start()
     yield svc
     svc.stop()

@@ -124,3 +124,17 @@ def test_reply_function_sends_through_sendbird(wired, sendbird, store):
     admitted(store, reply_msg())
     reply_fn.reply_sender(queue_msg(reply_msg().to_queue_text()))
     assert [m["message"] for m in sendbird.messages] == ["Hello!"]
+
+
+def test_queue_outputs_are_bytes_so_the_host_passes_them_through_unchanged(wired, intent):
+    """A ``str`` output that parses as JSON is re-serialized by the host (indented, ISO-date strings rewritten);
+    ``bytes`` are written as they are (azure-functions QueueMessageOutConverter: a ``bytes`` datum)."""
+    from localrunner import hostjson
+    text = "2026-12-03T09:00:00.000+09:00"  # a customer who pastes a timestamp
+    outs = intent_outputs()
+    intent_fn.intent_stage(queue_msg(inbound(text).to_queue_text()), **outs)
+    [written] = [o.get() for o in outs.values() if o.get() is not None]
+    assert isinstance(written, bytes) and decode(written, RoutedMessage).text == text
+    # what the host would have made of the same message given as a str:
+    [as_str] = hostjson.host_messages(written.decode("utf-8"))
+    assert decode(as_str, RoutedMessage).text != text

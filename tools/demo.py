@@ -37,7 +37,7 @@ import requests
 
 from devstack.stack import ServiceStartError
 from tools import telemetry_summary, webhooks
-from tools.gateway_stack import BOT_USER_ID, LOCAL_API_TOKEN, build_stack
+from tools.gateway_stack import BOT_USER_ID, LOCAL_API_TOKEN, StackOptions, build_stack
 
 REPLY_TIMEOUT_SECONDS = 15.0
 #: How long a message that should get no reply (silence, duplicate) is watched, in seconds.
@@ -311,9 +311,7 @@ def _run(args: argparse.Namespace, signals: StopSignals) -> int:
     def stopped_status() -> int:
         return 0 if args.mode == "run" else 128 + signals.signum
 
-    ports = ({k: 0 for k in ("azurite", "cosmos", "sendbird", "intent", "functions", "telemetry")}
-             if args.free_ports else None)
-    stack = build_stack(ports=ports, with_telemetry=True)
+    stack = build_stack(StackOptions(free_ports=args.free_ports, telemetry=True))
     print("starting the local stack (Azurite, Cosmos DB stand-in, SendBird stand-in, intent service, "
           "Application Insights ingestion sink, functions runner)...", flush=True)
     t0 = time.monotonic()

@@ -1,8 +1,10 @@
-"""The gateway's local stack: Azurite, Cosmos DB stand-in, SendBird stand-in, intent service, functions runner.
+"""The one builder of the gateway's local stack: Azurite, Cosmos DB stand-in, SendBird stand-in, intent service,
+optionally chaos proxies, a telemetry sink and the functions runner.
 
-Used by the demo, the end-to-end tests and the benchmarks, so that they all run
-the real ``function_app.py`` against the same services, configured from
-``local.settings.sample.json`` with the stack's actual ports.
+The demo (``make demo``/``make run``), the tests (``tests/conftest.py``), the fault-injection suite (``faults/``)
+and the benchmark (``bench/``) all build their stack here, with :class:`StackOptions`, so that they run the real
+``function_app.py`` against the same services, configured from ``local.settings.sample.json`` with the stack's
+actual ports, the same API token and bot user id.
 """
 
 from __future__ import annotations
@@ -11,12 +13,17 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping
 
-from devstack.stack import DEFAULT_PORTS, FunctionsRunner, LocalStack
+from devstack.stack import (DEFAULT_PORTS, Azurite, ChaosProxy, CosmosStandIn, FunctionsRunner, IntentService,
+                            LocalStack, SendBirdStandIn)
 from devstack.telemetry_sink import TelemetrySinkService
 from intent_service.cli import DEFAULT_RETAIL_MODEL
+from shared.clients.clu import IntentClient
+from shared.language import detect_language
+from shared.settings import load_settings
 
 ROOT = Path(__file__).resolve().parent.parent
 RETAIL_MODEL = DEFAULT_RETAIL_MODEL
@@ -25,8 +32,47 @@ LOCAL_API_TOKEN = "0123456789abcdef0123456789abcdef01234567"
 BOT_USER_ID = "ssg_bot"
 
 
+@dataclass(frozen=True)
+class StackOptions:
+    """What the local stack runs.
+
+    - ``ports``: service key -> port (0 = a free port); default :data:`devstack.stack.DEFAULT_PORTS`, or every
+      service on a free port with ``free_ports``;
+    - ``app_root``: the functions app the runner hosts (key ``functions``); None: no runner (the caller starts its
+      own with :func:`gateway_env`, e.g. to kill and restart it);
+    - ``telemetry``: a local Application Insights ingestion sink (key ``telemetry``), the gateway's telemetry
+      pointed at it;
+    - ``chaos_seed``: chaos proxies in front of the intent service (key ``intent_proxy``) and Cosmos DB
+      (``cosmos_proxy``), seeded; the gateway talks to the proxies;
+    - ``intent_env``: environment of the intent service (e.g. ``INTENT_ADDED_LATENCY_MS``);
+    - ``env_overrides``: app settings over the stack's (the runner's environment).
+    """
+
+    ports: Mapping[str, int] | None = None
+    free_ports: bool = False
+    log_dir: str | os.PathLike[str] | None = None
+    app_root: Path | None = ROOT
+    telemetry: bool = False
+    chaos_seed: int | None = None
+    intent_env: Mapping[str, str] = field(default_factory=dict)
+    env_overrides: Mapping[str, str] = field(default_factory=dict)
+    runner_startup_timeout: float = 60.0
+
+
 def sample_settings() -> dict[str, str]:
-    return json.loads((ROOT / "local.settings.sample.json").read_text(encoding="utf-8"))["Values"]
+    values: dict[str, str] = json.loads((ROOT / "local.settings.sample.json").read_text(encoding="utf-8"))["Values"]
+    return values
+
+
+def intent_client(base_url: str) -> IntentClient:
+    """The project's own intent service client (CLU protocol, :mod:`shared.clients.clu`) for the service at
+    ``base_url``, with the sample settings (project ``retail-bot``, deployment ``production``)."""
+    return IntentClient(load_settings({**sample_settings(), "INTENT_ENDPOINT": base_url}).settings)
+
+
+def top_intent(client: IntentClient, text: str) -> str | None:
+    """The top intent the service gives ``text`` (language detected as the gateway does)."""
+    return client.analyze(text, detect_language(text) or "ko", participant_id="tooling", item_id="1").top_intent
 
 
 def ensure_retail_model() -> Path:
@@ -37,40 +83,45 @@ def ensure_retail_model() -> Path:
 
 
 def gateway_env(stack: LocalStack, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
-    """App settings for the functions runner: the sample settings pointed at the stack's services."""
+    """App settings for a functions runner: the sample settings pointed at the stack's services (through the
+    chaos proxies when the stack has them)."""
     env = sample_settings()
     if "telemetry" in stack:
         env.update({"APPLICATIONINSIGHTS_CONNECTION_STRING": stack["telemetry"].connection_string,
                     "TELEMETRY_EXPORT_INTERVAL_SECONDS": "1"})
+    intent = stack["intent_proxy"] if "intent_proxy" in stack else stack["intent"]
+    cosmos = stack["cosmos_proxy"] if "cosmos_proxy" in stack else stack["cosmos"]
     env.update({
         "AzureWebJobsStorage": stack["azurite"].connection_string,
-        "COSMOS_ENDPOINT": stack["cosmos"].endpoint,
+        "COSMOS_ENDPOINT": cosmos.endpoint,
         "SENDBIRD_API_BASE_URL": stack["sendbird"].base_url,
         "SENDBIRD_API_TOKEN": LOCAL_API_TOKEN,
         "SENDBIRD_BOT_USER_ID": BOT_USER_ID,
-        "INTENT_ENDPOINT": stack["intent"].base_url,
+        "INTENT_ENDPOINT": intent.base_url,
     })
     env.update(overrides or {})
     return env
 
 
-def build_stack(*, ports: Mapping[str, int] | None = None, log_dir: str | os.PathLike | None = None,
-                env_overrides: Mapping[str, str] | None = None, with_functions: bool = True,
-                with_telemetry: bool = False) -> LocalStack:
-    """The whole local stack (not started). ``ports``: key -> port (0 = any free port).
-
-    ``with_telemetry`` adds the local Application Insights ingestion sink (key ``telemetry``) and
-    points the gateway's telemetry at it.
-    """
-    stack = LocalStack.default(
-        intent_model=ensure_retail_model(), functions_app_root=None,
-        ports=ports, sendbird_api_token=LOCAL_API_TOKEN, bot_user_id=BOT_USER_ID, log_dir=log_dir,
-    )
-    if with_telemetry:
-        port = (ports or {}).get("telemetry", TelemetrySinkService.default_port)
-        stack.add(TelemetrySinkService(port, log_dir=log_dir), "telemetry")
-    if with_functions:  # last: its settings point at the other services, whose ports are known by now
-        functions_port = (ports or {}).get("functions", DEFAULT_PORTS["functions"])
-        stack.add(FunctionsRunner(ROOT, functions_port, gateway_env(stack, env_overrides), log_dir=log_dir),
-                  "functions")
+def build_stack(options: StackOptions | None = None) -> LocalStack:
+    """The local stack described by ``options`` (not started; ``.start()`` it, or use it as a context manager)."""
+    o = options or StackOptions()
+    ports = {k: 0 for k in DEFAULT_PORTS} if o.free_ports else {**DEFAULT_PORTS, **(o.ports or {})}
+    d = o.log_dir
+    stack = LocalStack()
+    stack.add(Azurite(ports["azurite"], log_dir=d), "azurite")
+    stack.add(CosmosStandIn(ports["cosmos"], log_dir=d), "cosmos")
+    stack.add(SendBirdStandIn(ports["sendbird"], LOCAL_API_TOKEN, BOT_USER_ID, log_dir=d), "sendbird")
+    stack.add(IntentService(ensure_retail_model(), ports["intent"], env=dict(o.intent_env), log_dir=d), "intent")
+    if o.chaos_seed is not None:
+        stack.add(ChaosProxy(stack["intent"].base_url, 0, name="chaos-intent", seed=o.chaos_seed, log_dir=d),
+                  "intent_proxy")
+        stack.add(ChaosProxy(stack["cosmos"].endpoint.rstrip("/"), 0, tls=True, name="chaos-cosmos",
+                             seed=o.chaos_seed + 1, log_dir=d), "cosmos_proxy")
+    if o.telemetry:
+        port = 0 if o.free_ports else (o.ports or {}).get("telemetry", TelemetrySinkService.default_port)
+        stack.add(TelemetrySinkService(port, log_dir=d), "telemetry")
+    if o.app_root is not None:  # last: its settings point at the other services, whose ports are known by now
+        stack.add(FunctionsRunner(o.app_root, ports["functions"], gateway_env(stack, o.env_overrides), log_dir=d,
+                                  startup_timeout=o.runner_startup_timeout), "functions")
     return stack
