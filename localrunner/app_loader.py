@@ -11,9 +11,10 @@ import inspect
 import os
 import re
 import sys
+import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 
 from .config import ConfigError
@@ -43,7 +44,7 @@ class QueueTarget:
     queue_name: str
 
     @property
-    def key(self):
+    def key(self) -> tuple[str, str]:
         return (self.connection_string, self.queue_name)
 
 
@@ -125,7 +126,7 @@ def validate_queue_name(name: str, *, what: str) -> str:
     return name
 
 
-def resolve_connection(name: Optional[str], env: Mapping[str, str], *, what: str) -> (str, str):
+def resolve_connection(name: Optional[str], env: Mapping[str, str], *, what: str) -> tuple[str, str]:
     """Return (connection name, connection string) for a storage connection setting."""
     conn = (name or "").strip() or DEFAULT_CONNECTION
     conn = resolve_expression(conn, env, what=what) if "%" in conn else conn
@@ -171,14 +172,14 @@ def _enum_value(v: Any) -> str:
     return str(getattr(v, "value", v))
 
 
-def _set_repr(names) -> str:
+def _set_repr(names: Iterable[str]) -> str:
     """The worker prints a Python set; sorted here so the message is stable."""
     return "{" + ", ".join(repr(n) for n in sorted(names)) + "}"
 
 
 # -- loading ------------------------------------------------------------------
 
-def import_app_module(app_root: str, module_name: str = "function_app"):
+def import_app_module(app_root: str, module_name: str = "function_app") -> types.ModuleType:
     """Import (freshly) the app's script module from app_root."""
     app_root = os.path.abspath(app_root)
     script = os.path.join(app_root, *module_name.split(".")) + ".py"
@@ -203,11 +204,11 @@ def import_app_module(app_root: str, module_name: str = "function_app"):
     return module
 
 
-def find_function_app(module) -> Any:
+def find_function_app(module: types.ModuleType) -> Any:
     from azure.functions.decorators.function_app import FunctionRegister
 
     apps = [v for v in vars(module).values() if isinstance(v, FunctionRegister)]
-    uniq = []
+    uniq: List[FunctionRegister] = []
     for a in apps:
         if not any(a is u for u in uniq):
             uniq.append(a)
@@ -218,7 +219,7 @@ def find_function_app(module) -> Any:
     return uniq[0]
 
 
-def build_specs(app, env: Mapping[str, str], app_root: str) -> List[FunctionSpec]:
+def build_specs(app: Any, env: Mapping[str, str], app_root: str) -> List[FunctionSpec]:
     specs: List[FunctionSpec] = []
     names = set()
     try:

@@ -9,7 +9,7 @@ import json
 import os
 import re
 from dataclasses import dataclass, field
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Mapping, Optional, Sequence
 
 
 class ConfigError(Exception):
@@ -189,7 +189,7 @@ def host_setting_overrides(env: Mapping[str, str]) -> Dict[str, Any]:
     return out
 
 
-def _set_path(data: Dict[str, Any], path, value: Any) -> bool:
+def _set_path(data: Dict[str, Any], path: Sequence[str], value: Any) -> bool:
     """Set ``data[path...] = value`` with case-insensitive keys; False if a level is not an object."""
     node = data
     for key in path[:-1]:

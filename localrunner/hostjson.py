@@ -157,6 +157,8 @@ def _double_text(x: float) -> str:
     if x == 0:
         return "-0" if math.copysign(1.0, x) < 0 else "0"
     sign, digits, exp = Decimal(repr(x)).normalize().as_tuple()
+    # a str exponent ('n', 'N', 'F') only for NaN/infinity, which the callers write themselves
+    assert isinstance(exp, int), x
     ds = "".join(map(str, digits))
     point = len(ds) + exp  # position of the decimal point relative to the digit string
     sci = point - 1

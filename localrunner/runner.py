@@ -6,7 +6,10 @@ import os
 import sys
 import threading
 import time
+import types
 from typing import Any, Dict, List, Mapping, Optional
+
+from werkzeug.serving import ThreadedWSGIServer
 
 from .app_loader import FunctionSpec, build_specs, find_function_app, import_app_module
 from .config import ConfigError, HostConfig, load_host_json, load_local_settings
@@ -64,10 +67,10 @@ class Runner:
         self.specs: List[FunctionSpec] = []
         self.stats_obj = Stats()
         self.listeners: List[QueueListener] = []
-        self.app_module = None
+        self.app_module: Optional[types.ModuleType] = None
         self._env_saved: Dict[str, Optional[str]] = {}
         self._sys_path_added = False
-        self._server = None
+        self._server: Optional[ThreadedWSGIServer] = None
         self._server_thread: Optional[threading.Thread] = None
         self._frontend: Optional[HttpFrontend] = None
         self._engine: Optional[ExecutionEngine] = None
@@ -122,7 +125,7 @@ class Runner:
         self.start()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.stop()
 
     def start(self) -> "Runner":
