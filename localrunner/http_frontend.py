@@ -11,15 +11,18 @@ import logging
 import re
 import threading
 import traceback
-from typing import Any, Callable, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional
 
 import azure.functions as func
 from azure.functions import _abc as azf_abc
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler, make_server
 from werkzeug.wrappers import Request, Response
 
-from .app_loader import FunctionSpec
+from .app_loader import FunctionSpec, HttpTriggerSpec
 from .invocation import Invoker, wait_until_zero
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 log = logging.getLogger("localrunner.http")
 
@@ -44,8 +47,11 @@ class CompiledRoute:
     """An ASP.NET-style route template: literals, {name}, {name?}, {name:int}, {*rest}."""
 
     def __init__(self, template: str, spec: FunctionSpec):
+        if spec.http is None:
+            raise ValueError(f"function '{spec.name}' has no HTTP trigger")
         self.template = template
         self.spec = spec
+        self.http: HttpTriggerSpec = spec.http
         self.names: Dict[str, str] = {}
         parts: List[str] = []
         literal_chars = 0
@@ -105,7 +111,7 @@ class CompiledRoute:
         return {self.names[g]: v for g, v in m.groupdict().items() if v is not None}
 
 
-def _join_multi(items) -> Dict[str, str]:
+def _join_multi(items: Iterable[tuple[str, str]]) -> Dict[str, str]:
     out: Dict[str, List[str]] = {}
     for k, v in items:
         out.setdefault(k, []).append(v)
@@ -167,13 +173,15 @@ class HttpFrontend:
     def wait_idle(self, deadline: float) -> bool:
         return wait_until_zero(self._cond, lambda: self._inflight, deadline)
 
-    def _authorized(self, spec: FunctionSpec, request: Request) -> bool:
-        if self.function_key is None or spec.http.auth_level == "anonymous":
+    def _authorized(self, http: HttpTriggerSpec, request: Request) -> bool:
+        if self.function_key is None or http.auth_level == "anonymous":
             return True
         supplied = request.headers.get("x-functions-key") or request.args.get("code")
-        return bool(supplied) and hmac.compare_digest(supplied.encode(), self.function_key.encode())
+        if not supplied:
+            return False
+        return hmac.compare_digest(supplied.encode(), self.function_key.encode())
 
-    def __call__(self, environ, start_response):
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)
         response = self.dispatch(request)
         return response(environ, start_response)
@@ -193,16 +201,17 @@ class HttpFrontend:
             params = route.match(path)
             if params is None:
                 continue
-            methods = route.spec.http.methods
+            methods = route.http.methods
             if methods is not None and request.method.upper() not in methods:
                 continue  # the host's route constraint: another function may match, else 404
-            return self._invoke(route.spec, request, params)
+            return self._invoke(route, request, params)
         return Response(status=404)
 
-    def _invoke(self, spec: FunctionSpec, request: Request, route_params: Dict[str, str]) -> Response:
+    def _invoke(self, route: CompiledRoute, request: Request, route_params: Dict[str, str]) -> Response:
+        spec = route.spec
         if self.draining:
             return _json_response({"error": "host is shutting down"}, status=503)
-        if not self._authorized(spec, request):
+        if not self._authorized(route.http, request):
             return Response(status=401)
         with self._cond:
             self._inflight += 1
@@ -253,7 +262,8 @@ class _QuietHandler(WSGIRequestHandler):
         log.debug('%s "%s" %s %s', self.address_string(), self.requestline, code, size)
 
 
-def build_server(host: str, port: int, app) -> BaseWSGIServer:
+def build_server(host: str, port: int, app: WSGIApplication) -> ThreadedWSGIServer:
     server = make_server(host, port, app, threaded=True, request_handler=_QuietHandler)
+    assert isinstance(server, ThreadedWSGIServer)  # what make_server builds for threaded=True
     server.daemon_threads = True
     return server

@@ -14,6 +14,7 @@ import asyncio
 import base64
 import collections.abc
 import concurrent.futures
+import functools
 import logging
 import secrets
 import threading
@@ -114,8 +115,9 @@ class Context(func.Context):
     def invocation_id(self) -> str:
         return self._invocation_id
 
+    # the library declares Type[threading.local]; the worker returns a threading.local instance, as here
     @property
-    def thread_local_storage(self):
+    def thread_local_storage(self) -> threading.local:  # type: ignore[override]
         return self._tls
 
     @property
@@ -126,12 +128,13 @@ class Context(func.Context):
     def function_directory(self) -> str:
         return self._function_directory
 
+    # the library declares its ABCs here; the worker's TraceContext/RetryContext are plain classes, as here
     @property
-    def trace_context(self) -> TraceContext:
+    def trace_context(self) -> TraceContext:  # type: ignore[override]
         return self._trace_context
 
     @property
-    def retry_context(self) -> RetryContext:
+    def retry_context(self) -> RetryContext:  # type: ignore[override]
         return self._retry_context
 
 
@@ -291,7 +294,7 @@ class ExecutionEngine:
                 worker.calls.discard(call)
             raise WorkerRestarted("the worker process was restarted before the invocation started") from None
         call.future = fut
-        fut.add_done_callback(lambda f, c=call: self._on_done(c, f))
+        fut.add_done_callback(functools.partial(self._on_done, call))
         call.wake.wait(self.function_timeout)
         victims: Optional[List[_Call]] = None
         with self._lock:
@@ -454,7 +457,11 @@ class Invoker:
         invocation_id = str(uuid.uuid4())
         outs: Dict[str, Out] = {}
         kwargs: Dict[str, Any] = {}
-        trigger_param = spec.http.param if spec.http else spec.queue.param
+        if spec.http is not None:
+            trigger_param = spec.http.param
+        else:
+            assert spec.queue is not None, f"{spec.name}: neither an HTTP nor a queue trigger"
+            trigger_param = spec.queue.param
         kwargs[trigger_param] = trigger_value
         for o in spec.outputs:
             if o.name != "$return":
@@ -498,6 +505,7 @@ class Invoker:
         else:
             self.stats.inc(spec.name, "failures")
             err = result.error
+            assert err is not None  # every failed invocation records its exception above
             plain = result.timed_out or result.worker_restarted
             host_log.error(
                 "Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms)", spec.name, invocation_id, duration_ms,
@@ -509,10 +517,11 @@ class Invoker:
 
     def _flush_queue_outputs(self, spec: FunctionSpec, ret: Any, outs: Dict[str, Out]) -> None:
         # convert everything first so that nothing is sent if any value is bad
-        pending = []
+        pending: List[tuple[QueueTarget, List[bytes]]] = []
         for o in spec.outputs:
             if o.kind != "queue":
                 continue
+            assert o.target is not None, f"{spec.name}: queue output '{o.name}' without a target"
             value = ret if o.name == "$return" else outs[o.name].get()
             msgs = output_messages(value, binding=o.name)
             if msgs:

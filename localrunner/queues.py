@@ -23,16 +23,19 @@ from azure.core.pipeline.transport import RequestsTransport
 from azure.functions.queue import QueueMessage
 from azure.storage.queue import QueueClient
 
-from .app_loader import FunctionSpec, QueueTarget
+from .app_loader import FunctionSpec, QueueTarget, QueueTriggerSpec
 from .config import MIN_POLLING_INTERVAL, QueuesOptions
 from .invocation import Invoker, Stats, decode_payload, encode_payload, wait_until_zero
 
 log = logging.getLogger("localrunner.queues")
 host_log = logging.getLogger("localrunner.host")
 
+#: jitter source of polling_delay when no ``rng`` is given
+_BACKOFF_RNG = random.Random()
+
 
 def polling_delay(attempt: int, maximum: float, minimum: float = MIN_POLLING_INTERVAL,
-                  rng: random.Random = random) -> float:
+                  rng: random.Random = _BACKOFF_RNG) -> float:
     """Randomized exponential back-off for the n-th consecutive empty poll (n >= 1).
 
     Roughly 100 ms, 200, 300, 500, 900 ms, 1.7 s, 3.3 s ... capped at ``maximum``
@@ -112,7 +115,7 @@ class QueueService:
 @dataclass
 class _Lease:
     msg: Any
-    pop_receipt: str
+    pop_receipt: Optional[str]  # Optional as the SDK types it; the service always returns one
     last_renewed: float
     lock: threading.Lock = field(default_factory=threading.Lock)
     done: bool = False
@@ -122,8 +125,11 @@ class QueueListener:
     def __init__(self, spec: FunctionSpec, invoker: Invoker, options: QueuesOptions,
                  service: QueueService, stats: Stats, lease_seconds: int,
                  chaos_skip_delete_rate: float = 0.0, rng: Optional[random.Random] = None):
+        if spec.queue is None:
+            raise ValueError(f"function '{spec.name}' has no queue trigger")
         self.spec = spec
-        self.target = spec.queue.target
+        self.trigger: QueueTriggerSpec = spec.queue
+        self.target = self.trigger.target
         self.poison_target = QueueTarget(self.target.connection_name, self.target.connection_string,
                                          self.target.queue_name + "-poison")
         self.invoker = invoker
@@ -303,7 +309,7 @@ class QueueListener:
                 expiration_time=m.expires_on, insertion_time=m.inserted_on,
                 time_next_visible=m.next_visible_on, pop_receipt=lease.pop_receipt,
             )
-            ptype = self.spec.queue.param_type
+            ptype = self.trigger.param_type
             if ptype is str:
                 arg: Any = body.decode("utf-8")
             elif ptype is bytes:
