@@ -6,10 +6,39 @@ import logging
 import os
 import signal
 import sys
-import threading
+import time
+from types import FrameType
+from typing import Callable, List, Optional, Sequence
 
 from .config import ConfigError
 from .runner import Runner
+
+log = logging.getLogger("localrunner")
+
+#: how often the main loop looks for a signal recorded by the handler
+SIGNAL_POLL_SECONDS = 0.2
+
+
+def signal_recorder(received: List[int]) -> Callable[[int, Optional[FrameType]], None]:
+    """A SIGTERM/SIGINT handler that only appends the signal number to ``received``.
+
+    Python runs a handler in the main thread between two bytecodes, possibly while that thread holds a
+    lock (inside ``Event.wait``/``set``, a logging handler's lock, ...); a handler taking the same lock
+    would deadlock. So it takes no lock and does not log; the main loop polls ``received``
+    (``wait_for_signal``) and does the logging and stopping.
+    """
+
+    def on_signal(signum: int, _frame: Optional[FrameType]) -> None:
+        received.append(signum)  # list.append is atomic and takes no lock
+
+    return on_signal
+
+
+def wait_for_signal(received: List[int], poll: float = SIGNAL_POLL_SECONDS) -> int:
+    """Block until the handler has recorded a signal; return the first one."""
+    while not received:
+        time.sleep(poll)
+    return received[0]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, str(args.log_level).upper(), logging.INFO),
@@ -50,12 +79,8 @@ def main(argv=None) -> int:
         function_key=args.function_key, module=args.module, lease_seconds=args.lease_seconds,
         print_ready=True,
     )
-    stop_requested = threading.Event()
-
-    def on_signal(signum, _frame):
-        logging.getLogger("localrunner").info("Received %s", signal.Signals(signum).name)
-        stop_requested.set()
-
+    received: List[int] = []  # appended to by the signal handler, read only here
+    on_signal = signal_recorder(received)
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
@@ -63,10 +88,11 @@ def main(argv=None) -> int:
     except ConfigError as exc:
         print(f"localrunner: error: {exc}", file=sys.stderr, flush=True)
         return 2
-    while not stop_requested.wait(0.5):
-        pass
+    log.info("Received %s", signal.Signals(wait_for_signal(received)).name)
     orphans = runner.orphans_running
     drained = runner.stop(timeout=args.shutdown_timeout)
+    for signum in received[1:]:
+        log.info("Received %s while stopping (ignored)", signal.Signals(signum).name)
     if not drained or orphans or runner.orphans_running:
         # sync functions still running (not drained, or abandoned by a worker restart) cannot be
         # interrupted; do not let the interpreter wait for their threads at exit
