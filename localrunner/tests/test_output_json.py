@@ -87,7 +87,7 @@ def test_other_output_value_types():
 # -- the project's real message shapes survive the host's re-serialization ----------------------------------
 
 def _project_messages():
-    from shared.models import (Entity, Hop, InboundMessage, IntentScore, ReplyMessage, Route, RoutedMessage)
+    from shared.models import Entity, Hop, InboundMessage, IntentScore, ReplyMessage, RoutedMessage
 
     common = dict(correlation_id="c0ffee-42", traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
                   message_id=9_007_199_254_740_991, channel_url="sendbird_group_channel_1_ab",
@@ -96,7 +96,7 @@ def _project_messages():
                   hops=(Hop(stage="intake", queue_wait_ms=0, duration_ms=12, dependency_ms={"cosmos": 3}),))
     inbound = InboundMessage(**common, message_type="MESG",
                              text='주문 상태 알려줘 {"json": [1]} \\ "quoted" \n\t 😀 \u2028 end')
-    routed = RoutedMessage(**common, route=Route.ORDER_STATUS, text="where is order 20261119-0042?",
+    routed = RoutedMessage(**common, route="order_status", text="where is order 20261119-0042?",
                            language="en", top_intent="OrderStatus", confidence_score=0.8734,
                            intents=[IntentScore(category="OrderStatus", confidence_score=0.8734),
                                     IntentScore(category="Help", confidence_score=0.1)],
@@ -104,7 +104,7 @@ def _project_messages():
                                             confidence_score=1.0, key=None)],
                            seq=3, order_waits=1)
     reply = ReplyMessage(**common, text="Your order 20261119-0042 shipped. 배송 중입니다.", language="en",
-                         route=Route.ORDER_STATUS, top_intent="OrderStatus", confidence_score=0.5,
+                         route="order_status", top_intent="OrderStatus", confidence_score=0.5,
                          reply_key="order_status.shipped", dedup_id="c0ffee-42:reply", seq=3, reschedules=2)
     return [inbound, routed, reply, InboundMessage(**common, message_type="FILE", file_name="a.png")]
 
