@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Dict, FrozenSet, Mapping, Optional
 
@@ -114,13 +115,17 @@ class AuthoringConfig:
             max_accuracy_drop=_float(env, "INTENT_GATE_MAX_ACCURACY_DROP", g.max_accuracy_drop),
             max_intent_f1_drop=_float(env, "INTENT_GATE_MAX_INTENT_F1_DROP", g.max_intent_f1_drop),
         )
+        container = (env.get("INTENT_STORE_CONTAINER") or "models").strip()
+        if not re.fullmatch(r"[a-z0-9](?!.*--)[a-z0-9-]{1,61}[a-z0-9]", container):
+            raise ConfigError(f"INTENT_STORE_CONTAINER {container!r} is not a valid container name "
+                              "(3-63 lower-case letters, digits and single hyphens)")
         principals = frozenset(p.strip() for p in (env.get("INTENT_AUTHORING_PRINCIPALS") or "").split(",")
                                if p.strip())
         return cls(
             store="blob" if (conn or account) else "memory",
             connection_string=conn, account_url=account,
             client_id=(env.get("INTENT_STORE_CLIENT_ID") or "").strip() or None,
-            container=(env.get("INTENT_STORE_CONTAINER") or "models").strip(),
+            container=container,
             prefix=env.get("INTENT_STORE_PREFIX", "clu/"),
             authoring_keys=keys, prediction_key=prediction_key,
             trust_easy_auth=(env.get("INTENT_AUTHORING_EASY_AUTH") or "").strip().lower() in ("1", "true", "yes"),

@@ -28,7 +28,7 @@ from .evaluation import gate_verdict, summarize
 from .events import EventSink
 from .registry import DeploymentRegistry
 from .repository import Repository
-from .schema import (DeployRequest, ExportedProject, ProjectPatch, SwapRequest, TrainRequest, check_name,
+from .schema import (DeployRequest, ProjectPatch, SwapRequest, TrainRequest, check_name,
                      dump, parse, parse_project)
 from .storage import PreconditionFailed
 

@@ -161,3 +161,52 @@ def predict(base: str, text: str, project: str, deployment: str, key: str = PRED
 
 def load_retail_project() -> dict:
     return json.loads(RETAIL_PROJECT.read_text(encoding="utf-8"))
+
+
+class WebhookReceiver:
+    """A local webhook endpoint that records every delivery; ``fail_first`` deliveries answer 500."""
+
+    def __init__(self, fail_first: int = 0):
+        import http.server
+        import threading
+
+        self.requests = []
+        self.fail_first = fail_first
+        self.attempts = 0
+        receiver = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                receiver.attempts += 1
+                if receiver.attempts <= receiver.fail_first:
+                    self.send_response(500)
+                    self.end_headers()
+                    return
+                receiver.requests.append((dict(self.headers), body))
+                self.send_response(200)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def events(self):
+        return [json.loads(body) for _, body in self.requests]
+
+    def wait_for(self, predicate, timeout: float = 20.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = [e for e in self.events() if predicate(e)]
+            if found:
+                return found
+            time.sleep(0.05)
+        raise TimeoutError(f"no matching event; got {[e['type'] for e in self.events()]}")
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
