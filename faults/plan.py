@@ -54,8 +54,22 @@ class FaultPlan:
         return replace(self, **{k: v for k, v in changes.items() if v is not None})
 
 
+#: Hung intent calls on the last attempt: the chaos proxy holds 60 % of the intent calls for 4 s, longer than the
+#: functionTimeout set here (2 s), with maxDequeueCount 2 (both through the host's app-setting overrides). A timeout
+#: restarts the worker process and fails every invocation in flight (functions-host-rules.md); on a message's last
+#: attempt the host moves it, raw, to <queue>-poison, and only the app's poison triggers (shared/dead_letters.py)
+#: stand between the user and silence. No other faults, so that the poison path is what is measured.
+HUNG_LAST_ATTEMPT = FaultPlan(
+    users=4, messages=5, kill_at=(), skip_delete_rate=0.0, intent_503_p=0.0, intent_slow_p=0.6, intent_slow_ms=4000,
+    intent_outage_at=None, intent_timeout_seconds=10.0, sendbird_burst_every_s=0.0, cosmos_429_p=0.0,
+    deliveries_weights=(1.0, 0.0, 0.0), drain_timeout_s=120.0,
+    extra_env={"AzureFunctionsJobHost__functionTimeout": "00:00:02",
+               "AzureFunctionsJobHost__extensions__queues__maxDequeueCount": "2"},
+)
+
 PRESETS = {
     "full": FaultPlan(),
+    "hung": HUNG_LAST_ATTEMPT,
     # CI: a few minutes at most on 2 cores; every fault kind still happens
     "ci": FaultPlan(users=6, messages=10, kill_at=(0.45,), sendbird_burst_every_s=3.0, drain_timeout_s=90.0),
 }

@@ -206,9 +206,12 @@ def handle(msg: RoutedMessage, deps: BranchDeps, *, clock: Callable[[], int] = n
     return decision.reply
 
 
-def apology_reply(msg: InboundMessage | RoutedMessage, catalog: ResponseCatalog, settings: Settings) -> ReplyMessage:
-    """The reply a user gets when their message could not be processed (it was poisoned): never silence."""
-    language = getattr(msg, "language", None) or detect_language(msg.text) or settings.default_language
+def apology_reply(msg: InboundMessage | RoutedMessage | ReplyMessage, catalog: ResponseCatalog,
+                  settings: Settings) -> ReplyMessage:
+    """The reply a user gets when their message could not be processed or answered (it was poisoned): never
+    silence. In the message's language (else the text's, else the default); ``dedup_id`` ``apology-<message_id>``."""
+    language = getattr(msg, "language", None) or detect_language(getattr(msg, "text", "")) \
+        or settings.default_language
     return ReplyMessage.following(msg, text=catalog.render(APOLOGY_KEY, language), language=language,
                                   route=getattr(msg, "route", None), reply_key=APOLOGY_KEY,
                                   dedup_id=apology_dedup_id(msg.message_id), seq=getattr(msg, "seq", 0))

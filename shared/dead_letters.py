@@ -17,7 +17,8 @@ A queue trigger on every poison queue (``functions/poison.py``) hands each such 
   to ``chat-reply``; the reply sender shows at most one apology per message (``dedup_id``
   ``apology-<message_id>``, and none after a real answer), so a redelivered poison message cannot apologise twice;
 - for a reply (``chat-reply``): marks its turn failed, as the reply stage's own poison hook does, so the
-  user's later messages are not held back;
+  user's later messages are not held back, and returns the apology for its message (the reply never reached the
+  user: the worker died sending it; an apology that was itself host-moved gets none, so nothing loops);
 - for an app :class:`~shared.models.PoisonRecord` found there (written by a build before records had their own
   queue): moves it to the records queue as it is.
 """
@@ -40,6 +41,7 @@ from shared.ports import QueuePort, StateStore, TelemetryPort
 from shared.reply_sender import mark_failed
 from shared.routes import routes
 from shared.settings import Settings
+from shared.state import APOLOGY_KEY
 from shared.telemetry import DISABLED
 
 log = logging.getLogger(__name__)
@@ -79,7 +81,8 @@ def recover(body: str, source_queue: str, *, catalog: ResponseCatalog, settings:
                                 body, max_dequeue_count))
     record = _record(source_queue, HOST_MOVED_REASON, body, max_dequeue_count, msg)
     if isinstance(msg, ReplyMessage):
-        return Recovery(record, failed_reply=msg, message=msg)
+        apology = None if msg.reply_key == APOLOGY_KEY else apology_reply(msg, catalog, settings)
+        return Recovery(record, apology=apology, failed_reply=msg, message=msg)
     assert isinstance(msg, (InboundMessage, RoutedMessage))
     return Recovery(record, apology=apology_reply(msg, catalog, settings), message=msg)
 

@@ -33,12 +33,21 @@ def test_a_routed_message_apologises_in_its_language(queues, store, catalog, set
     assert apology.language == "ko" and queues.poison_records("route-order-status")[0].message_id == 4
 
 
-def test_a_host_moved_reply_marks_its_turn_failed_and_apologises_not(queues, store, catalog, settings):
+def test_a_host_moved_reply_marks_its_turn_failed_and_the_user_gets_the_apology(queues, store, catalog, settings,
+                                                                                sendbird):
     reply = reply_msg()
     admitted(store, reply)
-    assert run(reply.to_queue_text(), REPLY_QUEUE, queues, store, catalog, settings) is None
+    apology = run(reply.to_queue_text(), REPLY_QUEUE, queues, store, catalog, settings)
     assert store.get_or_create("u-1", "ch-1").turn_for(11).status == "failed"
     assert queues.poison_records(REPLY_QUEUE)[0].message_id == 11
+    assert apology.dedup_id == "apology-11" and apology.language == "en"
+    assert deliver(apology, ReplyDeps(sendbird, queues, store, settings, catalog)) == "sent"  # not superseded
+
+
+def test_a_host_moved_apology_gets_no_other_apology(queues, store, catalog, settings):
+    from shared.branch_handlers import apology_reply
+    apology = apology_reply(inbound("hi", 12), catalog, settings)
+    assert run(apology.to_queue_text(), REPLY_QUEUE, queues, store, catalog, settings) is None
 
 
 def test_an_unreadable_body_is_recorded_with_why(queues, store, catalog, settings):

@@ -27,3 +27,16 @@ def test_nothing_lost_nothing_doubled():
     assert report.duplicates == 0, f"answered twice: {report.details.get('duplicates')}"
     assert not report.checks["second_writer"]["mismatches"], "an update was lost between the two Cosmos writers"
     assert not report.checks["admission"]["problems"], report.checks["admission"]["problems"]
+
+
+def test_hung_intent_calls_on_the_last_attempt_leave_no_user_in_silence():
+    """functionTimeout restarts the worker; messages whose last attempt hung are moved raw to <queue>-poison by the
+    host. The poison triggers record each with a reason and apologise once: 0 lost, 0 answered twice."""
+    out = DEFAULT_OUT / f"hung-{time.strftime('%Y%m%d-%H%M%S')}"
+    report = run_suite(PRESETS["hung"], out)
+    print(f"\nfault-injection report: {out / 'report.txt'}")
+    assert report.drained, "the gateway's queues did not drain in time"
+    assert report.lost == 0, f"left in silence: {report.lost_ids}"
+    assert report.duplicates == 0, f"answered twice: {report.details.get('duplicates')}"
+    host_moved = [p for p in report.details["poison"] if "moved to the poison queue by the Functions host" in p["reason"]]
+    assert host_moved and report.apologies >= 1, "the scenario must have hit the host's poison path"

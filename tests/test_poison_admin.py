@@ -148,3 +148,11 @@ def test_the_listing_pages_through_more_records_than_one_receive_returns(sender)
     ids = [e.message_id for e in first.entries + second.entries]
     assert len(first.entries) == 25 and second.next_offset is None and sorted(ids) == list(range(1000, 1040))
     assert len(list_poison(sender, (INBOUND_QUEUE,)).entries) == 40  # the listing hid nothing for good
+
+
+def test_a_deeply_nested_body_in_a_poison_queue_does_not_break_the_listing(sender):
+    sender.send_poison(record(inbound("hi", 81)))
+    sender.send(poison_queue_name(INBOUND_QUEUE), "[" * 50_000 + "]" * 50_000)  # a hostile raw body
+    entries = list_poison(sender).entries
+    assert sorted(e.recorded_by for e in entries) == ["app", "host"]
+    assert [e.message_id for e in entries if e.recorded_by == "app"] == [81]
