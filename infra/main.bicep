@@ -90,6 +90,26 @@ param intentApiKey string = ''
 @secure()
 param telemetryPiiHashKey string = ''
 
+@description('Model lifecycle through the CLU authoring API (intent_service/authoring): the intent service keeps projects, training jobs, trained models (content-addressed), deployment records and its audit log in the `clu` container of the artifact account and answers each projectName/deploymentName from the model deployed there, instead of the model baked into its image. Models are released through deployments and `deployments/:swap` (see README, "Two release paths"). Needs intentAuthoringKeys on the first deployment that enables it.')
+param intentModelLifecycle bool = false
+
+@description('Authoring keys of the intent service, `name:key` pairs separated by commas (the name is recorded in the audit log), e.g. `admin:$(openssl rand -hex 32)`. A prediction key (intentApiKey) cannot author. Written to Key Vault when not empty; leave empty on later deployments to keep the stored secret.')
+@secure()
+param intentAuthoringKeys string = ''
+
+@description('Webhook that receives a CloudEvents 1.0 event for every finished training job and every deployment change (an Event Grid topic endpoint, a Logic App trigger, ...). Empty: no events.')
+param modelEventsWebhookUrl string = ''
+
+@description('HMAC-SHA256 secret the model events are signed with (webhook-signature header). Written to Key Vault when not empty.')
+@secure()
+param modelEventsSecret string = ''
+
+@description('Promotion gate of the production deployment: the largest accepted drop of accuracy on the Test utterances of the project, in points.')
+param intentGateMaxAccuracyDrop string = '2'
+
+@description('Promotion gate: the largest accepted drop of the F1 of any intent on the Test utterances, in points.')
+param intentGateMaxIntentF1Drop string = '10'
+
 @description('SendBird Platform API base URL: https://api-{application_id}.sendbird.com')
 param sendbirdApiBaseUrl string
 
@@ -159,6 +179,8 @@ var intentIdentityName = 'id-intent-${prefix}-${suffix}'
 var githubIdentityName = 'id-github-${prefix}-${suffix}'
 var stagingSlotName = 'staging'
 var modelsContainerName = 'models'
+// The intent service's authoring store (projects, jobs, trained models, deployments, audit): it writes there itself.
+var cluContainerName = 'clu'
 var functionPackagesContainerName = 'function-packages'
 
 // Queue names are fixed in code (shared/models.py): inbound, one per route, reply, each `<name>-poison` (the host's
@@ -229,6 +251,8 @@ var intentKeySecretName = 'intent-api-key'
 var cosmosKeySecretName = 'cosmos-key'
 var storageConnectionSecretName = 'storage-connection-string'
 var telemetryPiiHashKeySecretName = 'telemetry-pii-hash-key'
+var intentAuthoringKeysSecretName = 'intent-authoring-keys'
+var modelEventsSecretName = 'model-events-secret'
 
 // ---------------------------------------------------------------------------------------------------------
 // Monitoring
@@ -367,6 +391,17 @@ resource modelsContainer 'Microsoft.Storage/storageAccounts/blobServices/contain
   }
 }
 
+// The CLU authoring store of the intent service (intentModelLifecycle): the only container the intent identity
+// writes. A trained model there is named by its SHA-256 and checked against it at every load; a model file can
+// name only the types model.ALLOWED_TYPES lists, so whoever writes this container still cannot run code.
+resource cluContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: artifactBlobService
+  name: cluContainerName
+  properties: {
+    publicAccess: 'None'
+  }
+}
+
 resource functionPackagesContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
   parent: artifactBlobService
   name: functionPackagesContainerName
@@ -499,6 +534,22 @@ resource telemetryPiiHashKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01
   }
 }
 
+resource intentAuthoringKeysSecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(intentAuthoringKeys)) {
+  parent: keyVault
+  name: intentAuthoringKeysSecretName
+  properties: {
+    value: intentAuthoringKeys
+  }
+}
+
+resource modelEventsSecretValue 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(modelEventsSecret)) {
+  parent: keyVault
+  name: modelEventsSecretName
+  properties: {
+    value: modelEventsSecret
+  }
+}
+
 resource cosmosKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (useConnectionStrings) {
   parent: keyVault
   name: cosmosKeySecretName
@@ -533,6 +584,16 @@ resource telemetryPiiHashKeySecretRef 'Microsoft.KeyVault/vaults/secrets@2023-07
   name: telemetryPiiHashKeySecretName
 }
 
+resource intentAuthoringKeysSecretRef 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
+  parent: keyVault
+  name: intentAuthoringKeysSecretName
+}
+
+resource modelEventsSecretRef 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
+  parent: keyVault
+  name: modelEventsSecretName
+}
+
 resource cosmosKeySecretRef 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
   parent: keyVault
   name: cosmosKeySecretName
@@ -552,6 +613,8 @@ var intentKeyReference = '@Microsoft.KeyVault(SecretUri=${secretUriBase}${intent
 var telemetryPiiHashKeyReference = '@Microsoft.KeyVault(SecretUri=${secretUriBase}${telemetryPiiHashKeySecretName})'
 var cosmosKeyReference = '@Microsoft.KeyVault(SecretUri=${secretUriBase}${cosmosKeySecretName})'
 var storageConnectionReference = '@Microsoft.KeyVault(SecretUri=${secretUriBase}${storageConnectionSecretName})'
+var intentAuthoringKeysReference = '@Microsoft.KeyVault(SecretUri=${secretUriBase}${intentAuthoringKeysSecretName})'
+var modelEventsSecretReference = '@Microsoft.KeyVault(SecretUri=${secretUriBase}${modelEventsSecretName})'
 
 // Only ever written to Key Vault (storageConnectionSecret, fallback mode), never into an app setting.
 var storageConnectionString = 'DefaultEndpointsProtocol=https;AccountName=${storage.name};AccountKey=${storage.listKeys().keys[0].value};EndpointSuffix=${environment().suffixes.storage}'
@@ -578,7 +641,8 @@ resource registry 'Microsoft.ContainerRegistry/registries@2023-07-01' = {
 //   * function identity: blobs and queues of the runtime account (AzureWebJobsStorage: the host keeps its keys, locks
 //     and leases in blobs, so it needs Storage Blob Data Owner there), read on its package container, the Key
 //     Vault secrets it references. Nothing on the models container or any other artifact.
-//   * intent identity: pull images, read the models container, read the intent key secret.
+//   * intent identity: pull images, read the models container, read the intent key secret; with intentModelLifecycle
+//     also write its authoring store (the clu container) and read the authoring keys (and the events secret).
 //   * GitHub deployment identity: deploy and swap both apps, push images, write packages and models, read the two
 //     secrets the checks sign with, read the resource group.
 // ---------------------------------------------------------------------------------------------------------
@@ -713,6 +777,44 @@ resource intentModelReader 'Microsoft.Authorization/roleAssignments@2022-04-01' 
     principalId: intentIdentity.properties.principalId
     principalType: 'ServicePrincipal'
   }
+}
+
+// Model lifecycle (intentModelLifecycle): the intent service writes its authoring store, reads its authoring keys and,
+// with a webhook, the secret it signs the events with.
+resource intentAuthoringStoreWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (intentModelLifecycle) {
+  name: guid(cluContainer.id, intentIdentity.id, roles.storageBlobDataContributor)
+  scope: cluContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+    principalId: intentIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource intentAuthoringKeysUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (intentModelLifecycle) {
+  name: guid(intentAuthoringKeysSecretRef.id, intentIdentity.id, roles.keyVaultSecretsUser)
+  scope: intentAuthoringKeysSecretRef
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: intentIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+  dependsOn: [
+    intentAuthoringKeysSecret
+  ]
+}
+
+resource intentEventsSecretUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (intentModelLifecycle && !empty(modelEventsWebhookUrl)) {
+  name: guid(modelEventsSecretRef.id, intentIdentity.id, roles.keyVaultSecretsUser)
+  scope: modelEventsSecretRef
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: intentIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+  dependsOn: [
+    modelEventsSecretValue
+  ]
 }
 
 // GitHub deployment identity: deploy both apps and swap their slots, push images, write the function packages and
@@ -1085,6 +1187,24 @@ var intentModelDigestProduction = {
 var intentModelDigestStaging = {
   INTENT_MODEL_SHA256: empty(intentStagingModelSha256) ? intentModelSha256 : intentStagingModelSha256
 }
+// Model lifecycle (intentModelLifecycle): both slots use the same authoring store, so they serve the same
+// deployments (replicas converge within seconds); a code swap and a model swap are independent.
+var intentAuthoringSettings = {
+  INTENT_STORE_ACCOUNT_URL: 'https://${artifactStorage.name}.blob.${environment().suffixes.storage}'
+  INTENT_STORE_CONTAINER: cluContainerName
+  INTENT_STORE_PREFIX: ''
+  INTENT_STORE_CLIENT_ID: intentIdentity.properties.clientId
+  INTENT_AUTHORING_KEYS: intentAuthoringKeysReference
+  INTENT_PRODUCTION_DEPLOYMENT: 'production'
+  INTENT_GATE_MAX_ACCURACY_DROP: intentGateMaxAccuracyDrop
+  INTENT_GATE_MAX_INTENT_F1_DROP: intentGateMaxIntentF1Drop
+}
+var intentEventsSettings = {
+  INTENT_EVENTS_WEBHOOK_URL: modelEventsWebhookUrl
+  INTENT_EVENTS_SECRET: modelEventsSecretReference
+}
+var intentLifecycleEvents = empty(modelEventsWebhookUrl) ? {} : intentEventsSettings
+var intentLifecycleSettings = intentModelLifecycle ? union(intentAuthoringSettings, intentLifecycleEvents) : {}
 
 var intentSiteConfig = {
   acrUseManagedIdentityCreds: true
@@ -1125,7 +1245,7 @@ resource intentApp 'Microsoft.Web/sites@2023-12-01' = {
 resource intentAppSettingsConfig 'Microsoft.Web/sites/config@2023-12-01' = {
   parent: intentApp
   name: 'appsettings'
-  properties: union(intentSettings, intentModelDigestProduction)
+  properties: union(intentSettings, intentModelDigestProduction, intentLifecycleSettings)
   dependsOn: [
     intentKeySecret
   ]
@@ -1157,7 +1277,7 @@ resource intentStaging 'Microsoft.Web/sites/slots@2023-12-01' = {
 resource intentStagingSettingsConfig 'Microsoft.Web/sites/slots/config@2023-12-01' = {
   parent: intentStaging
   name: 'appsettings'
-  properties: union(intentSettings, intentModelDigestStaging)
+  properties: union(intentSettings, intentModelDigestStaging, intentLifecycleSettings)
   dependsOn: [
     intentKeySecret
   ]
@@ -1181,4 +1301,5 @@ output KEY_VAULT_NAME string = keyVault.name
 output STORAGE_ACCOUNT_NAME string = storage.name
 output ARTIFACT_STORAGE_ACCOUNT_NAME string = artifactStorage.name
 output MODELS_CONTAINER string = modelsContainerName
+output CLU_CONTAINER string = cluContainerName
 output FUNCTION_PACKAGES_CONTAINER string = functionPackagesContainerName

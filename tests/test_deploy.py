@@ -492,6 +492,8 @@ def test_identity_mode_settings_load_in_the_settings_module(bicep, param_file):
 
 
 SECRET_PARAMS = {"sendbirdApiToken", "intentApiKey", "telemetryPiiHashKey"}
+#: Secrets of the model lifecycle (intentModelLifecycle); infra/scripts/deploy_infra.sh does not pass them yet.
+LIFECYCLE_SECRET_PARAMS = {"intentAuthoringKeys", "modelEventsSecret"}
 
 
 def _secret_name(bicep: Bicep, res: dict) -> str:
@@ -509,13 +511,14 @@ def test_secrets_are_key_vault_references(bicep, param_file):
     intent = bicep.object_var("intentSettings")
     assert intent["INTENT_API_KEY"] == "intentKeyReference"
     assert bicep.object_var("appSettingsCommon")["TELEMETRY_PII_HASH_KEY"] == "telemetryPiiHashKeyReference"
-    for p in SECRET_PARAMS:
+    for p in SECRET_PARAMS | LIFECYCLE_SECRET_PARAMS:
         assert any("@secure()" in d for d in bicep.params[p]["decorators"]), f"{p} must be @secure()"
         assert bicep.params[p]["default"] == "''", f"{p}: empty by default (keeps the stored secret)"
     written = {name: res for name, res in bicep.of_type("Microsoft.KeyVault/vaults/secrets").items()
                if "existing" not in res["body"].split("\n")[0]}
     assert {_secret_name(bicep, r) for r in written.values()} == {
-        "sendbird-api-token", "intent-api-key", "telemetry-pii-hash-key", "cosmos-key", "storage-connection-string"}
+        "sendbird-api-token", "intent-api-key", "telemetry-pii-hash-key", "cosmos-key", "storage-connection-string",
+        "intent-authoring-keys", "model-events-secret"}
     # the hash key is a secret kept across deployments: written only when given, never generated per deployment
     assert written["telemetryPiiHashKeySecret"]["condition"] == "!empty(telemetryPiiHashKey)"
 
@@ -695,9 +698,9 @@ def test_intent_model_digest_comes_from_a_parameter_per_slot(bicep, param_file):
     assert digests(intentModelSha256=old) == (old, old)
     assert digests(intentModelSha256=old, intentStagingModelSha256=new) == (old, new)
     assert "INTENT_MODEL_SHA256" not in bicep.object_var("intentSettings"), "per slot, not shared"
-    assert "properties: union(intentSettings, intentModelDigestProduction)" in \
+    assert "properties: union(intentSettings, intentModelDigestProduction, intentLifecycleSettings)" in \
         bicep.resources["intentAppSettingsConfig"]["body"]
-    assert "properties: union(intentSettings, intentModelDigestStaging)" in \
+    assert "properties: union(intentSettings, intentModelDigestStaging, intentLifecycleSettings)" in \
         bicep.resources["intentStagingSettingsConfig"]["body"]
     for p in ("intentModelSha256", "intentStagingModelSha256"):
         assert "@maxLength(64)" in "\n".join(bicep.params[p]["decorators"]), p
@@ -723,8 +726,39 @@ NAME_RULES = {  # var: (min, max, pattern)
     "githubIdentityName": (3, 128, r"[a-zA-Z0-9][\w-]*"),
     "artifactStorageAccountName": (3, 24, r"[a-z0-9]+"),
     "modelsContainerName": (3, 63, r"[a-z0-9](?!.*--)[a-z0-9-]*[a-z0-9]"),
+    "cluContainerName": (3, 63, r"[a-z0-9](?!.*--)[a-z0-9-]*[a-z0-9]"),
     "functionPackagesContainerName": (3, 63, r"[a-z0-9](?!.*--)[a-z0-9-]*[a-z0-9]"),
 }
+
+
+def test_intent_model_lifecycle_settings_load_in_the_authoring_config(bicep, param_file):
+    """With intentModelLifecycle, both slots get the authoring store (the clu container, managed identity), the
+    authoring keys and (with a webhook) the events secret as Key Vault references; the settings load in
+    intent_service.authoring.config; without it, the intent service keeps serving the model of its image."""
+    from intent_service.authoring.config import AuthoringConfig, ConfigError
+
+    resources = dict(FAKE_RESOURCES, intentIdentity={"properties": {"clientId": "22222222-2222-2222-2222-222222222222"}})
+
+    assert param_values(bicep, param_file)["intentModelLifecycle"] is False
+    assert bicep.vars["intentLifecycleSettings"] == \
+        "intentModelLifecycle ? union(intentAuthoringSettings, intentLifecycleEvents) : {}"
+    assert bicep.vars["intentLifecycleEvents"] == "empty(modelEventsWebhookUrl) ? {} : intentEventsSettings"
+    ev = Evaluator(bicep, param_values(bicep, param_file, intentModelLifecycle=True), resources)
+    settings = {k: ev.eval(v) for k, v in bicep.object_var("intentAuthoringSettings").items()}
+    assert settings["INTENT_STORE_ACCOUNT_URL"] == "https://artchatbotq7x3k2m9p4w8z.blob.core.windows.net"
+    assert settings["INTENT_STORE_CONTAINER"] == "clu" and settings["INTENT_STORE_PREFIX"] == ""
+    assert settings["INTENT_AUTHORING_KEYS"].startswith(KEY_VAULT_REFERENCE + "https://")
+    events = {k: ev.eval(v) for k, v in bicep.object_var("intentEventsSettings").items()}
+    assert events["INTENT_EVENTS_SECRET"].endswith("/secrets/model-events-secret)")
+    env = {k: ("admin:resolved-secret-value-0123" if v.startswith(KEY_VAULT_REFERENCE) else v)
+           for k, v in settings.items()}
+    config = AuthoringConfig.from_env(env)
+    assert config.account_url and config.container == "clu" and config.prefix == ""
+    assert config.client_id == "22222222-2222-2222-2222-222222222222"
+    assert config.authoring_keys == {"admin": "resolved-secret-value-0123"}
+    assert config.gate.max_accuracy_drop == 2.0 and config.gate.production_deployment == "production"
+    with pytest.raises(ConfigError):  # an unresolved reference is never taken for a key
+        AuthoringConfig.from_env(settings)
 
 
 @pytest.mark.parametrize("prefix", ["chatbot", "ab", "retail-bot", "shop2bot99"])
@@ -751,7 +785,7 @@ def test_parameter_file(bicep, param_file):
     assert set(param_file) <= set(bicep.params), set(param_file) - set(bicep.params)
     required = {n for n, p in bicep.params.items() if p["default"] is None}
     assert required <= set(param_file), f"required parameters missing from the file: {required - set(param_file)}"
-    assert not SECRET_PARAMS & set(param_file), "secrets never go into the parameter file"
+    assert not (SECRET_PARAMS | LIFECYCLE_SECRET_PARAMS) & set(param_file), "secrets never go into the parameter file"
     values = param_values(bicep, param_file)
     for name, p in bicep.params.items():
         deco = "\n".join(p["decorators"])
@@ -827,6 +861,9 @@ EXPECTED_ROLES = {
     "intentIdentity": {
         ("registry", "acrPull"), ("modelsContainer", "storageBlobDataReader"),
         ("intentKeySecretRef", "keyVaultSecretsUser"),
+        # model lifecycle (intentModelLifecycle): its authoring store, its authoring keys, the events secret
+        ("cluContainer", "storageBlobDataContributor"), ("intentAuthoringKeysSecretRef", "keyVaultSecretsUser"),
+        ("modelEventsSecretRef", "keyVaultSecretsUser"),
     },
     "githubIdentity": {
         ("functionApp", "websiteContributor"), ("intentApp", "websiteContributor"), ("registry", "acrPush"),
@@ -849,6 +886,9 @@ def test_role_scopes_are_narrow(bicep, param_file):
     assert conditions[("storageConnectionSecretRef", "functionIdentity")] == "useConnectionStrings"
     assert all(cond == "!empty(githubRepository)"
                for (_, ident), cond in conditions.items() if ident == "githubIdentity")
+    assert conditions[("cluContainer", "intentIdentity")] == "intentModelLifecycle"
+    assert conditions[("intentAuthoringKeysSecretRef", "intentIdentity")] == "intentModelLifecycle"
+    assert conditions[("modelEventsSecretRef", "intentIdentity")] == "intentModelLifecycle && !empty(modelEventsWebhookUrl)"
 
     # Key Vault: per secret, never the whole vault; each scope is a secret of this vault with the referenced name,
     # and the assignment waits for the secret when this deployment writes it
@@ -866,6 +906,9 @@ def test_role_scopes_are_narrow(bicep, param_file):
     # the intent service reads exactly the secret its settings reference
     intent_refs = {v for v in bicep.object_var("intentSettings").values() if v.endswith("Reference")}
     assert intent_refs == {"intentKeyReference"}
+    lifecycle_refs = {v for name in ("intentAuthoringSettings", "intentEventsSettings")
+                      for v in bicep.object_var(name).values() if v.endswith("Reference")}
+    assert lifecycle_refs == {"intentAuthoringKeysReference", "modelEventsSecretReference"}
 
     # Models and packages live in the artifact account; the function identity owns blobs only in the runtime account
     # and reads only its packages, so it can write neither a model nor a package. Only the deployment identity can.
@@ -876,6 +919,10 @@ def test_role_scopes_are_narrow(bicep, param_file):
                        "resourceGroup"}
     writers = {ident for scope, ident, role, _ in assignments if scope in artifact_scopes and role in BLOB_WRITE_ROLES}
     assert writers == {"githubIdentity"}
+    # the one container the intent service writes: its authoring store (trained models named by their SHA-256)
+    assert "parent: artifactBlobService" in bicep.resources["cluContainer"]["body"]
+    assert {ident for scope, ident, role, _ in assignments if scope == "cluContainer" and role in BLOB_WRITE_ROLES} \
+        == {"intentIdentity"}
     containers = bicep.of_type("Microsoft.Storage/storageAccounts/blobServices/containers")
     runtime_containers = [n for n, r in containers.items() if "parent: blobService" in r["body"]]
     assert runtime_containers == [], "no artifact in the account the function identity owns blobs of"

@@ -31,6 +31,13 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
     return int(_float(env, name, default, minimum))
 
 
+def _no_unresolved_reference(name: str, value: Optional[str]) -> None:
+    """App Service passes a Key Vault reference it cannot resolve as its literal text: never use that as a
+    key or a signing secret (its text is visible to anyone who can read the app settings)."""
+    if value and value.strip().startswith("@Microsoft.KeyVault("):
+        raise ConfigError(f"{name} is an unresolved Key Vault reference; check the app's identity and the secret")
+
+
 def parse_keys(raw: Optional[str]) -> Dict[str, str]:
     """``INTENT_AUTHORING_KEYS``: ``name:key`` pairs separated by commas (the name goes to the audit log)."""
     keys: Dict[str, str] = {}
@@ -88,6 +95,8 @@ class AuthoringConfig:
         if store and store != "memory" and not (conn or account):
             raise ConfigError("INTENT_STORE must be 'memory' (or set INTENT_STORE_CONNECTION_STRING / "
                               "INTENT_STORE_ACCOUNT_URL for Blob Storage)")
+        for name in ("INTENT_AUTHORING_KEYS", "INTENT_AUTHORING_KEY", "INTENT_EVENTS_SECRET"):
+            _no_unresolved_reference(name, env.get(name))
         keys = parse_keys(env.get("INTENT_AUTHORING_KEYS"))
         single = (env.get("INTENT_AUTHORING_KEY") or "").strip()
         if single:
