@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from contextlib import contextmanager
 import time
 import uuid
 
@@ -157,20 +158,27 @@ def test_sampling_is_decided_once_per_operation(sink, rate):
 # ------------------------------------------------------------------ through the running gateway
 PII_KEY = "test-pii-hash-key-0123456789abcdef"
 
-@pytest.fixture(scope="module")
-def telemetry_gateway(stack_settings, stack_logs):
-    """A second runner of the real app, exporting to an in-process sink."""
+@contextmanager
+def gateway_with_sink(stack_settings, stack_logs, database: str, pii_mode: str):
+    """Another runner of the real app (own Cosmos database), exporting telemetry to an in-process sink."""
     from devstack.stack import FunctionsRunner
     from tests.support.samples import ROOT
     with TelemetrySink() as sink:
-        env = {**stack_settings, "COSMOS_DATABASE": "telemetry", "APPLICATIONINSIGHTS_CONNECTION_STRING":
-               sink.connection_string, "TELEMETRY_EXPORT_INTERVAL_SECONDS": "0.5", "TELEMETRY_PII_MODE": "mask",
+        env = {**stack_settings, "COSMOS_DATABASE": database, "APPLICATIONINSIGHTS_CONNECTION_STRING":
+               sink.connection_string, "TELEMETRY_EXPORT_INTERVAL_SECONDS": "0.5", "TELEMETRY_PII_MODE": pii_mode,
                "TELEMETRY_PII_HASH_KEY": PII_KEY}
         runner = FunctionsRunner(ROOT, 0, env, log_dir=stack_logs).start()
         try:
             yield runner, sink
         finally:
             runner.stop()
+
+
+@pytest.fixture(scope="module")
+def telemetry_gateway(stack_settings, stack_logs):
+    """The real app in PII mode mask, exporting to an in-process sink."""
+    with gateway_with_sink(stack_settings, stack_logs, "telemetry", "mask") as gw:
+        yield gw
 
 
 @pytest.mark.stack
@@ -274,18 +282,9 @@ def test_logs_exceptions_and_failed_requests_are_scrubbed_of_the_messages_ids_an
 
 @pytest.fixture(scope="module")
 def strict_gateway(stack_settings, stack_logs):
-    """A runner of the real app in PII mode strict, exporting to an in-process sink."""
-    from devstack.stack import FunctionsRunner
-    from tests.support.samples import ROOT
-    with TelemetrySink() as sink:
-        env = {**stack_settings, "COSMOS_DATABASE": "telemetry-strict", "APPLICATIONINSIGHTS_CONNECTION_STRING":
-               sink.connection_string, "TELEMETRY_EXPORT_INTERVAL_SECONDS": "0.5", "TELEMETRY_PII_MODE": "strict",
-               "TELEMETRY_PII_HASH_KEY": PII_KEY}
-        runner = FunctionsRunner(ROOT, 0, env, log_dir=stack_logs).start()
-        try:
-            yield runner, sink
-        finally:
-            runner.stop()
+    """The real app in PII mode strict, exporting to an in-process sink."""
+    with gateway_with_sink(stack_settings, stack_logs, "telemetry-strict", "strict") as gw:
+        yield gw
 
 
 @pytest.mark.stack
