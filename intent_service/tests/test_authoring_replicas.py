@@ -25,7 +25,8 @@ def azurite(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def replicas(azurite):
-    env = {"INTENT_STORE_CONTAINER": "replicas", "INTENT_SYNC_INTERVAL_SECONDS": "1"}
+    env = {"INTENT_STORE_CONTAINER": "replicas", "INTENT_SYNC_INTERVAL_SECONDS": "1",
+           "INTENT_STALE_JOB_SECONDS": "8"}
     servers = [AuthoringServer(store=azurite.connection_string, env=env) for _ in range(2)]
     try:
         for s in servers:
@@ -105,3 +106,24 @@ def test_two_replicas_converge(replicas, azurite):
     assert api_a.run("PUT", "/projects/retail-bot/deployments/canary", {"trainedModelLabel": "v1"})["status"] == "succeeded"
     converge(b, "canary", v1["modelVersion"])
     assert "ModelIntegrityError" in a.output()
+
+
+def test_a_job_whose_replica_died_is_reported_failed(replicas):
+    a, b = replicas
+    api_a, api_b = Authoring(a.base), Authoring(b.base)
+    r = api_a.call("POST", "/projects/retail-bot/:train", {"modelLabel": "orphan", "trainingMode": "standard"})
+    assert r.status_code == 202, r.text
+    loc_b = r.headers["operation-location"].replace(a.base, b.base)
+    time.sleep(1.5)
+    a.proc.kill()  # the replica running the job crashes (our own child, by PID)
+    a.proc.wait()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        job = api_b.s.get(loc_b, timeout=5).json()
+        if job["status"] == "failed":
+            break
+        assert job["status"] in ("notStarted", "running"), job
+        time.sleep(0.5)
+    assert job["status"] == "failed" and "stopped" in job["errors"][0]["message"], job
+    # B still serves, and can train
+    assert predict(b.base, "hi", "retail-bot", "production").status_code == 200
