@@ -39,7 +39,8 @@ ENCODER_FILES: Dict[str, str] = {
 }
 DIM = 384
 MAX_TOKENS = 128
-BATCH = 64
+#: threads for encoding long lists (training); a single request is one run on one thread
+BULK_THREADS = max(1, min(2, os.cpu_count() or 1))
 
 
 def encoder_dir() -> Path:
@@ -82,7 +83,7 @@ class Encoder:
 
         self.sha256 = {n: hashlib.sha256(b).hexdigest() for n, b in files.items()}
         tok = Tokenizer.from_str(files[TOKENIZER_FILE].decode("utf-8"))
-        tok.no_padding()  # upstream's file pads to 128; we pad a batch to its longest input
+        tok.no_padding()  # upstream's file pads to 128; each text runs alone, unpadded
         tok.enable_truncation(MAX_TOKENS)
         self.tokenizer = tok
         so = ort.SessionOptions()
@@ -98,20 +99,16 @@ class Encoder:
         return {"name": ENCODER_NAME, "revision": ENCODER_REVISION, "dim": DIM,
                 "max_tokens": MAX_TOKENS, "files": dict(self.sha256)}
 
-    def _run(self, texts: Sequence[str]) -> np.ndarray:
-        encs = (self.tokenizer.encode_batch(list(texts)) if len(texts) > 1
-                else [self.tokenizer.encode(texts[0])])
-        width = max(len(e.ids) for e in encs)
-        ids = np.zeros((len(encs), width), dtype=np.int64)
-        mask = np.zeros((len(encs), width), dtype=np.int64)
-        for i, e in enumerate(encs):
-            ids[i, :len(e.ids)] = e.ids
-            mask[i, :len(e.ids)] = 1
+    def _run(self, text: str) -> np.ndarray:
+        ids = np.asarray([self.tokenizer.encode(text).ids], dtype=np.int64)
         return self.session.run(["sentence_embedding"], {"input_ids": ids,
-                                                         "attention_mask": mask})[0]
+                                                         "attention_mask": np.ones_like(ids)})[0][0]
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        """float32 [len(texts), 384]; batches of similar length (less padding)."""
+        """float32 [len(texts), 384]. Each text is its own run, never a padded batch: the int8
+        graph quantises its activations per run (dynamic quantisation), so in a batch a text's
+        vector would depend on its neighbours; this way training and serving see the same
+        vector for the same text. Long lists (training) use up to ``BULK_THREADS`` threads."""
         texts = [str(t) for t in texts]
         out = np.zeros((len(texts), DIM), dtype=np.float32)
         memo = self._memo
@@ -120,10 +117,15 @@ class Encoder:
             for i, t in enumerate(texts):
                 if t in memo:
                     out[i] = memo[t]
-        order = sorted(todo, key=lambda i: len(texts[i]))
-        for start in range(0, len(order), BATCH):
-            idx = order[start:start + BATCH]
-            out[idx] = self._run([texts[i] for i in idx])
+        if len(todo) > 32 and BULK_THREADS > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(BULK_THREADS) as pool:  # onnxruntime releases the GIL
+                for i, vec in zip(todo, pool.map(self._run, [texts[i] for i in todo]), strict=True):
+                    out[i] = vec
+        else:
+            for i in todo:
+                out[i] = self._run(texts[i])
         if memo is not None:
             with self._memo_lock:
                 for i in todo:
