@@ -41,7 +41,8 @@ class Authoring:
         self.config = config
         self.store = store or open_store(config)
         self.repo = Repository(self.store)
-        self.registry = DeploymentRegistry(self.repo, interval=config.sync_interval)
+        self.registry = DeploymentRegistry(self.repo, interval=config.sync_interval,
+                                           load_burst=config.load_burst, load_pause=config.load_pause)
         self.events = EventSink(config.events_url, config.events_secret, config.events_source,
                                 max_attempts=config.events_max_attempts, backoff=config.events_backoff)
         self.service = AuthoringService(config, self.repo, self.registry, self.events)

@@ -70,6 +70,9 @@ class AuthoringConfig:
     limits: Limits = field(default_factory=Limits)
     gate: GatePolicy = field(default_factory=GatePolicy)
     sync_interval: float = 1.0
+    #: a model build runs in bursts of load_burst seconds separated by load_pause seconds (0: no throttle)
+    load_burst: float = 0.001
+    load_pause: float = 0.004
     job_retry_after: float = 1.0
     training_timeout: float = 900.0
     stale_job_seconds: float = 60.0
@@ -142,6 +145,8 @@ class AuthoringConfig:
             public_base_url=(env.get("INTENT_PUBLIC_BASE_URL") or "").strip().rstrip("/") or None,
             limits=limits, gate=gate,
             sync_interval=_float(env, "INTENT_SYNC_INTERVAL_SECONDS", 1.0, 0.05),
+            load_burst=_float(env, "INTENT_MODEL_LOAD_BURST_MS", 1.0, 0.1) / 1000.0,
+            load_pause=_float(env, "INTENT_MODEL_LOAD_PAUSE_MS", 4.0, 0.0) / 1000.0,
             job_retry_after=_float(env, "INTENT_JOB_RETRY_AFTER_SECONDS", 1.0, 0.05),
             training_timeout=_float(env, "INTENT_TRAINING_TIMEOUT_SECONDS", 900.0, 1.0),
             stale_job_seconds=_float(env, "INTENT_STALE_JOB_SECONDS", 60.0, 1.0),
