@@ -279,3 +279,30 @@ def test_registry_sync_follows_the_store(monkeypatch):
     repo.put_deployments("q", doc(1, production="0" * 64), None)
     registry.sync_once()
     assert "q" in registry.project_errors and registry.resolve("q", "production") is None
+
+
+def _request(headers):
+    from starlette.requests import Request
+
+    return Request({"type": "http", "method": "GET", "path": "/", "query_string": b"",
+                    "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]})
+
+
+def test_authenticator_keys_and_easy_auth_principals():
+    from intent_service.authoring.api import Authenticator
+
+    auth = Authenticator({"ci": "k" * 20, "alice": "a" * 20}, easy_auth=True, principals={"oid-1", "bob@contoso"})
+    assert auth.identify(_request({"Ocp-Apim-Subscription-Key": "a" * 20})) == "key:alice"
+    assert auth.identify(_request({"Ocp-Apim-Subscription-Key": "k" * 20})) == "key:ci"
+    assert auth.identify(_request({"Ocp-Apim-Subscription-Key": "x" * 20})) is None
+    # a wrong key is not rescued by principal headers
+    assert auth.identify(_request({"Ocp-Apim-Subscription-Key": "x", "X-MS-CLIENT-PRINCIPAL-ID": "oid-1"})) is None
+    assert auth.identify(_request({"X-MS-CLIENT-PRINCIPAL-ID": "oid-1",
+                                   "X-MS-CLIENT-PRINCIPAL-NAME": "carol@contoso"})) == "principal:carol@contoso"
+    assert auth.identify(_request({"X-MS-CLIENT-PRINCIPAL-ID": "oid-9",
+                                   "X-MS-CLIENT-PRINCIPAL-NAME": "bob@contoso"})) == "principal:bob@contoso"
+    assert auth.identify(_request({"X-MS-CLIENT-PRINCIPAL-ID": "oid-9"})) is None
+    # without Easy Auth the headers mean nothing
+    plain = Authenticator({"ci": "k" * 20})
+    assert plain.identify(_request({"X-MS-CLIENT-PRINCIPAL-ID": "oid-1"})) is None
+    assert not Authenticator({}).configured
