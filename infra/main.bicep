@@ -135,6 +135,9 @@ param productSearchUrl string = 'https://shop.example.com/search?category={categ
 @description('Below this confidence score (0..1) the fallback route answers.')
 param intentConfidenceThreshold string = '0.5'
 
+@description('A message routed to fallback, or answered below this confidence score (0..1), is captured for the review inbox of the console (queue review-capture, off the hot path).')
+param reviewConfidenceThreshold string = '0.7'
+
 @description('Cosmos DB serverless (pay per request unit; right for a chatbot with bursts) or provisioned throughput.')
 param cosmosServerless bool = true
 
@@ -183,11 +186,13 @@ var modelsContainerName = 'models'
 var cluContainerName = 'clu'
 var functionPackagesContainerName = 'function-packages'
 
-// Queue names are fixed in code (shared/models.py): inbound, one per route, reply, each `<name>-poison` (the host's
-// poison queue) and each `<name>-poison-records` (the app's PoisonRecords, shared/models.poison_record_queue).
+// Queue names are fixed in code (shared/models.py): inbound, one per route, reply, review capture, each
+// `<name>-poison` (the host's poison queue) and each `<name>-poison-records` (the app's PoisonRecords,
+// shared/models.poison_record_queue).
 var stageQueues = [
   'chat-inbound'
   'chat-reply'
+  'review-capture'
   'route-greeting'
   'route-help'
   'route-order-status'
@@ -212,6 +217,7 @@ var queueTriggeredFunctions = [
   'route_fallback'
   'route_unsupported'
   'reply_sender'
+  'review_capture'
   // functions/poison.py: one trigger per `<queue>-poison` (messages the host moved there after a crash or timeout)
   'poison_chat_inbound'
   'poison_chat_reply'
@@ -229,6 +235,12 @@ var queueTriggeredFunctions = [
 var cosmosDatabaseName = 'chatbot'
 var cosmosStateContainerName = 'user_state'
 var cosmosPartitionKeyPath = '/user_id'
+// The console's stores (shared/clients/cosmos_stores.py): the review inbox, the response catalog versions, the
+// console's audit log; one document per id.
+var cosmosReviewContainerName = 'review_items'
+var cosmosCatalogContainerName = 'response_catalog'
+var cosmosAuditContainerName = 'console_audit'
+var cosmosIdPartitionKeyPath = '/id'
 
 // Built-in role definition ids.
 var roles = {
@@ -476,6 +488,57 @@ resource cosmosStateContainer 'Microsoft.DocumentDB/databaseAccounts/sqlDatabase
       }
       // Inactive users' state (with its idempotency records) expires on its own.
       defaultTtl: userStateTtlSeconds
+    }
+  }
+}
+
+resource cosmosReviewContainer 'Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers@2024-05-15' = {
+  parent: cosmosDatabase
+  name: cosmosReviewContainerName
+  properties: {
+    resource: {
+      id: cosmosReviewContainerName
+      partitionKey: {
+        paths: [
+          cosmosIdPartitionKeyPath
+        ]
+        kind: 'Hash'
+        version: 2
+      }
+    }
+  }
+}
+
+resource cosmosCatalogContainer 'Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers@2024-05-15' = {
+  parent: cosmosDatabase
+  name: cosmosCatalogContainerName
+  properties: {
+    resource: {
+      id: cosmosCatalogContainerName
+      partitionKey: {
+        paths: [
+          cosmosIdPartitionKeyPath
+        ]
+        kind: 'Hash'
+        version: 2
+      }
+    }
+  }
+}
+
+resource cosmosAuditContainer 'Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers@2024-05-15' = {
+  parent: cosmosDatabase
+  name: cosmosAuditContainerName
+  properties: {
+    resource: {
+      id: cosmosAuditContainerName
+      partitionKey: {
+        paths: [
+          cosmosIdPartitionKeyPath
+        ]
+        kind: 'Hash'
+        version: 2
+      }
     }
   }
 }
@@ -951,6 +1014,8 @@ var appSettingsCommon = {
   COSMOS_ENDPOINT: cosmos.properties.documentEndpoint
   COSMOS_DATABASE: cosmosDatabaseName
   COSMOS_STATE_CONTAINER: cosmosStateContainerName
+  COSMOS_REVIEW_CONTAINER: cosmosReviewContainerName
+  COSMOS_CATALOG_CONTAINER: cosmosCatalogContainerName
   COSMOS_VERIFY_TLS: 'true'
   COSMOS_CREATE_IF_MISSING: 'false'
   COSMOS_TIMEOUT_SECONDS: '5'
@@ -962,6 +1027,7 @@ var appSettingsCommon = {
   INTENT_TIMEOUT_SECONDS: '3'
   INTENT_RETRIES: '2'
   INTENT_CONFIDENCE_THRESHOLD: intentConfidenceThreshold
+  REVIEW_CONFIDENCE_THRESHOLD: reviewConfidenceThreshold
   INTENT_MAX_TEXT_CHARS: '1000'
   INTENT_BREAKER_FAILURES: '5'
   INTENT_BREAKER_RESET_SECONDS: '10'
@@ -974,6 +1040,7 @@ var appSettingsCommon = {
   REPLY_SEND_LEASE_SECONDS: '15'
   ORDER_MAX_WAIT_SECONDS: '30'
   RETRY_BUDGET_SECONDS: '60'
+  CATALOG_REFRESH_SECONDS: '5'
   TELEMETRY_SAMPLING_RATE: '1.0'
   TELEMETRY_PII_MODE: 'off'
   TELEMETRY_PII_HASH_KEY: telemetryPiiHashKeyReference

@@ -6,6 +6,9 @@ connections are reused across invocations. Each stage takes what it needs from i
 (:meth:`Services.intent_stage`, :meth:`Services.branch`, :meth:`Services.reply_sender`, ...): nothing else in the
 app reads a global. Tests build the same :class:`Services` with fakes in one line (``tests/support``) and
 :func:`install` it for the trigger functions.
+
+The bot team's console (``console/``) builds its gateway-side clients here too (:func:`build_admin`): the same
+adapters on the same settings, so the console and the functions always agree on where things are.
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ import threading
 from dataclasses import dataclass
 
 from shared.branch_handlers import BranchDeps
-from shared.catalog import ResponseCatalog
+from shared.catalog import LiveCatalog, ResponseCatalog
+from shared.conversations import ConversationDeps
 from shared.dead_letters import DeadLetterDeps
 from shared.intent_stage import IntentStageDeps
-from shared.ports import IntentPort, QueuePort, SendBirdPort, StateStore, TelemetryPort
+from shared.ports import (AuditLog, CatalogStore, IntentPort, QueuePort, ReviewStore, SendBirdPort, StateAdmin,
+                          StateStore, TelemetryPort)
 from shared.processing import RetryPolicy
 from shared.reply_sender import ReplyDeps
+from shared.review import ReviewDeps
 from shared.settings import AppConfig, Settings, get_config
-from shared.telemetry import from_settings
+from shared.telemetry import Redactor, from_settings
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,7 @@ class Services:
     sendbird: SendBirdPort
     catalog: ResponseCatalog
     telemetry: TelemetryPort
+    review_store: ReviewStore
 
     @property
     def settings(self) -> Settings:
@@ -54,6 +61,9 @@ class Services:
     def reply_sender(self) -> ReplyDeps:
         return ReplyDeps(self.sendbird, self.queues, self.state_store, self.settings, self.catalog, self.telemetry)
 
+    def review(self) -> ReviewDeps:
+        return ReviewDeps(self.review_store, self.telemetry.redactor, self.settings.telemetry_pii_hash_key)
+
     def dead_letters(self) -> DeadLetterDeps:
         return DeadLetterDeps(self.queues, self.state_store, self.catalog, self.settings,
                               self.config.host.max_dequeue_count, self.telemetry)
@@ -63,21 +73,78 @@ def build(config: AppConfig) -> Services:
     """The real adapters for ``config`` (Storage queues, Cosmos DB, the intent service, SendBird, Application
     Insights or no telemetry). Raises what the SDKs raise when a client cannot be created."""
     from shared.clients.clu import IntentClient
-    from shared.clients.cosmos import CosmosStateStore, connect
+    from shared.clients.cosmos import CosmosStateStore, cosmos_client, open_container
+    from shared.clients.cosmos_stores import CosmosCatalogStore, CosmosReviewStore
     from shared.clients.queues import QueueSender
     from shared.clients.sendbird import SendBirdClient
 
     s = config.settings
     telemetry = from_settings(s)
+    cosmos = cosmos_client(s)
     return Services(
         config=config,
         queues=QueueSender(s.azure_webjobs_storage, config.host.message_encoding,
                            account_name=s.storage_account_name, client_id=s.storage_client_id),
-        state_store=CosmosStateStore(connect(s), telemetry=telemetry),
+        state_store=CosmosStateStore(open_container(cosmos, s, s.cosmos_state_container, "/user_id"),
+                                     telemetry=telemetry),
         intent=IntentClient(s, telemetry),
         sendbird=SendBirdClient(s, telemetry),
-        catalog=ResponseCatalog.load(),
+        catalog=live_catalog(CosmosCatalogStore(open_container(cosmos, s, s.cosmos_catalog_container, "/id")), s),
         telemetry=telemetry,
+        review_store=CosmosReviewStore(open_container(cosmos, s, s.cosmos_review_container, "/id")),
+    )
+
+
+def live_catalog(store: CatalogStore, settings: Settings) -> ResponseCatalog:
+    """The catalog the stages answer with: the published versions in ``store`` (looked up every
+    ``CATALOG_REFRESH_SECONDS``), or only the shipped file when that is 0."""
+    shipped = ResponseCatalog.load()
+    return LiveCatalog(shipped, store, settings.catalog_refresh_seconds) if settings.catalog_refresh_seconds else shipped
+
+
+@dataclass(frozen=True)
+class AdminServices:
+    """The gateway-side clients of the bot team's console: queues (poison messages, depths), the state store
+    (both sides), the review inbox, the response catalog versions and the console's audit log."""
+
+    config: AppConfig
+    queues: QueuePort
+    state_store: StateStore
+    state_admin: StateAdmin
+    review_store: ReviewStore
+    catalog_store: CatalogStore
+    audit: AuditLog
+
+    @property
+    def settings(self) -> Settings:
+        return self.config.settings
+
+    @property
+    def redactor(self) -> Redactor:
+        return Redactor(self.settings.telemetry_pii_mode, self.settings.telemetry_pii_hash_key)
+
+    def conversations(self) -> ConversationDeps:
+        return ConversationDeps(self.state_store, self.state_admin, self.review_store, self.redactor,
+                                self.settings.telemetry_pii_hash_key)
+
+
+def build_admin(config: AppConfig, audit_container: str) -> AdminServices:
+    """The real adapters for the console, on the gateway's settings (``config``) plus the audit log's container."""
+    from shared.clients.cosmos import CosmosStateStore, cosmos_client, open_container
+    from shared.clients.cosmos_stores import CosmosAuditLog, CosmosCatalogStore, CosmosReviewStore
+    from shared.clients.queues import QueueSender
+
+    s = config.settings
+    cosmos = cosmos_client(s)
+    state = CosmosStateStore(open_container(cosmos, s, s.cosmos_state_container, "/user_id"))
+    return AdminServices(
+        config=config,
+        queues=QueueSender(s.azure_webjobs_storage, config.host.message_encoding,
+                           account_name=s.storage_account_name, client_id=s.storage_client_id),
+        state_store=state, state_admin=state,
+        review_store=CosmosReviewStore(open_container(cosmos, s, s.cosmos_review_container, "/id")),
+        catalog_store=CosmosCatalogStore(open_container(cosmos, s, s.cosmos_catalog_container, "/id")),
+        audit=CosmosAuditLog(open_container(cosmos, s, audit_container, "/id")),
     )
 
 

@@ -3,7 +3,9 @@
 Input: :class:`~shared.models.InboundMessage` (queue ``chat-inbound``).
 Output: a :class:`~shared.models.RoutedMessage` for ``route-<route>``, or None
 when the message must not be routed: the conversation is handed off to a human
-(the bot stays silent), or it is another delivery of a message already admitted.
+(the bot stays silent), or it is another delivery of a message already admitted;
+plus, for a message the bot did not understand well, a :class:`~shared.models.ReviewCapture`
+for the review inbox (:func:`run`; :mod:`shared.review` decides, with no I/O).
 Admission (duplicate check + per-user sequence number) is one ETag-guarded
 state update, so two deliveries racing each other cannot both be admitted.
 A message longer than the intent service accepts is classified on an excerpt
@@ -22,9 +24,10 @@ from typing import Any, Literal
 
 from shared.errors import GatewayError
 from shared.language import detect_language
-from shared.models import InboundMessage, IntentPrediction, RoutedMessage, now_ms
+from shared.models import InboundMessage, IntentPrediction, ReviewCapture, RoutedMessage, now_ms
 from shared.ports import IntentPort, StateStore, TelemetryPort
 from shared.routes import FALLBACK, UNSUPPORTED
+from shared.review import capture_for
 from shared.routing import choose_route
 from shared.settings import Settings
 from shared.state import UserState
@@ -93,7 +96,27 @@ class IntentStageDeps:
     telemetry: TelemetryPort = DISABLED
 
 
+@dataclass(frozen=True)
+class StageResult:
+    """What the intent stage writes: the routed message (None: not routed) and the review capture (None: none)."""
+
+    routed: RoutedMessage | None
+    review: ReviewCapture | None = None
+
+    def with_hop(self, stage: str, queue_wait_ms: int, started_at_ms: int,
+                 dependency_ms: dict[str, float] | None = None, traceparent: str | None = None) -> "StageResult":
+        """Both messages with this stage's hop (:meth:`shared.models.QueueMessageBase.with_hop`)."""
+        def hop(m: Any) -> Any:
+            return None if m is None else m.with_hop(stage, queue_wait_ms, started_at_ms, dependency_ms, traceparent)
+        return StageResult(hop(self.routed), hop(self.review))
+
+
 def classify(msg: InboundMessage, deps: IntentStageDeps, *, clock: Callable[[], int] = now_ms) -> RoutedMessage | None:
+    """The routed message of :func:`run` (see there)."""
+    return run(msg, deps, clock=clock).routed
+
+
+def run(msg: InboundMessage, deps: IntentStageDeps, *, clock: Callable[[], int] = now_ms) -> StageResult:
     """Route one inbound message (see module docstring). ``clock`` returns epoch ms.
 
     Errors: :class:`~shared.errors.TransientError` / :class:`~shared.errors.PermanentError` from the state store
@@ -107,19 +130,20 @@ def classify(msg: InboundMessage, deps: IntentStageDeps, *, clock: Callable[[], 
                  "duplicate delivery" if admission.verdict == "duplicate" else "conversation handed off",
                  msg.correlation_id)
         deps.telemetry.event("DuplicateDropped" if admission.verdict == "duplicate" else "MessageSilenced", _ids(msg))
-        return None
+        return StageResult(None)
     if msg.message_type == "FILE":
-        return RoutedMessage.following(msg, route=UNSUPPORTED, language=admission.language or s.default_language,
-                                       top_intent=None, seq=admission.seq)
+        return StageResult(RoutedMessage.following(msg, route=UNSUPPORTED, top_intent=None, seq=admission.seq,
+                                                   language=admission.language or s.default_language))
     language = detect_language(msg.text) or admission.language or s.default_language
     prediction, intent_ms = _predict(msg, language, deps)
     route, slot_filled = choose_route(prediction, admission.pending_slot, s.intent_confidence_threshold)
     _report(msg, language, prediction, route, intent_ms, deps.telemetry)
-    return RoutedMessage.following(
+    routed = RoutedMessage.following(
         msg, route=route, text=msg.text, language=language, top_intent=prediction.top_intent,
         confidence_score=prediction.confidence_score, intents=prediction.intents[:MAX_INTENTS],
         entities=prediction.entities[:MAX_ENTITIES], slot_filled=slot_filled, seq=admission.seq,
     )
+    return StageResult(routed, capture_for(routed, prediction.model_version, s))
 
 
 def _predict(msg: InboundMessage, language: str, deps: IntentStageDeps) -> tuple[IntentPrediction, float]:

@@ -12,6 +12,7 @@ Queue flow::
 
     webhook -> chat-inbound (InboundMessage) -> route-<route> (RoutedMessage)
             -> chat-reply (ReplyMessage) -> SendBird
+    intent stage (fallback / low confidence) -> review-capture (ReviewCapture) -> review inbox (Cosmos DB)
     any stage -> <queue>-poison-records (PoisonRecord)
     host (last attempt crashed / timed out) -> <queue>-poison (raw) -> poison trigger -> <queue>-poison-records
 """
@@ -31,6 +32,8 @@ from shared.errors import PermanentError
 # ---------------------------------------------------------------------------
 INBOUND_QUEUE = "chat-inbound"
 REPLY_QUEUE = "chat-reply"
+#: Messages the intent stage captured for the review inbox (fallback or low confidence; shared/review.py).
+REVIEW_QUEUE = "review-capture"
 #: The storage connection app setting every trigger and binding uses.
 STORAGE_CONNECTION = "AzureWebJobsStorage"
 
@@ -178,6 +181,8 @@ class IntentPrediction(BaseModel):
     top_intent: str | None
     intents: list[IntentScore]
     entities: list[Entity]
+    model_version: str | None = Field(default=None, description="the model that answered (the project's intent "
+                                      "service's x-model-version header); None from Azure CLU")
 
     @property
     def confidence_score(self) -> float:
@@ -226,6 +231,29 @@ class ReplyMessage(QueueMessageBase):
     dedup_id: str = Field(min_length=1, max_length=128, description="SendBird dedup_id for this reply")
     seq: int = Field(default=0, ge=0, description="the user's per-user message sequence number")
     reschedules: int = Field(default=0, ge=0, description="times rescheduled after a SendBird 429")
+
+
+class ReviewCapture(QueueMessageBase):
+    """A message the bot did not understand well, for the review inbox (queue ``review-capture``).
+
+    Written by the intent stage through an output binding (no extra call on the hot path) when the route is
+    ``fallback`` or the confidence score is below ``REVIEW_CONFIDENCE_THRESHOLD``; the review stage
+    (:mod:`shared.review`) folds it into the deduplicated review item, applying the PII mode there.
+    """
+
+    TYPE: ClassVar[str] = "review"
+    VERSION: ClassVar[int] = 1
+    type: Literal["review"] = "review"
+    version: Literal[1] = 1
+
+    reason: Literal["fallback", "low_confidence"]
+    text: str = Field(max_length=MAX_UTTERANCE_CHARS, description="the utterance as classified (its excerpt)")
+    language: Literal["ko", "en"]
+    route: str = Field(pattern=ROUTE_NAME_PATTERN)
+    top_intent: str | None = None
+    confidence_score: float = Field(default=0.0, ge=0, le=1)
+    intents: list[IntentScore] = Field(default_factory=list, max_length=10, description="best first")
+    model_version: str = Field(default="", max_length=200, description="the model (or deployment) that answered")
 
 
 class PoisonRecord(BaseModel):

@@ -26,15 +26,18 @@ from dataclasses import asdict, dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from shared.models import INBOUND_QUEUE, REPLY_QUEUE, PoisonRecord, now_ms, poison_queue_name, poison_record_queue
+from shared.models import (INBOUND_QUEUE, REPLY_QUEUE, REVIEW_QUEUE, PoisonRecord, now_ms, poison_queue_name,
+                           poison_record_queue)
 from shared.ports import QueuedMessage, QueuePort
 from shared.routes import routes
 from shared.telemetry import Redactor
 
 
 def source_queues() -> tuple[str, ...]:
-    """Every queue a stage consumes (inbound, one per registered route, reply): every poison queue there can be."""
-    return (INBOUND_QUEUE, *routes().queues(), REPLY_QUEUE)
+    """Every queue a stage consumes (inbound, one per registered route, reply, review capture): every poison queue
+    there can be. A review capture the host moved (no poison trigger: nobody waits for an answer) stays in
+    ``review-capture-poison``, listed and replayable here."""
+    return (INBOUND_QUEUE, *routes().queues(), REPLY_QUEUE, REVIEW_QUEUE)
 
 
 #: Storage queues return at most 32 messages per receive/peek call.

@@ -14,7 +14,14 @@ port                   real adapter                        fake (tests)
 :class:`SendBirdPort`   ``shared.clients.sendbird``         ``FakeSendBird``
 :class:`TelemetryPort`  ``shared.clients.appinsights``      :class:`shared.telemetry.NullTelemetry` (also the
                                                             implementation when telemetry is off)
+:class:`StateAdmin`     ``shared.clients.cosmos``           ``InMemoryStateStore``
+:class:`ReviewStore`    ``shared.clients.cosmos_stores``    ``InMemoryReviewStore``
+:class:`CatalogStore`   ``shared.clients.cosmos_stores``    ``InMemoryCatalogStore``
+:class:`AuditLog`       ``shared.clients.cosmos_stores``    ``InMemoryAuditLog``
 =====================  ==================================  ===============================================
+
+The last four serve the bot team's console (``console/``): the state store's administrative side (find, delete),
+the review inbox, the editable response catalog and the console's audit log.
 """
 
 from __future__ import annotations
@@ -27,6 +34,9 @@ from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 from shared.models import IntentPrediction, PoisonRecord
 
 if TYPE_CHECKING:  # pragma: no cover - types only
+    from shared.audit import AuditEntry
+    from shared.catalog import CatalogVersion
+    from shared.review import ReviewItem
     from shared.state import UserState
     from shared.telemetry import Redactor, Span
 
@@ -172,4 +182,82 @@ class TelemetryPort(Protocol):
         ...
 
 
-__all__ = ["IntentPort", "QueuePort", "QueuedMessage", "SendBirdPort", "StateStore", "TelemetryPort"]
+class StateAdmin(Protocol):
+    """The administrative side of the user state store (the console's conversations page); changes to a state go
+    through :meth:`StateStore.update`. Errors: :class:`~shared.errors.TransientError` when unavailable."""
+
+    def find(self, user_id: str) -> UserState | None:
+        """The user's state, or None (never creates one)."""
+        ...
+
+    def find_by_channel(self, channel_url: str, limit: int = 20) -> list[UserState]:
+        """States whose conversation is in ``channel_url`` (most recently updated first)."""
+        ...
+
+    def recent(self, limit: int = 20) -> list[UserState]:
+        """The most recently updated states."""
+        ...
+
+    def delete(self, user_id: str) -> bool:
+        """Delete the user's state document; False when there was none."""
+        ...
+
+
+class ReviewStore(Protocol):
+    """The review inbox items (:mod:`shared.review`). Errors: :class:`~shared.errors.TransientError`."""
+
+    def get(self, item_id: str) -> ReviewItem | None:
+        ...
+
+    def update(self, item_id: str, mutate: Callable[[ReviewItem | None], ReviewItem | None]) -> ReviewItem | None:
+        """Optimistic read-modify-write: ``mutate`` gets the stored item (None: none yet) and returns the item to
+        store, or None to leave things as they are. Returns what was stored (None when nothing was). ``mutate``
+        may run more than once (after a conflict); its exceptions propagate and nothing is written."""
+        ...
+
+    def delete(self, item_id: str) -> bool:
+        """Delete an item; False when there was none."""
+        ...
+
+    def recent(self, status: str | None = None, limit: int = 500) -> list[ReviewItem]:
+        """Items (of ``status``, default all), most recently seen first."""
+        ...
+
+    def items_of_user(self, user_key: str) -> list[ReviewItem]:
+        """Items a user (as stored: ``Redactor.id``) contributed to."""
+        ...
+
+
+class CatalogStore(Protocol):
+    """Published versions of the response catalog (:mod:`shared.catalog`). Errors: ``TransientError``."""
+
+    def current(self) -> CatalogVersion | None:
+        """The current version (one point read), or None when nothing was published (the shipped file rules)."""
+        ...
+
+    def get(self, version: int) -> CatalogVersion | None:
+        ...
+
+    def history(self, limit: int = 50) -> list[CatalogVersion]:
+        """Published versions, newest first."""
+        ...
+
+    def publish(self, version: CatalogVersion) -> CatalogVersion:
+        """Make ``version`` current. Its number must be the current one + 1 (1 for the first); otherwise someone
+        published meanwhile: :class:`~shared.catalog.CatalogConflict`."""
+        ...
+
+
+class AuditLog(Protocol):
+    """The console's audit log (:mod:`shared.audit`). Errors: ``TransientError``."""
+
+    def record(self, entry: AuditEntry) -> None:
+        ...
+
+    def recent(self, limit: int = 100, action_prefix: str | None = None) -> list[AuditEntry]:
+        """Newest first; only actions starting with ``action_prefix`` when given."""
+        ...
+
+
+__all__ = ["AuditLog", "CatalogStore", "IntentPort", "QueuePort", "QueuedMessage", "ReviewStore", "SendBirdPort",
+           "StateAdmin", "StateStore", "TelemetryPort"]

@@ -88,8 +88,9 @@ def _traced(msg: M, dequeue_count: int, started: int, stage: QueueStage[M], work
                          queue=stage.queue, dequeue_count=dequeue_count, route=stage.route,
                          queue_wait_ms=waited) as span, timing.scope() as dependency_ms:
         result = work(msg)
-    if isinstance(result, QueueMessageBase):
-        result = result.with_hop(stage.queue, waited, started, dependency_ms, span.traceparent)  # type: ignore[assignment]
+    if isinstance(result, QueueMessageBase) or callable(getattr(result, "with_hop", None)):
+        # the next stage's message (or several, e.g. the intent stage's StageResult) carries this stage's hop
+        result = result.with_hop(stage.queue, waited, started, dependency_ms, span.traceparent)  # type: ignore[attr-defined]
     telemetry.metric("stage_latency_ms", now_ms() - started, stage=stage.name, route=stage.route)
     telemetry.metric("queue_wait_ms", max(0, waited), stage=stage.name, route=stage.route)
     return result

@@ -73,7 +73,7 @@ def owned_turn(state: UserState, reply: ReplyMessage, settings: Settings, catalo
     :class:`~shared.errors.PermanentError` naming what does not match.
     """
     apology = reply.reply_key == APOLOGY_KEY
-    if apology and reply.text != catalog.render(APOLOGY_KEY, reply.language):
+    if apology and not catalog.knows(APOLOGY_KEY, reply.language, reply.text):
         raise PermanentError(f"reply refused: {reply.dedup_id} claims to be the apology but its text differs "
                              "from the catalog's")
     turn = state.turn_for(reply.message_id)

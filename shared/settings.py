@@ -113,6 +113,10 @@ class Settings(BaseModel):
     cosmos_key: str = Field(default="", repr=False, description="empty: managed identity (DefaultAzureCredential)")
     cosmos_database: str = "chatbot"
     cosmos_state_container: str = "user_state"
+    # The review inbox (items the intent stage captured for the bot team, shared/review.py) and the response
+    # catalog's versions (shared/catalog.py): containers of the same database, partition key /id.
+    cosmos_review_container: str = "review_items"
+    cosmos_catalog_container: str = "response_catalog"
     cosmos_verify_tls: bool = True
     cosmos_create_if_missing: bool = False
     cosmos_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
@@ -126,6 +130,9 @@ class Settings(BaseModel):
     intent_timeout_seconds: float = Field(default=3.0, gt=0, le=30)
     intent_retries: int = Field(default=2, ge=0, le=5)
     intent_confidence_threshold: float = Field(default=0.5, ge=0, le=1)
+    # A message routed to fallback, or answered with a confidence score below this, is captured for the review
+    # inbox (queue review-capture, off the hot path; shared/review.py). 0: only fallbacks.
+    review_confidence_threshold: float = Field(default=0.7, ge=0, le=1)
     # Longest text sent to the intent service (CLU's conversation item limit is 1,000 characters).
     intent_max_text_chars: int = Field(default=1_000, ge=50, le=1_000)
     intent_breaker_failures: int = Field(default=5, ge=1, le=100)
@@ -141,6 +148,9 @@ class Settings(BaseModel):
     reply_send_lease_seconds: int = Field(default=15, ge=1, le=600)
     order_max_wait_seconds: int = Field(default=30, ge=0, le=600)
     retry_budget_seconds: int = Field(default=60, ge=0, le=3600)
+    # How long a worker uses its copy of the response catalog before it looks for a newer published version
+    # (the console edits the catalog without a redeploy; shared/catalog.py LiveCatalog). 0: the shipped file only.
+    catalog_refresh_seconds: float = Field(default=5.0, ge=0, le=3600)
 
     # --- Telemetry (Application Insights); empty disables it ---
     applicationinsights_connection_string: str = Field(default="", repr=False)

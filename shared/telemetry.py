@@ -53,8 +53,8 @@ PiiMode = Literal["off", "mask", "strict"]
 
 
 #: Request names (one per stage function): the ``stage`` of every stage's telemetry.
-INTAKE, INTENT_STAGE, BRANCH_HANDLER, REPLY_SENDER = STAGES = ("intake", "intent_stage", "branch_handler",
-                                                                 "reply_sender")
+INTAKE, INTENT_STAGE, BRANCH_HANDLER, REPLY_SENDER, REVIEW_STAGE = STAGES = (
+    "intake", "intent_stage", "branch_handler", "reply_sender", "review_capture")
 #: customEvents names.
 EVENTS = ("MessageReceived", "WebhookRejected", "WebhookIgnored", "DuplicateDropped", "MessageSilenced",
           "IntentClassified", "ReplySent", "ReplyDeduplicated", "SendBirdThrottled", "MessagePoisoned")

@@ -33,7 +33,7 @@ from shared.routes import routes
 
 from shared import signature
 from shared.intake import handle_webhook
-from shared.models import INBOUND_QUEUE, REPLY_QUEUE, poison_queue_name, poison_record_queue
+from shared.models import INBOUND_QUEUE, REPLY_QUEUE, REVIEW_QUEUE, poison_queue_name, poison_record_queue
 from shared.settings import SettingsError, load_settings, setting_names
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -618,7 +618,7 @@ def test_staging_slot_settings_stick_and_disable_queue_triggers(bicep, param_fil
 
 
 def test_queues_match_the_code(bicep):
-    stage = {INBOUND_QUEUE, REPLY_QUEUE} | set(routes().queues())
+    stage = {INBOUND_QUEUE, REPLY_QUEUE, REVIEW_QUEUE} | set(routes().queues())
     assert set(bicep.array_var("stageQueues")) == stage
     assert "map(stageQueues, q => '${q}-poison')" in bicep.vars["queueNames"]
     assert "map(stageQueues, q => '${q}-poison-records')" in bicep.vars["queueNames"]
@@ -635,10 +635,17 @@ def test_cosmos_database_and_containers(bicep):
     assert ev.eval(common["COSMOS_DATABASE"]) == SAMPLE["COSMOS_DATABASE"] == "chatbot"
     assert ev.eval(common["COSMOS_STATE_CONTAINER"]) == SAMPLE["COSMOS_STATE_CONTAINER"] == "user_state"
     containers = bicep.of_type("Microsoft.DocumentDB/databaseAccounts/sqlDatabases/containers")
-    assert set(containers) == {"cosmosStateContainer"}
-    for res in containers.values():
-        assert "cosmosPartitionKeyPath" in res["body"] and "version: 2" in res["body"]
+    assert set(containers) == {"cosmosStateContainer", "cosmosReviewContainer", "cosmosCatalogContainer",
+                               "cosmosAuditContainer"}
+    assert "cosmosPartitionKeyPath" in containers["cosmosStateContainer"]["body"]
+    for name in ("cosmosReviewContainer", "cosmosCatalogContainer", "cosmosAuditContainer"):
+        assert "cosmosIdPartitionKeyPath" in containers[name]["body"]  # shared/clients/cosmos_stores.py: /id
+    assert all("version: 2" in res["body"] for res in containers.values())
     assert ev.eval(bicep.vars["cosmosPartitionKeyPath"]) == "/user_id"
+    assert ev.eval(bicep.vars["cosmosIdPartitionKeyPath"]) == "/id"
+    for setting, var in (("COSMOS_REVIEW_CONTAINER", "cosmosReviewContainerName"),
+                         ("COSMOS_CATALOG_CONTAINER", "cosmosCatalogContainerName")):
+        assert ev.eval(common[setting]) == ev.eval(bicep.vars[var]) == SAMPLE[setting]
     # the idempotency records (turns, sent dedup ids) live in the user's document and expire with it
     assert "defaultTtl: userStateTtlSeconds" in containers["cosmosStateContainer"]["body"]
     assert int(bicep.params["userStateTtlSeconds"]["default"]) == 90 * 24 * 3600

@@ -74,7 +74,9 @@ def test_every_output_queue_has_a_consumer(functions):
     produced = {b["queueName"] for f in functions for b in f["bindings"] if b["type"] == "queue"}
     assert produced <= consumed, produced - consumed
     [intent] = [f for f in functions if f["name"] == "intent_stage"]
-    assert len([b for b in intent["bindings"] if b["type"] == "queue"]) == 8  # one per route
+    outputs = {b["queueName"] for b in intent["bindings"] if b["type"] == "queue"}
+    assert len(outputs) == 9 and "review-capture" in outputs  # one per route, and the review capture
+    assert "review_capture" in {f["name"] for f in functions}
 
 
 def test_binding_names_match_the_python_parameters(functions):

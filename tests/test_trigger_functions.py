@@ -19,7 +19,7 @@ from functions import intent_stage as intent_fn
 from functions import reply_sender as reply_fn
 from shared import bootstrap
 from shared.errors import TransientError
-from shared.models import INBOUND_QUEUE, REPLY_QUEUE, InboundMessage, ReplyMessage, RoutedMessage, decode
+from shared.models import INBOUND_QUEUE, REPLY_QUEUE, InboundMessage, ReplyMessage, ReviewCapture, RoutedMessage, decode
 from shared.routes import routes
 from shared.signature import sign
 from tests.support.samples import SAMPLE_TOKEN, payload
@@ -74,7 +74,7 @@ def queue_msg(text: str | bytes, dequeue_count: int = 1) -> QueueMessage:
 
 
 def intent_outputs() -> dict[str, Out]:
-    return {r.binding: Out() for r in routes()}
+    return {**{r.binding: Out() for r in routes()}, "to_review": Out()}
 
 
 def test_intent_function_writes_only_the_chosen_route(wired, intent):
@@ -84,6 +84,31 @@ def test_intent_function_writes_only_the_chosen_route(wired, intent):
     written = {name: o.get() for name, o in outs.items() if o.get() is not None}
     assert list(written) == ["to_product_search"]
     assert decode(written["to_product_search"], RoutedMessage).top_intent == "ProductSearch"
+
+
+def test_intent_function_writes_a_review_capture_for_a_fallback_only(wired, intent):
+    intent.predictions["waiting for ages for my kettle"] = clu_prediction("None", 0.89, {"OrderStatus": 0.07})
+    intent.predictions["where is my order"] = clu_prediction("OrderStatus", 0.95)
+    outs = intent_outputs()
+    intent_fn.intent_stage(queue_msg(inbound("waiting for ages for my kettle").to_queue_text()), **outs)
+    capture = decode(outs["to_review"].get(), ReviewCapture)
+    assert capture.reason == "fallback" and capture.route == "fallback" and capture.text.endswith("kettle")
+    assert [i.category for i in capture.intents] == ["None", "OrderStatus"] and outs["to_fallback"].get()
+    outs = intent_outputs()
+    intent_fn.intent_stage(queue_msg(inbound("where is my order", 2).to_queue_text()), **outs)
+    assert outs["to_review"].get() is None and outs["to_order_status"].get() is not None
+
+
+def test_review_function_records_the_capture(wired, services):
+    from functions import review_capture as review_fn
+    routed = RoutedMessage.following(inbound("waiting for ages for my kettle"), route="fallback", language="en",
+                                     text="waiting for ages for my kettle", top_intent="None", confidence_score=0.9)
+    capture = ReviewCapture.following(routed, reason="fallback", text=routed.text, language="en", route="fallback",
+                                      top_intent="None", confidence_score=0.9)
+    review_fn.review_capture(queue_msg(capture.to_queue_text()))
+    review_fn.review_capture(queue_msg(capture.to_queue_text(), 2))  # a redelivery counts once
+    [item] = services.review_store.recent()
+    assert item.count == 1 and item.text == "waiting for ages for my kettle" and item.status == "open"
 
 
 def test_intent_function_poisons_an_unknown_version_and_writes_nothing(wired, queues):
@@ -133,7 +158,7 @@ def test_queue_outputs_are_bytes_so_the_host_passes_them_through_unchanged(wired
     text = "2026-12-03T09:00:00.000+09:00"  # a customer who pastes a timestamp
     outs = intent_outputs()
     intent_fn.intent_stage(queue_msg(inbound(text).to_queue_text()), **outs)
-    [written] = [o.get() for o in outs.values() if o.get() is not None]
+    [written] = [o.get() for name, o in outs.items() if o.get() is not None and name != "to_review"]
     assert isinstance(written, bytes) and decode(written, RoutedMessage).text == text
     # what the host would have made of the same message given as a str:
     [as_str] = hostjson.host_messages(written.decode("utf-8"))

@@ -48,8 +48,9 @@ from shared.telemetry import DISABLED
 PATH = "/language/:analyze-conversations"
 
 
-def parse_clu_response(body: Any) -> IntentPrediction:
-    """Map a CLU ``ConversationResult`` JSON body to :class:`IntentPrediction`.
+def parse_clu_response(body: Any, model_version: str | None = None) -> IntentPrediction:
+    """Map a CLU ``ConversationResult`` JSON body to :class:`IntentPrediction` (``model_version``: the answer's
+    ``x-model-version`` header, which the project's intent service sends and Azure CLU does not).
 
     List entities' canonical value (``extraInformation`` of kind ``ListKey``) becomes ``Entity.key``.
     Raises ``ValueError`` / ``KeyError`` / ``TypeError`` / ``ValidationError`` on another shape.
@@ -64,7 +65,7 @@ def parse_clu_response(body: Any) -> IntentPrediction:
     intents = sorted((IntentScore(category=i["category"], confidence_score=i["confidenceScore"])
                       for i in prediction.get("intents", [])), key=lambda i: -i.confidence_score)
     return IntentPrediction(query=body["result"].get("query", ""), top_intent=prediction.get("topIntent"),
-                            intents=intents, entities=entities)
+                            intents=intents, entities=entities, model_version=model_version)
 
 
 class IntentClient:
@@ -132,6 +133,6 @@ class IntentClient:
         if error is not None:
             raise error(f"intent service answered ({resp.status_code}): {resp.text[:200]}")
         try:
-            return parse_clu_response(resp.json())
+            return parse_clu_response(resp.json(), resp.headers.get("x-model-version") or None)
         except (ValueError, KeyError, TypeError, ValidationError) as exc:
             raise TransientError(f"intent service answered an unexpected body: {exc}") from exc

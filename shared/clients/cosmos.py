@@ -48,8 +48,13 @@ def connect(settings: Settings) -> ContainerProxy:
     With ``COSMOS_CREATE_IF_MISSING=true`` (local stack only) the database and
     container are created; on Azure the infrastructure creates them.
     """
+    return open_container(cosmos_client(settings), settings, settings.cosmos_state_container, "/user_id")
+
+
+def cosmos_client(settings: Settings) -> CosmosClient:
+    """The SDK client for ``COSMOS_ENDPOINT`` (one per worker; every container of the database shares it)."""
     credential = settings.cosmos_key or _managed_identity(settings)
-    client = CosmosClient(
+    return CosmosClient(
         str(settings.cosmos_endpoint),
         credential=credential,
         connection_verify=settings.cosmos_verify_tls,
@@ -57,11 +62,15 @@ def connect(settings: Settings) -> ContainerProxy:
         timeout=settings.cosmos_timeout_seconds,  # absolute per operation, including the SDK's 429 retries
         transport=_transport(settings),
     )
+
+
+def open_container(client: CosmosClient, settings: Settings, name: str, partition_key_path: str) -> ContainerProxy:
+    """Container ``name`` of ``COSMOS_DATABASE`` (created with ``partition_key_path`` when
+    ``COSMOS_CREATE_IF_MISSING`` is set, the local stack; on Azure the infrastructure creates it)."""
     if settings.cosmos_create_if_missing:
         db = client.create_database_if_not_exists(settings.cosmos_database)
-        return db.create_container_if_not_exists(settings.cosmos_state_container,
-                                                  partition_key=PartitionKey(path="/user_id"))
-    return client.get_database_client(settings.cosmos_database).get_container_client(settings.cosmos_state_container)
+        return db.create_container_if_not_exists(name, partition_key=PartitionKey(path=partition_key_path))
+    return client.get_database_client(settings.cosmos_database).get_container_client(name)
 
 
 #: Keep-alive connections to Cosmos DB per worker. The SDK's default pool (10) made concurrent stages
@@ -147,3 +156,35 @@ class CosmosStateStore:
             except AzureError as exc:
                 raise azure_error(exc, "cosmos state update") from exc
         raise TransientError(f"state of {user_id} kept changing: {self._max_attempts} ETag conflicts in a row")
+
+    # ------------------------------------------------------------------ StateAdmin (the console)
+    def find(self, user_id: str) -> UserState | None:
+        try:
+            found = self._read(user_id)
+        except AzureError as exc:
+            raise azure_error(exc, "cosmos state read") from exc
+        return found[0] if found else None
+
+    def _query(self, query: str, parameters: list[dict[str, Any]], what: str) -> list[UserState]:
+        try:
+            docs = self._container.query_items(query, parameters=parameters, enable_cross_partition_query=True)
+            return [UserState.model_validate(d) for d in docs]
+        except AzureError as exc:
+            raise azure_error(exc, what) from exc
+
+    def find_by_channel(self, channel_url: str, limit: int = 20) -> list[UserState]:
+        return self._query(f"SELECT TOP {int(limit)} * FROM c WHERE c.channel_url = @c ORDER BY c.updated_at_ms DESC",
+                           [{"name": "@c", "value": channel_url}], "cosmos state query")
+
+    def recent(self, limit: int = 20) -> list[UserState]:
+        return self._query(f"SELECT TOP {int(limit)} * FROM c ORDER BY c.updated_at_ms DESC", [],
+                           "cosmos state query")
+
+    def delete(self, user_id: str) -> bool:
+        try:
+            self._container.delete_item(document_id(user_id), partition_key=user_id)
+            return True
+        except cosmos_errors.CosmosResourceNotFoundError:
+            return False
+        except AzureError as exc:
+            raise azure_error(exc, "cosmos state delete") from exc

@@ -15,7 +15,8 @@ from shared.reply_sender import Delivery, deliver
 from shared.settings import AppConfig, load_settings
 from shared.state import Turn
 from shared.telemetry import DISABLED
-from tests.support.fakes import FakeSendBird, InMemoryStateStore, RecordingQueueSender, ScriptedIntentClient
+from tests.support.fakes import (FakeSendBird, InMemoryReviewStore, InMemoryStateStore, RecordingQueueSender,
+                                 ScriptedIntentClient)
 from tests.support.messages import inbound
 
 
@@ -29,7 +30,8 @@ def fake_services(config: AppConfig | None = None, **overrides: Any) -> Services
     can be replaced by keyword (``fake_services(intent=my_fake)``)."""
     parts: dict[str, Any] = dict(config=config or sample_config(), queues=RecordingQueueSender(),
                                  state_store=InMemoryStateStore(), intent=ScriptedIntentClient(),
-                                 sendbird=FakeSendBird(), catalog=ResponseCatalog.load(), telemetry=DISABLED)
+                                 sendbird=FakeSendBird(), catalog=ResponseCatalog.load(), telemetry=DISABLED,
+                                 review_store=InMemoryReviewStore())
     return Services(**{**parts, **overrides})
 
 

@@ -13,10 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from shared.audit import AuditEntry
+from shared.catalog import CatalogConflict, CatalogVersion
 from shared.clients.clu import parse_clu_response
 from shared.errors import PermanentError, RateLimited, TransientError
 from shared.models import IntentPrediction, PoisonRecord, now_ms, poison_record_queue
-from shared.ports import IntentPort, QueuedMessage, QueuePort, SendBirdPort, StateStore
+from shared.ports import (AuditLog, CatalogStore, IntentPort, QueuedMessage, QueuePort, ReviewStore, SendBirdPort,
+                          StateAdmin, StateStore)
+from shared.review import ReviewItem
 from shared.state import UserState
 
 T = TypeVar("T")
@@ -71,6 +75,26 @@ class InMemoryStateStore:
                     return result
                 self.conflicts += 1
         raise TransientError(f"state of {user_id} kept changing: {self._max_attempts} conflicts in a row")
+
+    # StateAdmin
+    def find(self, user_id: str) -> UserState | None:
+        found = self._read(user_id)
+        return found[0] if found else None
+
+    def _all(self) -> list[UserState]:
+        with self._lock:
+            docs = [copy.deepcopy(d) for d, _ in self._docs.values()]
+        return sorted((UserState.model_validate(d) for d in docs), key=lambda s: -s.updated_at_ms)
+
+    def find_by_channel(self, channel_url: str, limit: int = 20) -> list[UserState]:
+        return [s for s in self._all() if s.channel_url == channel_url][:limit]
+
+    def recent(self, limit: int = 20) -> list[UserState]:
+        return self._all()[:limit]
+
+    def delete(self, user_id: str) -> bool:
+        with self._lock:
+            return self._docs.pop(user_id, None) is not None
 
 
 @dataclass
@@ -194,11 +218,129 @@ class FakeSendBird:
         return len(self.messages)
 
 
+class InMemoryReviewStore:
+    """ReviewStore with a version counter as the ETag (``before_write`` injects a concurrent writer)."""
+
+    def __init__(self, max_attempts: int = 8):
+        self._items: dict[str, tuple[dict, int]] = {}
+        self._lock = threading.Lock()
+        self._max_attempts = max_attempts
+        self.before_write: Callable[[str], None] | None = None
+
+    def _read(self, item_id: str) -> tuple[ReviewItem, int] | None:
+        with self._lock:
+            found = self._items.get(item_id)
+        return (ReviewItem.model_validate(copy.deepcopy(found[0])), found[1]) if found else None
+
+    def get(self, item_id: str) -> ReviewItem | None:
+        found = self._read(item_id)
+        return found[0] if found else None
+
+    def update(self, item_id: str, mutate: Callable[[ReviewItem | None], ReviewItem | None]) -> ReviewItem | None:
+        for _ in range(self._max_attempts):
+            found = self._read(item_id)
+            item, version = found if found else (None, 0)
+            new = mutate(item)
+            if new is None:
+                return None
+            if self.before_write:
+                self.before_write(item_id)
+            with self._lock:
+                if self._items.get(item_id, (None, 0))[1] == version:
+                    self._items[item_id] = (new.model_dump(mode="json"), version + 1)
+                    return new
+        raise TransientError(f"review item {item_id} kept changing")
+
+    def delete(self, item_id: str) -> bool:
+        with self._lock:
+            return self._items.pop(item_id, None) is not None
+
+    def _all(self) -> list[ReviewItem]:
+        with self._lock:
+            docs = [copy.deepcopy(d) for d, _ in self._items.values()]
+        return sorted((ReviewItem.model_validate(d) for d in docs), key=lambda i: -i.last_seen_ms)
+
+    def recent(self, status: str | None = None, limit: int = 500) -> list[ReviewItem]:
+        return [i for i in self._all() if status is None or i.status == status][:limit]
+
+    def items_of_user(self, user_key: str) -> list[ReviewItem]:
+        return [i for i in self._all() if user_key in i.user_keys]
+
+
+class InMemoryCatalogStore:
+    """CatalogStore in memory (``fail_with`` makes every call raise, to test a store outage)."""
+
+    def __init__(self) -> None:
+        self._versions: dict[int, CatalogVersion] = {}
+        self._current: int | None = None
+        self._lock = threading.Lock()
+        self.fail_with: Exception | None = None
+        self.reads = 0
+
+    def _check(self) -> None:
+        if self.fail_with:
+            raise self.fail_with
+
+    def current(self) -> CatalogVersion | None:
+        self._check()
+        self.reads += 1
+        with self._lock:
+            return self._versions[self._current].model_copy(deep=True) if self._current else None
+
+    def get(self, version: int) -> CatalogVersion | None:
+        self._check()
+        with self._lock:
+            found = self._versions.get(version)
+            return found.model_copy(deep=True) if found else None
+
+    def history(self, limit: int = 50) -> list[CatalogVersion]:
+        self._check()
+        with self._lock:
+            return [self._versions[v].model_copy(deep=True) for v in sorted(self._versions, reverse=True)][:limit]
+
+    def publish(self, version: CatalogVersion) -> CatalogVersion:
+        self._check()
+        with self._lock:
+            expected = (self._current or 0) + 1
+            if version.version != expected:
+                raise CatalogConflict(f"version {version.version} cannot be published: the current version is "
+                                      f"{expected - 1}")
+            self._versions[version.version] = version.model_copy(deep=True)
+            self._current = version.version
+        return version
+
+    def force_current(self, version: CatalogVersion) -> None:
+        """Store a version without any check (tests: a bad catalog written around the console)."""
+        with self._lock:
+            self._versions[version.version] = version
+            self._current = version.version
+
+
+class InMemoryAuditLog:
+    """AuditLog in memory."""
+
+    def __init__(self) -> None:
+        self.entries: list[AuditEntry] = []
+
+    def record(self, entry: AuditEntry) -> None:
+        self.entries.append(entry)
+
+    def recent(self, limit: int = 100, action_prefix: str | None = None) -> list[AuditEntry]:
+        found = [e for e in sorted(self.entries, key=lambda e: -e.at_ms)
+                 if action_prefix is None or e.action.startswith(action_prefix)]
+        return found[:limit]
+
+
 # The type checker proves each fake implements its port (mypy runs over tests/support in `make test`).
 _state: StateStore = InMemoryStateStore()
 _queues: QueuePort = RecordingQueueSender()
 _intent: IntentPort = ScriptedIntentClient()
 _sendbird: SendBirdPort = FakeSendBird()
+_state_admin: StateAdmin = InMemoryStateStore()
+_review: ReviewStore = InMemoryReviewStore()
+_catalog: CatalogStore = InMemoryCatalogStore()
+_audit: AuditLog = InMemoryAuditLog()
 
 __all__ = ["InMemoryStateStore", "RecordingQueueSender", "ScriptedIntentClient", "FakeSendBird", "clu_prediction",
+           "InMemoryReviewStore", "InMemoryCatalogStore", "InMemoryAuditLog",
            "RateLimited", "TransientError", "PermanentError", "Any"]
