@@ -120,28 +120,40 @@ class _Client:
             time.sleep(min(5.0, float(resp.headers.get("Retry-After", 1)) or 1.0))
 
 
-def cmd_bootstrap(args) -> int:
-    c = _Client(args.endpoint, args.key, args.timeout)
-    p, d = args.project, args.deployment
-    if args.if_missing:
+def bootstrap(endpoint: str, key: str, project_file=RETAIL_PROJECT, project: str = "retail-bot",
+              label: str = "retail", deployment: str = "production", if_missing: bool = False,
+              timeout: float = 600.0, log=print) -> dict:
+    """Import ``project_file`` as ``project``, train ``label`` (manual split: the file's Test utterances),
+    deploy it to ``deployment``, through an authoring endpoint (this service or Azure CLU). With
+    ``if_missing``, nothing happens when the deployment exists. Returns the deployment. Raises SystemExit
+    with the service's answer when a step fails. What ``make demo`` / ``make run`` call at start."""
+    c = _Client(endpoint, key, timeout)
+    p, d = project, deployment
+    if if_missing:
         r = c.call("GET", f"/projects/{p}/deployments/{d}")
         if r.status_code == 200:
-            print(f"{p}/{d} is deployed ({r.json().get('modelId')}); nothing to do")
-            return 0
-    project = json.loads(Path(args.project_file).read_text(encoding="utf-8"))
-    project["metadata"]["projectName"] = p
+            log(f"{p}/{d} is deployed ({r.json().get('modelId')}); nothing to do")
+            return r.json()
+    data = json.loads(Path(project_file).read_text(encoding="utf-8"))
+    data["metadata"]["projectName"] = p
     t0 = time.monotonic()
-    c.wait(c.call("POST", f"/projects/{p}/:import", project), "import")
-    print(f"imported {args.project_file} as {p} ({time.monotonic() - t0:.1f}s)")
+    c.wait(c.call("POST", f"/projects/{p}/:import", data), "import")
+    log(f"imported {project_file} as {p} ({time.monotonic() - t0:.1f}s)")
     job = c.wait(c.call("POST", f"/projects/{p}/:train",
-                        {"modelLabel": args.label, "trainingMode": "standard",
-                         "evaluationOptions": {"kind": "manual"}}), "training")
-    print(f"trained {args.label} ({time.monotonic() - t0:.1f}s, job {job['jobId']})")
-    summary = c.call("GET", f"/projects/{p}/models/{args.label}/evaluation/summary-result").json()
+                        {"modelLabel": label, "trainingMode": "standard", "evaluationOptions": {"kind": "manual"}}),
+                 "training")
+    log(f"trained {label} ({time.monotonic() - t0:.1f}s, job {job['jobId']})")
+    summary = c.call("GET", f"/projects/{p}/models/{label}/evaluation/summary-result").json()
     ie = summary["intentsEvaluation"]
-    print(f"evaluation on the Test utterances: intents micro F1 {ie['microF1']:.3f}, macro F1 {ie['macroF1']:.3f}")
-    c.wait(c.call("PUT", f"/projects/{p}/deployments/{d}", {"trainedModelLabel": args.label}), "deployment")
-    print(f"deployed {args.label} to {p}/{d} ({time.monotonic() - t0:.1f}s)")
+    log(f"evaluation on the Test utterances: intents micro F1 {ie['microF1']:.3f}, macro F1 {ie['macroF1']:.3f}")
+    c.wait(c.call("PUT", f"/projects/{p}/deployments/{d}", {"trainedModelLabel": label}), "deployment")
+    log(f"deployed {label} to {p}/{d} ({time.monotonic() - t0:.1f}s)")
+    return c.call("GET", f"/projects/{p}/deployments/{d}").json()
+
+
+def cmd_bootstrap(args) -> int:
+    bootstrap(args.endpoint, args.key, args.project_file, args.project, args.label, args.deployment,
+              args.if_missing, args.timeout)
     return 0
 
 

@@ -405,3 +405,17 @@ def test_global_endpoints(api):
     assert {"ko", "en"} <= {x["languageCode"] for x in langs}
     versions = api.call("GET", "/projects/global/training-config-versions").json()["value"]
     assert versions and "trainingConfigVersion" in versions[0] and "modelExpirationDate" in versions[0]
+
+
+def test_bootstrap_command_imports_trains_and_deploys(server, api):
+    """What make demo / make run call at start (python -m intent_service.authoring.cli bootstrap)."""
+    from intent_service.authoring.cli import bootstrap
+
+    lines = []
+    dep = bootstrap(server.base, AUTHOR_KEY, project="boot", label="b1", log=lines.append)
+    assert dep["deploymentName"] == "production" and dep["trainedModelLabel"] == "b1"
+    assert any("evaluation on the Test utterances" in line for line in lines)
+    r = predict(server.base, "where is my order 20261119-0042?", "boot", "production")
+    assert r.status_code == 200 and r.json()["result"]["prediction"]["topIntent"] == "OrderStatus"
+    again = bootstrap(server.base, AUTHOR_KEY, project="boot", label="b2", if_missing=True, log=lines.append)
+    assert again["trainedModelLabel"] == "b1" and "nothing to do" in lines[-1]
