@@ -74,7 +74,7 @@ def _read_jsonl(path: Path) -> List[Tuple[str, str]]:
                 obj = json.loads(line)
                 text, intent = str(obj["text"]).strip(), str(obj["intent"]).strip()
             except (ValueError, KeyError, TypeError) as exc:
-                raise DataError(f"{path}:{n}: expected a JSON object with text and intent ({exc})")
+                raise DataError(f"{path}:{n}: expected a JSON object with text and intent ({exc})") from exc
             if not text or not intent:
                 raise DataError(f"{path}:{n}: empty text or intent")
             rows.append((text, _canonical_intent(intent)))
@@ -165,7 +165,7 @@ def export_clinc150(out_dir: str, path: Optional[str] = None) -> List[Path]:
     for name, ds in splits.items():
         p = Path(out_dir) / f"{name}.jsonl"
         with open(p, "w", encoding="utf-8") as fh:
-            for t, i in zip(ds.texts, ds.intents):
+            for t, i in zip(ds.texts, ds.intents, strict=False):
                 fh.write(json.dumps({"text": t, "intent": i}, ensure_ascii=False) + "\n")
         written.append(p)
     return written

@@ -171,7 +171,7 @@ def validate_spec(spec: Any) -> None:
                 try:
                     regex.compile(expr["regexPattern"])
                 except regex.error as exc:
-                    raise EntitySpecError(f"entity {cat!r}: bad regex {expr['regexPattern']!r}: {exc}")
+                    raise EntitySpecError(f"entity {cat!r}: bad regex {expr['regexPattern']!r}: {exc}") from exc
 
 
 def load_spec(path: Path) -> Dict[str, Any]:
