@@ -1,5 +1,5 @@
 """The one builder of the gateway's local stack: Azurite, Cosmos DB stand-in, SendBird stand-in, intent service,
-optionally chaos proxies, a telemetry sink and the functions runner.
+optionally chaos proxies, a telemetry sink, the functions runner and the bot team's console.
 
 The demo (``make demo``/``make run``), the tests (``tests/conftest.py``), the fault-injection suite (``faults/``)
 and the benchmark (``bench/``) all build their stack here, with :class:`StackOptions`, so that they run the real
@@ -13,12 +13,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack.stack import (DEFAULT_PORTS, Azurite, ChaosProxy, CosmosStandIn, FunctionsRunner, IntentService,
-                            LocalStack, SendBirdStandIn)
+                            LocalStack, SendBirdStandIn, Service, _http_status)
 from devstack.telemetry_sink import TelemetrySinkService
 from intent_service.cli import DEFAULT_RETAIL_MODEL
 from shared.clients.clu import IntentClient
@@ -30,6 +31,14 @@ RETAIL_MODEL = DEFAULT_RETAIL_MODEL
 #: The token the sample webhooks in tests/fixtures/sendbird were signed with; used by the local stack.
 LOCAL_API_TOKEN = "0123456789abcdef0123456789abcdef01234567"
 BOT_USER_ID = "ssg_bot"
+#: The console's local sign-in (printed by ``make run``; local stack only) and its key of the intent service's
+#: authoring API. Never used outside the loopback stack.
+CONSOLE_PORT = 8095
+CONSOLE_AUTHORING_KEY = "local-console-authoring-key-0123"
+CONSOLE_USERS = {"editor": ("editor", "editor-local-pass"), "operator": ("operator", "operator-local-pass"),
+                 "lead": ("editor+operator", "lead-local-password")}
+CONSOLE_SECRET = "local-console-session-secret-0123456789abcdef"
+RETAIL_PROJECT = ROOT / "intent_service" / "data" / "retail" / "project.json"
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,11 @@ class StackOptions:
     - ``chaos_seed``: chaos proxies in front of the intent service (key ``intent_proxy``) and Cosmos DB
       (``cosmos_proxy``), seeded; the gateway talks to the proxies;
     - ``intent_env``: environment of the intent service (e.g. ``INTENT_ADDED_LATENCY_MS``);
-    - ``env_overrides``: app settings over the stack's (the runner's environment).
+    - ``env_overrides``: app settings over the stack's (the runner's environment);
+    - ``console``: the bot team's console (key ``console``, :data:`CONSOLE_PORT` by default) with the intent
+      service's model lifecycle on (CLU authoring API, in-memory project store): the retail project is imported,
+      trained and deployed to ``production`` while the stack starts (the gateway then predicts from that
+      deployment). On for ``make demo``/``make run``.
     """
 
     ports: Mapping[str, int] | None = None
@@ -57,6 +70,7 @@ class StackOptions:
     intent_env: Mapping[str, str] = field(default_factory=dict)
     env_overrides: Mapping[str, str] = field(default_factory=dict)
     runner_startup_timeout: float = 60.0
+    console: bool = False
 
 
 def sample_settings() -> dict[str, str]:
@@ -103,6 +117,82 @@ def gateway_env(stack: LocalStack, overrides: Mapping[str, str] | None = None) -
     return env
 
 
+class AuthoringIntentService(IntentService):
+    """The intent service with its CLU authoring API on (in-memory project store, key
+    :data:`CONSOLE_AUTHORING_KEY`). Ready once ``project_file`` is imported, trained and deployed to
+    ``production`` (about 15 s), so the gateway's predictions find their deployment."""
+
+    name = "intent-authoring"
+
+    def __init__(self, model: str | os.PathLike[str], port: int | None, *, project_file: Path = RETAIL_PROJECT,
+                 project: str = "retail-bot", env: Mapping[str, str] | None = None,
+                 log_dir: str | os.PathLike[str] | None = None, startup_timeout: float = 240.0) -> None:
+        env = {"INTENT_STORE": "memory", "INTENT_AUTHORING_KEYS": f"console:{CONSOLE_AUTHORING_KEY}",
+               "INTENT_JOB_RETRY_AFTER_SECONDS": "0.2", "INTENT_SYNC_INTERVAL_SECONDS": "0.5", **(env or {})}
+        super().__init__(model, port, env=env, log_dir=log_dir, startup_timeout=startup_timeout)
+        self.project_file, self.project = project_file, project
+        self.bootstrap_seconds: float | None = None
+
+    def _await_ready(self, cmd: Sequence[str], cancel: Callable[[], bool] | None = None) -> None:
+        super()._await_ready(cmd, cancel)
+        try:
+            t0 = time.monotonic()
+            bootstrap_project(self.base_url, CONSOLE_AUTHORING_KEY, self.project, self.project_file)
+            self.bootstrap_seconds = time.monotonic() - t0
+        except BaseException:
+            self.stop()
+            raise
+
+
+def bootstrap_project(endpoint: str, key: str, project: str, project_file: Path, label: str = "retail",
+                      deployment: str = "production") -> None:
+    """Import ``project_file`` as ``project``, train ``label`` (manual evaluation on its Test utterances) and
+    deploy it to ``deployment``, through the CLU authoring API (the console's client)."""
+    from console.clu import AuthoringClient
+
+    client = AuthoringClient(endpoint, key, project, job_timeout=300)
+    client.import_project(json.loads(project_file.read_text(encoding="utf-8")))
+    client.wait(client.train(label, {"kind": "manual"}), "training")
+    client.deploy(deployment, label)
+
+
+class ConsoleService(Service):
+    """``python -m console --host 127.0.0.1 --port PORT`` (the bot team's console) with the gateway's settings."""
+
+    name = "console"
+    default_port = CONSOLE_PORT
+    stage = 1  # after the stores and the intent service it talks to
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "console", "--host", self.host, "--port", str(self.port)]
+
+    def is_ready(self) -> bool:
+        return _http_status(f"{self.base_url}/healthz") == 200
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @staticmethod
+    def credentials() -> dict[str, tuple[str, str]]:
+        """User -> (roles, password) of the local sign-in."""
+        return dict(CONSOLE_USERS)
+
+
+def console_env(stack: LocalStack, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The console's settings: the gateway's (same stores) plus its own ``CONSOLE_*``."""
+    env = gateway_env(stack, overrides)
+    env.update({
+        "CONSOLE_AUTH_MODE": "local",
+        "CONSOLE_SECRET": CONSOLE_SECRET,
+        "CONSOLE_LOCAL_USERS": ",".join(f"{u}:{roles}:{pw}" for u, (roles, pw) in CONSOLE_USERS.items()),
+        "CONSOLE_SECURE_COOKIES": "false",
+        "CONSOLE_AUTHORING_ENDPOINT": stack["intent"].base_url,
+        "CONSOLE_AUTHORING_KEY": CONSOLE_AUTHORING_KEY,
+    })
+    return env
+
+
 def build_stack(options: StackOptions | None = None) -> LocalStack:
     """The local stack described by ``options`` (not started; ``.start()`` it, or use it as a context manager)."""
     o = options or StackOptions()
@@ -112,7 +202,11 @@ def build_stack(options: StackOptions | None = None) -> LocalStack:
     stack.add(Azurite(ports["azurite"], log_dir=d), "azurite")
     stack.add(CosmosStandIn(ports["cosmos"], log_dir=d), "cosmos")
     stack.add(SendBirdStandIn(ports["sendbird"], LOCAL_API_TOKEN, BOT_USER_ID, log_dir=d), "sendbird")
-    stack.add(IntentService(ensure_retail_model(), ports["intent"], env=dict(o.intent_env), log_dir=d), "intent")
+    if o.console:
+        stack.add(AuthoringIntentService(ensure_retail_model(), ports["intent"], env=dict(o.intent_env), log_dir=d),
+                  "intent")
+    else:
+        stack.add(IntentService(ensure_retail_model(), ports["intent"], env=dict(o.intent_env), log_dir=d), "intent")
     if o.chaos_seed is not None:
         stack.add(ChaosProxy(stack["intent"].base_url, 0, name="chaos-intent", seed=o.chaos_seed, log_dir=d),
                   "intent_proxy")
@@ -124,4 +218,7 @@ def build_stack(options: StackOptions | None = None) -> LocalStack:
     if o.app_root is not None:  # last: its settings point at the other services, whose ports are known by now
         stack.add(FunctionsRunner(o.app_root, ports["functions"], gateway_env(stack, o.env_overrides), log_dir=d,
                                   startup_timeout=o.runner_startup_timeout), "functions")
+    if o.console:
+        port = 0 if o.free_ports else (o.ports or {}).get("console", CONSOLE_PORT)
+        stack.add(ConsoleService(port, env=console_env(stack, o.env_overrides), log_dir=d), "console")
     return stack
