@@ -161,6 +161,11 @@ def main(argv=None) -> int:
     def in_window(t):
         return any(s <= t <= e for s, e in windows)
 
+    def in_kind(t, kind):
+        return any(s <= t <= e for (s, e), o in zip(windows, ops) if o["op"].startswith(kind))
+
+    deploys = [lat * 1000 for t, lat, ok, _ in load.samples if in_kind(t, "deploy")]
+    swaps = [lat * 1000 for t, lat, ok, _ in load.samples if in_kind(t, "swap")]
     during = [lat * 1000 for t, lat, ok, _ in load.samples if in_window(t)]
     steady = [lat * 1000 for t, lat, ok, _ in load.samples if not in_window(t)]
     failed = sum(1 for s in load.samples if not s[2])
@@ -175,6 +180,8 @@ def main(argv=None) -> int:
                    "max_ms": round(max(steady), 2) if steady else None},
         "during_changes": {"n": len(during), "p50_ms": round(pct(during, 50), 2),
                            "p99_ms": round(pct(during, 99), 2), "max_ms": round(max(during), 2) if during else None},
+        "during_deploys": {"n": len(deploys), "p50_ms": round(pct(deploys, 50), 2), "p99_ms": round(pct(deploys, 99), 2)},
+        "during_swaps": {"n": len(swaps), "p50_ms": round(pct(swaps, 50), 2), "p99_ms": round(pct(swaps, 99), 2)},
         "models_in_memory_at_end": info.get("modelsInMemory"),
         "load_average": os.getloadavg(),
         "errors": [list(map(str, e)) for e in load.errors[:10]],
