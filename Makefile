@@ -24,8 +24,15 @@ ops/kql/node_modules/.installed: ops/kql/package.json ops/kql/package-lock.json
 	npm ci --prefix ops/kql --no-audit --no-fund --loglevel=error
 	touch $@
 
-$(MODEL): $(VENV)/.installed $(wildcard intent_service/data/retail/*)
+# The retail intent model: rebuilt when its data, its training code or the shipped sentence encoder
+# (intent_service/encoders/all-MiniLM-L6-v2, committed; nothing is downloaded) changes. build-retail
+# itself skips the work when the model already matches the data, the configuration and the encoder.
+MODEL_DEPS := $(wildcard intent_service/data/retail/*) intent_service/model.py intent_service/training.py \
+	intent_service/features.py intent_service/encoder.py $(wildcard intent_service/encoders/all-MiniLM-L6-v2/*)
+
+$(MODEL): $(VENV)/.installed $(MODEL_DEPS)
 	$(BIN)/python -m intent_service build-retail
+	touch $@
 
 ## The main job: start the local stack, run the scripted bilingual conversation, stop. ARGS="--payload FILE" to post your own webhook.
 demo: install

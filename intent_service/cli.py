@@ -36,74 +36,127 @@ def _pct(x: float) -> str:
 # --------------------------------------------------------------------------- commands
 
 
+def _config_from_args(args) -> dict:
+    from .model import normalize_config
+
+    return normalize_config(None, embedding_weight=getattr(args, "embedding_weight", None),
+                            C=getattr(args, "C", None))
+
+
+def _print_cv(fig, top: int = 10) -> None:
+    from .training import format_figures
+
+    print(f"out-of-fold ({fig['folds']}-fold; each fold predicted by a model trained and "
+          f"calibrated without it): in-scope accuracy {_pct(fig['in_scope_accuracy'])}, "
+          f"out-of-scope recall {_pct(fig['oos_recall'])}")
+    for lang, f in fig.get("by_language", {}).items():
+        print(f"  {lang}: in-scope accuracy {_pct(f['in_scope_accuracy'])} ({f['n_in_scope']}), "
+              f"out-of-scope recall {_pct(f['oos_recall'])} ({f['n_oos']})")
+    print(format_figures(fig, top=top))
+
+
 def cmd_train(args) -> int:
     from .data import load_dataset
-    from .training import train_model
+    from .training import cross_validate, figures_json, train_model
 
     t0 = time.perf_counter()
     ds = load_dataset(args.data, args.entities)
     val = load_dataset(args.val, args.entities) if args.val else None
-    model = train_model(ds, validation=val, C=args.C, threshold=args.threshold,
-                        oos_recall_target=args.oos_recall_target, version=args.version,
-                        name=args.name or Path(args.out).stem)
+    cfg = _config_from_args(args)
+    rule = getattr(args, "threshold_rule", "accuracy")
+    model = train_model(ds, validation=val, config=cfg, threshold=args.threshold,
+                        threshold_rule=rule, oos_recall_target=args.oos_recall_target,
+                        version=args.version, name=args.name or Path(args.out).stem)
+    train_s = time.perf_counter() - t0
+    cv = None
+    if getattr(args, "cv", 0):
+        cv = cross_validate(ds, folds=args.cv, config=cfg, threshold=args.threshold,
+                            threshold_rule=rule, oos_recall_target=args.oos_recall_target)
+        model.meta["evaluation"]["cross_validation"] = {
+            k: v for k, v in figures_json(cv).items() if k not in ("confusions", "per_intent")}
     model.save(args.out)
     cal = model.meta["calibration"]
     held = model.meta["evaluation"]["held_out"]
     print(f"trained {model.version} on {len(ds)} utterances, {len(model.classes)} classes, "
-          f"entities: {', '.join(model.extractor.categories) or '-'}")
+          f"entities: {', '.join(model.extractor.categories) or '-'} ({train_s:.1f}s)")
+    print(f"configuration: {json.dumps(model.meta['config'], ensure_ascii=False)}")
     print(f"data sha256 {ds.sha256}")
-    print(f"calibration ({cal['source']}): temperature {cal['temperature']:.2f}, "
-          f"threshold {cal['threshold']:.3f}; held-out in-scope accuracy "
-          f"{_pct(held['in_scope_accuracy'])}, out-of-scope recall {_pct(held['oos_recall'])}")
+    if model.meta.get("encoder"):
+        enc = model.meta["encoder"]
+        print(f"encoder {enc['name']} ({enc['revision'][:12]}), files: "
+              + ", ".join(f"{n} {d[:12]}" for n, d in enc["files"].items()))
+    print(f"calibration ({cal['source']}, rule {cal['threshold_rule']}): temperature "
+          f"{cal['temperature']:.2f}, threshold {cal['threshold']:.3f}; on those held-out scores: "
+          f"in-scope accuracy {_pct(held['in_scope_accuracy'])}, out-of-scope recall "
+          f"{_pct(held['oos_recall'])}")
+    if cv is not None:
+        _print_cv(cv, top=10)
     print(f"wrote {args.out} in {time.perf_counter() - t0:.1f}s")
     return 0
 
 
+def _up_to_date(out: Path, ds) -> bool:
+    """The model file exists, loads (encoder verified) and was built from this data with the
+    current configuration and encoder."""
+    from .encoder import ENCODER_FILES
+    from .model import DEFAULT_CONFIG, ModelLoadError, load_model
+
+    if not out.is_file():
+        return False
+    try:
+        meta = load_model(str(out)).meta
+    except ModelLoadError as exc:  # unreadable model or changed encoder: rebuild it
+        print(f"rebuilding {out}: {type(exc).__name__}: {exc}")
+        return False
+    cfg = {k: (meta.get("config") or {}).get(k) for k in DEFAULT_CONFIG}
+    same = (meta.get("data_sha256") == ds.sha256 and cfg == DEFAULT_CONFIG
+            and (meta.get("encoder") or {}).get("files") == ENCODER_FILES)
+    if same:
+        print(f"{out} is up to date (version {meta.get('version')}, data sha256 {ds.sha256[:12]})")
+    return same
+
+
 def cmd_build_retail(args) -> int:
-    """Idempotent: rebuilds only when the data hash differs from the model's."""
+    """Idempotent: rebuilds only when the data, the configuration or the encoder changed."""
     from .data import load_dataset
 
     out = Path(args.out)
     ds = load_dataset(DEFAULT_RETAIL_DATA)
-    if out.is_file() and not args.force:
-        from .model import ModelLoadError, load_model
-
-        try:
-            meta = load_model(str(out)).meta
-            if meta.get("data_sha256") == ds.sha256:
-                print(f"{out} is up to date (version {meta.get('version')}, "
-                      f"data sha256 {ds.sha256[:12]})")
-                return 0
-        except ModelLoadError as exc:  # unreadable model: rebuild it
-            print(f"rebuilding unreadable {out}: {exc}")
+    if not args.force and _up_to_date(out, ds):
+        return 0
     ns = argparse.Namespace(data=str(DEFAULT_RETAIL_DATA), entities=None, val=None,
-                            out=str(out), C=1.0, threshold=None, oos_recall_target=0.9,
-                            version=None, name="retail")
+                            out=str(out), C=None, threshold=None, oos_recall_target=0.9,
+                            threshold_rule="accuracy", version=None, name="retail",
+                            cv=0 if args.no_cv else 5)
     return cmd_train(ns)
 
 
 def cmd_evaluate(args) -> int:
     from .data import load_dataset
     from .model import load_model
-    from .training import evaluate_model, format_figures
+    from .training import cross_validate, evaluate_model, figures_json, format_figures
 
-    model = load_model(args.model, expected_sha256=args.model_sha256)
     ds = load_dataset(args.data, args.entities) if args.entities else load_dataset(args.data)
-    fig = evaluate_model(model, ds)
-    print(f"model {model.version} (data sha256 {model.data_sha256[:12]}), "
-          f"threshold {model.threshold:.3f}, evaluated on {args.data}")
-    print(format_figures(fig, top=args.top))
+    if args.cv:
+        fig = cross_validate(ds, folds=args.cv, config=_config_from_args(args))
+        print(f"cross-validation of the current configuration on {args.data}")
+        _print_cv(fig, top=args.top)
+    else:
+        model = load_model(args.model, expected_sha256=args.model_sha256)
+        fig = evaluate_model(model, ds)
+        print(f"model {model.version} (data sha256 {model.data_sha256[:12]}), "
+              f"threshold {model.threshold:.3f}, evaluated on {args.data}")
+        print(format_figures(fig, top=args.top))
     if args.json:
-        out = {k: v for k, v in fig.items() if k != "confusions"}
-        out["confusions"] = [{"true": t, "predicted": p, "count": n}
-                             for (t, p), n in fig["confusions"].most_common()]
-        Path(args.json).write_text(json.dumps(out, indent=2, ensure_ascii=False), encoding="utf-8")
+        Path(args.json).write_text(json.dumps(figures_json(fig), indent=2, ensure_ascii=False),
+                                   encoding="utf-8")
     return 0
 
 
 def cmd_clinc150(args) -> int:
+    from . import clinc
     from .data import export_clinc150, load_clinc150
-    from .training import evaluate_model, format_figures, train_model
+    from .model import DEFAULT_CONFIG
 
     if args.export:
         for p in export_clinc150(args.export, args.clinc_dir):
@@ -111,32 +164,61 @@ def cmd_clinc150(args) -> int:
         return 0
     t0 = time.perf_counter()
     splits, sha = load_clinc150(args.clinc_dir)
-    # the pre-registered rule (README "Measured figures"; model.choose_threshold_target_margin):
-    # the threshold maximising the val standard errors by which the weaker of the targets
-    # in-scope accuracy >= 92 % and OOS recall >= 50 % is cleared; no free parameter
-    model = train_model(splits["train"], validation=splits["val"], C=args.C,
-                        threshold_rule="target-margin", acc_target=0.92, oos_recall_target=0.50,
-                        name="clinc150")
-    train_s = time.perf_counter() - t0
-    val_fig = evaluate_model(model, splits["val"])
-    test_fig = evaluate_model(model, splits["test"])
-    if args.out:
-        model.save(args.out)
-        print(f"wrote {args.out}")
-    cal = model.meta["calibration"]
+    train, val = splits["train"], splits["val"]
     print("CLINC150 Full (Larson et al., EMNLP-IJCNLP 2019, CC BY 3.0), data sha256 " + sha[:12])
-    print(f"trained on train + oos_train ({len(splits['train'])} utterances) in {train_s:.1f}s; "
-          f"threshold {cal['threshold']:.3f} (temperature {cal['temperature']:.2f}) chosen on "
-          f"val + oos_val by the target-margin rule (weaker target cleared by "
-          f"{cal['target_margin_z']:.2f} val standard errors)")
-    print(f"val:  in-scope accuracy {_pct(val_fig['in_scope_accuracy'])}, "
-          f"OOS recall {_pct(val_fig['oos_recall'])}")
-    print(f"TEST: in-scope accuracy {_pct(test_fig['in_scope_accuracy'])}, "
-          f"OOS recall {_pct(test_fig['oos_recall'])}")
-    print("--- test confusion summary ---")
-    print(format_figures(test_fig, top=args.top))
-    ok = test_fig["in_scope_accuracy"] >= 0.92 and test_fig["oos_recall"] >= 0.50
-    print(f"targets (in-scope >= 92.0%, OOS recall >= 50%): {'MET' if ok else 'NOT MET'}")
+    print(f"train + oos_train {len(train)}, val + oos_val {len(val)}, test + oos_test "
+          f"{len(splits['test'])} utterances")
+    report: dict = {"data_sha256": sha}
+    from .training import _memo
+
+    with _memo({"embedding_weight": 1.0}):  # train + val are encoded once for all the fits
+        if args.select:
+            print("configuration selection on val + oos_val (criterion: val accuracy with "
+                  "out-of-scope as a class, at each candidate's own val-chosen threshold; "
+                  "one-standard-error rule):")
+            sel = clinc.select_config(train, val)
+            cfg = sel["chosen"]
+            report["selection"] = {k: sel[k] for k in ("rows", "best", "standard_error")}
+            print(f"chosen: {clinc._cfg_name(cfg)}")
+        else:
+            cfg = dict(DEFAULT_CONFIG)
+            print(f"configuration: {clinc._cfg_name(cfg)} (chosen on val by --select; README)")
+        settings = clinc.fit_settings(train, val, cfg)  # every choice fixed here, on val only
+    fit_s = time.perf_counter() - t0
+    # ---- choices are fixed; test + oos_test are scored once
+    clinc.evaluate_settings(settings, splits["test"])
+    if args.out:
+        settings["shipped"]["model"].save(args.out)
+        print(f"wrote {args.out}")
+    print(f"fitted in {fit_s:.1f}s; test evaluated once ({time.perf_counter() - t0:.1f}s total)")
+    print()
+    print("| setting | temperature / threshold (val) | val in-scope / OOS recall | "
+          "TEST in-scope accuracy | TEST OOS recall |")
+    print("|---|---|---|---|---|")
+    for name in ("oos-train", "oos-threshold", "shipped"):
+        s = settings[name]
+        m, v, te = s["model"], s["val"], s["test"]
+        label = {"shipped": "**shipped: oos-train + threshold**"}.get(name, name)
+        print(f"| {label} | {m.temperature:.2f} / {m.threshold:.3f} | "
+              f"{100 * v['in_scope_accuracy']:.2f} / {100 * v['oos_recall']:.1f} | "
+              f"{100 * te['in_scope_accuracy']:.2f} % | {100 * te['oos_recall']:.1f} % |")
+        report[name] = {"temperature": m.temperature, "threshold": m.threshold,
+                        "val": {k: v[k] for k in ("in_scope_accuracy", "oos_recall",
+                                                   "overall_accuracy")},
+                        "test": {k: te[k] for k in ("in_scope_accuracy", "oos_recall",
+                                                     "oos_precision", "overall_accuracy")}}
+    for setting, rows in clinc.PAPER_ROWS.items():
+        for who, acc, rec in rows:
+            print(f"| paper ({setting}): {who} | | | {acc:.1f} % | {rec:.1f} % |")
+    print()
+    print("--- test confusion summary, shipped setting ---")
+    from .training import format_figures
+
+    print(format_figures(settings["shipped"]["test"], top=args.top, per_intent=False))
+    report["config"] = cfg
+    report["encoder"] = settings["shipped"]["model"].meta.get("encoder")
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2), encoding="utf-8")
     return 0
 
 
@@ -189,6 +271,13 @@ def cmd_serve(args) -> int:
 # --------------------------------------------------------------------------- parser
 
 
+def _add_config_args(p) -> None:
+    p.add_argument("--embedding-weight", type=float, default=None,
+                   help="weight of the sentence embedding beside the TF-IDF features "
+                        "(0: TF-IDF only; default: model.DEFAULT_CONFIG)")
+    p.add_argument("--C", type=float, default=None, help="regularisation of the classifier")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m intent_service", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -199,10 +288,15 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--entities", help="entity definition JSON (default: DATA/entities.json)")
     t.add_argument("--val", help="validation data for calibration (default: cross-validation)")
     t.add_argument("--out", default=str(DEFAULT_RETAIL_MODEL))
-    t.add_argument("--C", type=float, default=1.0, help="LinearSVC regularisation")
+    _add_config_args(t)
     t.add_argument("--threshold", type=float, help="fixed out-of-scope threshold (default: tuned)")
+    t.add_argument("--threshold-rule", choices=("accuracy", "recall-target"), default="accuracy",
+                   help="accuracy (default): the held-out accuracy with out-of-scope as a class "
+                        "is maximised; recall-target: the old rule, see --oos-recall-target")
     t.add_argument("--oos-recall-target", type=float, default=0.9,
-                   help="held-out OOS recall the tuned threshold aims for (default 0.9)")
+                   help="with --threshold-rule recall-target: the held-out OOS recall aimed for")
+    t.add_argument("--cv", type=int, default=0, metavar="K",
+                   help="also report K-fold out-of-fold figures (stored in the model's meta)")
     t.add_argument("--version", help="model version string (default: NAME-TIMESTAMP-DATAHASH)")
     t.add_argument("--name", help="model name used in the default version")
     t.set_defaults(func=cmd_train)
@@ -210,6 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build-retail", help="build models/retail.skops (skips if up to date)")
     b.add_argument("--out", default=str(DEFAULT_RETAIL_MODEL))
     b.add_argument("--force", action="store_true")
+    b.add_argument("--no-cv", action="store_true",
+                   help="skip the 5-fold out-of-fold evaluation (faster)")
     b.set_defaults(func=cmd_build_retail)
 
     e = sub.add_parser("evaluate", help="accuracy, OOS recall and confusions on a dataset")
@@ -218,6 +314,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="expected SHA-256 of the model file; required for a URL "
                         "(env INTENT_MODEL_SHA256)")
     e.add_argument("--data", required=True, help="CSV/JSONL file or directory")
+    e.add_argument("--cv", type=int, default=0, metavar="K",
+                   help="instead of a model: K-fold out-of-fold evaluation of the configuration "
+                        "on DATA (each fold trained and calibrated without it)")
+    _add_config_args(e)
     e.add_argument("--entities", help=argparse.SUPPRESS)
     e.add_argument("--top", type=int, default=15, help="confusions to list")
     e.add_argument("--json", help="also write the figures to this JSON file")
@@ -227,8 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--clinc-dir", default=None,
                    help="directory with data_full.json (default: $CLINC150_DIR, else the copy "
                         "shipped in intent_service/data/clinc150)")
-    c.add_argument("--C", type=float, default=1.0)
-    c.add_argument("--out", help="also save the CLINC150 model here")
+    c.add_argument("--select", action="store_true",
+                   help="first choose the configuration on val among clinc.CANDIDATES (slow)")
+    c.add_argument("--out", help="also save the shipped-setting CLINC150 model here")
+    c.add_argument("--json", help="also write the figures to this JSON file")
     c.add_argument("--export", metavar="DIR",
                    help="only convert CLINC150 to train/val/test.jsonl in DIR")
     c.add_argument("--top", type=int, default=10)

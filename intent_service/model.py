@@ -1,21 +1,27 @@
-"""The intent model: TF-IDF word + character n-grams, a linear SVM, a softmax
-calibration and an out-of-scope threshold, plus the entity definitions.
+"""The intent model: sentence embeddings (all-MiniLM-L6-v2, onnxruntime) + TF-IDF word and
+character n-grams, a linear classifier, a softmax calibration and an out-of-scope threshold, plus
+the entity definitions.
 
-One model file holds everything the service needs::
+One model file holds everything the service needs except the sentence encoder::
 
-    {"format": "intent_service/model@2",
+    {"format": "intent_service/model@3",
      "pipeline": <sklearn Pipeline>, "temperature": float, "threshold": float,
      "none_label": "None", "entities": <entity spec>, "meta": {...}}
 
-``meta`` records ``version``, ``trained_at``, ``data_sha256`` (SHA-256 over the
-training data and entity files), the intents, entity categories, the library
-versions and evaluation figures from training.
+``meta`` records ``version``, ``trained_at``, ``data_sha256`` (SHA-256 over the training data and
+entity files), ``config`` (the model configuration), ``encoder`` (name, upstream revision and the
+SHA-256 of each encoder file), the intents, entity categories, the library versions, the
+calibration and evaluation figures from training.
 
-The file is written with skops (``skops.io``; a zip of a JSON schema and ``.npy``
-arrays read with ``allow_pickle=False``), never pickled. Loading checks every type the
-file names against ``ALLOWED_TYPES`` and then lets skops build only those
-(``SKOPS_TRUSTED``), so a swapped file cannot run code. Old ``.joblib`` (pickle)
-files are refused without being unpickled (``model@1`` was the joblib format).
+The encoder (``encoders/all-MiniLM-L6-v2/``: an ONNX graph and a tokenizer file) ships with the
+code and is data read by onnxruntime and ``tokenizers``. Loading a model checks each encoder file
+against the SHA-256 the model recorded (``encoder.py``): a changed file is refused.
+
+The file is written with skops (``skops.io``; a zip of a JSON schema and ``.npy`` arrays read with
+``allow_pickle=False``), never pickled. Loading checks every type the file names against
+``ALLOWED_TYPES`` and then lets skops build only those (``SKOPS_TRUSTED``), so a swapped file cannot
+run code. Old ``.joblib`` (pickle) files are refused without being unpickled (``model@1`` was the
+joblib format); ``model@2`` files (TF-IDF only, no encoder) still load.
 """
 from __future__ import annotations
 
@@ -39,32 +45,78 @@ from .text import IndexedText, normalize_for_model
 
 log = logging.getLogger("intent_service")
 
-FORMAT = "intent_service/model@2"  # @1: the old joblib (pickle) files
+FORMAT = "intent_service/model@3"  # @1: the old joblib (pickle) files; @2: TF-IDF only
+READABLE_FORMATS = ("intent_service/model@2", FORMAT)
 NONE_LABEL = "None"
+
+#: The shipped configuration, chosen on CLINC150 val + oos_val only (README, "CLINC150"):
+#: TF-IDF word 1-2-grams + char_wb 1-5-grams + 2 x the sentence embedding, LinearSVC C=1.
+DEFAULT_CONFIG: Dict[str, Any] = {"embedding_weight": 2.0, "classifier": "svc", "C": 1.0}
+#: "logreg" is a configuration candidate on CLINC150 val only (``clinc.CANDIDATES``): model files
+#: hold a LinearSVC, the one classifier type ``ALLOWED_TYPES`` lets a file name.
+CLASSIFIERS = ("svc", "logreg")
 
 
 # --------------------------------------------------------------------------- building
 
 
-def build_pipeline(C: float = 1.0, class_weight: Optional[dict] = None):
-    """Word 1-2 grams + character 1-5 grams (within word boundaries) -> LinearSVC.
+def normalize_config(config: Optional[Dict[str, Any]] = None, **overrides) -> Dict[str, Any]:
+    cfg = dict(DEFAULT_CONFIG)
+    cfg.update(config or {})
+    cfg.update({k: v for k, v in overrides.items() if v is not None})
+    if cfg["classifier"] not in CLASSIFIERS:
+        raise ValueError(f"classifier must be one of {CLASSIFIERS}")
+    cfg["embedding_weight"] = float(cfg["embedding_weight"])
+    cfg["C"] = float(cfg["C"])
+    if cfg["embedding_weight"] < 0 or cfg["C"] <= 0:
+        raise ValueError("embedding_weight must be >= 0 and C > 0")
+    return cfg
 
-    Character n-grams carry Korean (agglutinative: 주문/주문번호/주문은/주문이) and
-    spelling variants; word n-grams carry English phrasing.
+
+def build_pipeline(C: Optional[float] = None, class_weight: Optional[dict] = None,
+                   config: Optional[Dict[str, Any]] = None):
+    """Word 1-2 grams + character 1-5 grams (within word boundaries) + the sentence embedding
+    (weight ``config["embedding_weight"]``; 0 leaves it out) -> LinearSVC (or LogisticRegression).
+
+    Character n-grams carry Korean (agglutinative: 주문/주문번호/주문은/주문이) and spelling
+    variants; word n-grams carry English phrasing; the (English) sentence embedding carries
+    meaning beyond shared words: paraphrases, synonyms, unseen wordings.
     """
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.pipeline import FeatureUnion, Pipeline
-    from sklearn.svm import LinearSVC
 
-    features = FeatureUnion([
+    cfg = normalize_config(config, C=C)
+    parts = [
         ("word", TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True,
                                  preprocessor=normalize_for_model,
                                  token_pattern=r"(?u)\b\w+\b")),
         ("char", TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 5), sublinear_tf=True,
                                  min_df=2, preprocessor=normalize_for_model)),
-    ])
-    return Pipeline([("features", features),
-                     ("clf", LinearSVC(C=C, class_weight=class_weight, random_state=0))])
+    ]
+    if cfg["embedding_weight"] > 0:
+        from .encoder import ENCODER_FILES
+        from .features import SentenceEmbedding
+
+        parts.append(("embedding", SentenceEmbedding(weight=cfg["embedding_weight"],
+                                                     encoder_files=dict(ENCODER_FILES))))
+    if cfg["classifier"] == "logreg":
+        from sklearn.linear_model import LogisticRegression
+
+        clf = LogisticRegression(C=cfg["C"], class_weight=class_weight, max_iter=300)
+    else:
+        from sklearn.svm import LinearSVC
+
+        clf = LinearSVC(C=cfg["C"], class_weight=class_weight, random_state=0)
+    return Pipeline([("features", FeatureUnion(parts)), ("clf", clf)])
+
+
+def embedding_steps(pipeline) -> list:
+    """The ``SentenceEmbedding`` transformers of a pipeline (none in a TF-IDF-only model)."""
+    from .features import SentenceEmbedding
+
+    feats = getattr(pipeline, "named_steps", {}).get("features")
+    return [t for _, t in getattr(feats, "transformer_list", [])
+            if isinstance(t, SentenceEmbedding)]
 
 
 def softmax(scores: np.ndarray, temperature: float) -> np.ndarray:
@@ -95,20 +147,33 @@ def apply_threshold(probs: np.ndarray, classes: Sequence[str], threshold: float)
     return labels
 
 
-def choose_threshold(probs: np.ndarray, classes: Sequence[str], y_true: Sequence[str],
-                     oos_recall_target: float = 0.55) -> float:
-    """Choose the out-of-scope threshold on held-out data.
+THRESHOLD_GRID = np.round(np.linspace(0.0, 0.95, 191), 3)
 
-    Rule: the smallest threshold whose out-of-scope recall on the held-out data
-    reaches ``oos_recall_target``, but never one that costs more than 2 points of
-    in-scope accuracy relative to no threshold; if the target is reached without
-    a threshold, 0. Only held-out (validation / cross-validation) data is used.
+
+def choose_threshold(probs: np.ndarray, classes: Sequence[str], y_true: Sequence[str],
+                     oos_recall_target: Optional[float] = None) -> float:
+    """The out-of-scope threshold, chosen on held-out data by the **accuracy rule**.
+
+    Rule: the threshold ``t`` in ``{0, 0.005, ..., 0.95}`` that maximises the held-out accuracy
+    with out-of-scope as a class (every utterance counts once, an out-of-scope one is right when
+    it is answered ``None``); ties go to the smallest ``t``. It names no target figure.
+    With no out-of-scope or no in-scope example in the held-out data: 0.
+
+    ``oos_recall_target`` (the old "recall-target" rule, kept for explicit callers): the smallest
+    threshold whose held-out OOS recall reaches it, never costing more than 2 points of in-scope
+    accuracy relative to no threshold.
     """
     y_true = np.asarray(y_true, dtype=object)
     is_oos = y_true == NONE_LABEL
     if not is_oos.any() or is_oos.all():
         return 0.0
-    grid = np.linspace(0.0, 0.95, 191)
+    if oos_recall_target is None:
+        best_t, best_acc = 0.0, -1.0
+        for t in THRESHOLD_GRID:
+            acc = float((apply_threshold(probs, classes, t) == y_true).mean())
+            if acc > best_acc + 1e-12:
+                best_t, best_acc = float(t), acc
+        return best_t
 
     def figures(t):
         lab = apply_threshold(probs, classes, t)
@@ -116,7 +181,7 @@ def choose_threshold(probs: np.ndarray, classes: Sequence[str], y_true: Sequence
 
     base_acc, _ = figures(0.0)
     chosen = 0.0
-    for t in grid:
+    for t in THRESHOLD_GRID:
         acc, rec = figures(t)
         if acc < base_acc - 0.02:
             break
@@ -124,53 +189,6 @@ def choose_threshold(probs: np.ndarray, classes: Sequence[str], y_true: Sequence
         if rec >= oos_recall_target:
             break
     return chosen
-
-
-def target_margin_z(acc: float, rec: float, n_in: int, n_oos: int,
-                    acc_target: float = 0.92, oos_recall_target: float = 0.50) -> float:
-    """How many held-out standard errors the weaker of the two targets is cleared by.
-
-    ``min((acc - acc_target) / se_acc, (rec - oos_recall_target) / se_rec)`` with the
-    binomial standard errors taken at the targets: ``se = sqrt(target * (1 - target) / n)``.
-    """
-    se_acc = np.sqrt(acc_target * (1 - acc_target) / max(n_in, 1))
-    se_rec = np.sqrt(oos_recall_target * (1 - oos_recall_target) / max(n_oos, 1))
-    return float(min((acc - acc_target) / se_acc, (rec - oos_recall_target) / se_rec))
-
-
-def choose_threshold_target_margin(probs: np.ndarray, classes: Sequence[str],
-                                   y_true: Sequence[str], acc_target: float = 0.92,
-                                   oos_recall_target: float = 0.50) -> Tuple[float, float]:
-    """The pre-registered CLINC150 threshold rule ("target-margin").
-
-    On held-out data (CLINC150: ``val`` + ``oos_val``), choose the threshold ``t`` in
-    ``{0, 0.005, ..., 0.95}`` that maximises ``target_margin_z``, i.e.::
-
-        min( (acc_in(t)  - 0.92) / sqrt(0.92 * 0.08 / n_in),
-             (rec_oos(t) - 0.50) / sqrt(0.50 * 0.50 / n_oos) )
-
-    the number of standard errors by which the weaker of the two targets (in-scope
-    accuracy >= 92 %, OOS recall >= 50 %) is cleared on the held-out data. Ties go to
-    the smallest ``t``. There is no free parameter: the targets are the requirement and
-    the standard errors weight the noisy 100-utterance ``oos_val`` against the 3000
-    in-scope ``val`` utterances (1 accuracy point counts as much as about 10 recall points).
-    The rule was fixed on 2026-11-20 before test was looked at again. Returns
-    ``(threshold, z)``; with no OOS or no in-scope examples, ``(0.0, nan)``.
-    """
-    y_true = np.asarray(y_true, dtype=object)
-    is_oos = y_true == NONE_LABEL
-    if not is_oos.any() or is_oos.all():
-        return 0.0, float("nan")
-    best_t, best_z = 0.0, -np.inf
-    for t in np.linspace(0.0, 0.95, 191):
-        lab = apply_threshold(probs, classes, t)
-        acc = float((lab[~is_oos] == y_true[~is_oos]).mean())
-        rec = float((lab[is_oos] == NONE_LABEL).mean())
-        z = target_margin_z(acc, rec, int((~is_oos).sum()), int(is_oos.sum()),
-                            acc_target, oos_recall_target)
-        if z > best_z + 1e-12:
-            best_t, best_z = float(t), z
-    return best_t, best_z
 
 
 # --------------------------------------------------------------------------- the model
@@ -192,6 +210,17 @@ class IntentModel:
         self.classes: List[str] = [str(c) for c in self.pipeline.classes_]
         self._has_none = self.none_label in self.classes
 
+    def verify_encoder(self) -> None:
+        """Load and verify the sentence encoder now (not on the first request): each encoder
+        file's SHA-256 must equal the digest this model recorded. ``EncoderIntegrityError``
+        (a ``ModelIntegrityError``) if not, ``EncoderSourceError`` if a file is missing."""
+        recorded = (self.meta.get("encoder") or {}).get("files")
+        for step in embedding_steps(self.pipeline):
+            if recorded is not None and dict(step.encoder_files or {}) != dict(recorded):
+                raise EncoderIntegrityError("the model's pipeline and its metadata name "
+                                            "different encoder files")
+            step.encoder()
+
     # -- metadata
     @property
     def version(self) -> str:
@@ -206,8 +235,8 @@ class IntentModel:
         return sorted(set(self.classes) | {self.none_label})
 
     def info(self) -> Dict[str, Any]:
-        keys = ("version", "trained_at", "data_sha256", "training_examples", "evaluation",
-                "library_versions")
+        keys = ("version", "trained_at", "data_sha256", "config", "encoder", "training_examples",
+                "calibration", "evaluation", "library_versions")
         out = {k: self.meta[k] for k in keys if k in self.meta}
         out.update({"intents": self.intents, "entityCategories": self.extractor.categories,
                     "threshold": self.threshold, "temperature": self.temperature})
@@ -225,7 +254,7 @@ class IntentModel:
 
     def rank_intents(self, probs_row: np.ndarray) -> List[Dict[str, Any]]:
         """CLU ``intents`` list (every intent, sorted by score, None included)."""
-        scores = {c: float(p) for c, p in zip(self.classes, probs_row)}
+        scores = {c: float(p) for c, p in zip(self.classes, probs_row, strict=True)}
         in_scope = {c: s for c, s in scores.items() if c != self.none_label}
         top_c = max(in_scope, key=in_scope.get) if in_scope else None
         top_s = in_scope.get(top_c, 0.0) if top_c else 0.0
@@ -254,18 +283,23 @@ class IntentModel:
                 "threshold": self.threshold, "none_label": self.none_label,
                 "entities": self.entity_spec, "meta": self.meta}
 
-    def save(self, path: str) -> None:
-        """Write the model as a skops file (see the module docstring); never a pickle."""
+    def to_bytes(self) -> bytes:
+        """The skops file's bytes (what ``save`` writes); ``load_model_bytes`` reads them."""
         import skops.io as sio
 
+        return sio.dumps(self.to_dict(), compression=zipfile.ZIP_DEFLATED, compresslevel=6)
+
+    def save(self, path: str) -> None:
+        """Write the model as a skops file (see the module docstring); never a pickle."""
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         tmp = f"{path}.tmp{os.getpid()}"
-        sio.dump(self.to_dict(), tmp, compression=zipfile.ZIP_DEFLATED, compresslevel=6)
+        with open(tmp, "wb") as fh:
+            fh.write(self.to_bytes())
         os.replace(tmp, path)  # atomic: a concurrently starting server never sees half a file
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "IntentModel":
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
+        if not isinstance(d, dict) or d.get("format") not in READABLE_FORMATS:
             raise ValueError(f"not an intent_service model file (expected format {FORMAT})")
         return cls(pipeline=d["pipeline"], temperature=float(d["temperature"]),
                    threshold=float(d["threshold"]), entity_spec=d["entities"],
@@ -284,6 +318,7 @@ MAX_UNCOMPRESSED_BYTES = 1024 * 1024 * 1024
 #: numpy types the pipeline is made of (trusted by skops anyway; listed to say what we expect).
 SKOPS_TRUSTED = (
     "intent_service.text.normalize_for_model",          # the TfidfVectorizers' preprocessor
+    "intent_service.features.SentenceEmbedding",        # weight + encoder digests; no state
     "sklearn.pipeline.Pipeline",
     "sklearn.pipeline.FeatureUnion",
     "sklearn.feature_extraction.text.TfidfVectorizer",
@@ -328,6 +363,15 @@ class ModelTooLargeError(ModelSourceError):
 
 class ModelIntegrityError(ModelLoadError):
     """The file's SHA-256 differs from the pinned ``INTENT_MODEL_SHA256``."""
+
+
+class EncoderIntegrityError(ModelIntegrityError):
+    """A sentence-encoder file (``encoders/...``) differs from the SHA-256 the model file recorded
+    (or, when training, from the digest pinned in ``encoder.ENCODER_FILES``)."""
+
+
+class EncoderSourceError(ModelSourceError):
+    """A sentence-encoder file is missing or unreadable."""
 
 
 class ModelFormatError(ModelLoadError):
@@ -419,7 +463,7 @@ def parse_max_model_bytes(value: Any) -> int:
     try:
         n = int(str(value).strip())
     except ValueError:
-        raise ValueError(f"INTENT_MODEL_MAX_BYTES must be a whole number of bytes, got {value!r}")
+        raise ValueError(f"INTENT_MODEL_MAX_BYTES must be a whole number of bytes, got {value!r}") from None
     if n <= 0:
         raise ValueError(f"INTENT_MODEL_MAX_BYTES must be > 0, got {value!r}")
     return n
@@ -521,9 +565,24 @@ def _load_skops(data: bytes, name: str) -> IntentModel:
     except Exception as exc:
         raise ModelFormatError(f"{name}: cannot build the model ({type(exc).__name__}: {exc})") from None
     try:
-        return IntentModel.from_dict(obj)
+        model = IntentModel.from_dict(obj)
     except Exception as exc:
         raise ModelFormatError(f"{name}: {type(exc).__name__}: {exc}") from None
+    model.verify_encoder()  # EncoderIntegrityError / EncoderSourceError
+    return model
+
+
+def load_model_bytes(data: bytes, expected_sha256: Optional[str] = None,
+                     name: str = "<model bytes>") -> IntentModel:
+    """``load_model`` for bytes already in memory (e.g. ``IntentModel.to_bytes()``): the same
+    pin check, type allow-list and encoder verification."""
+    pin = parse_sha256_pin(expected_sha256)
+    digest = _sha256(bytes(data))
+    if pin is not None and digest != pin:
+        raise ModelIntegrityError(f"model sha256 mismatch for {name}: expected {pin}, got {digest}")
+    model = _load_skops(bytes(data), name)
+    model.file_sha256 = digest
+    return model
 
 
 def load_model(source: str, expected_sha256: Optional[str] = None,

@@ -35,6 +35,20 @@ def body(text):
                        "parameters": {"stringIndexType": "TextElement_V8"}}).encode()
 
 
+def rss_mb(pid: int) -> tuple:
+    """(current, peak) resident memory of a process in MB, from /proc (Linux)."""
+    vals = {}
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith(("VmRSS:", "VmHWM:")):
+                    key, kb = line.split()[:2]
+                    vals[key] = int(kb) / 1024
+    except OSError:
+        pass
+    return vals.get("VmRSS:", float("nan")), vals.get("VmHWM:", float("nan"))
+
+
 def pct(values, p):
     v = sorted(values)
     return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
@@ -46,10 +60,12 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=1000, help="sequential requests (max 20000)")
     ap.add_argument("--concurrency", type=int, default=8)
     ap.add_argument("--concurrent-requests", type=int, default=2000, help="max 20000")
+    ap.add_argument("--model", default=str(MODEL), help="model file (default: the retail model)")
     args = ap.parse_args()
+    model = Path(args.model)
     n_seq, n_conc = min(args.requests, 20000), min(args.concurrent_requests, 20000)
 
-    if not MODEL.is_file():
+    if not model.is_file() and model == MODEL:
         subprocess.run([sys.executable, "-m", "intent_service", "build-retail"], cwd=REPO, check=True)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -57,7 +73,7 @@ def main() -> int:
     base = f"http://127.0.0.1:{port}"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "intent_service", "serve", "--model", str(MODEL),
+    proc = subprocess.Popen([sys.executable, "-m", "intent_service", "serve", "--model", str(model),
                              "--host", "127.0.0.1", "--port", str(port),
                              "--workers", str(args.workers), "--log-level", "warning"],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -119,6 +135,8 @@ def main() -> int:
         print(f"concurrent ({n_conc} requests, {args.concurrency} client threads): "
               f"{n_conc / wall:.0f} req/s, p50 {pct(conc_lat, 50):.2f} ms, "
               f"p99 {pct(conc_lat, 99):.2f} ms, errors {errors[0]}")
+        rss, peak = rss_mb(proc.pid)
+        print(f"server resident memory: {rss:.0f} MB (peak {peak:.0f} MB)")
     finally:
         proc.terminate()  # our child, by PID
         try:

@@ -1,12 +1,10 @@
-"""The pre-registered CLINC150 threshold rule ("target-margin") on synthetic data."""
-import math
-
+"""The out-of-scope threshold rule ("accuracy": maximise held-out accuracy with out-of-scope as a
+class) on synthetic data. It names no target figure."""
 import numpy as np
 import pytest
 
 from intent_service.data import Dataset
-from intent_service.model import (choose_threshold, choose_threshold_target_margin,
-                                  target_margin_z)
+from intent_service.model import choose_threshold
 from intent_service.training import train_model
 
 CLASSES = ["A", "B", "None"]
@@ -35,43 +33,39 @@ def synthetic():
     return np.array(rows), y
 
 
-def test_target_margin_rule_picks_the_best_worst_case_margin():
+def test_accuracy_rule_maximises_accuracy_with_oos_as_a_class():
     probs, y = synthetic()
-    t, z = choose_threshold_target_margin(probs, CLASSES, y, acc_target=0.92,
-                                          oos_recall_target=0.50)
-    # t in (0.30, 0.35]: OOS recall 15/20 = 0.75, in-scope accuracy 94/100 (the six wrong rows
-    # are wrong either way); accuracy is the weaker target: (0.94 - 0.92) / sqrt(.92*.08/100)
-    assert t == pytest.approx(0.305)
-    assert z == pytest.approx((0.94 - 0.92) / math.sqrt(0.92 * 0.08 / 100))
-    assert z == pytest.approx(target_margin_z(0.94, 0.75, 100, 20))
-    # the old rule (smallest threshold reaching 50 % recall) stops earlier, with z = 0
+    t = choose_threshold(probs, CLASSES, y)
+    # t in (0.60, 0.80]: all 20 OOS rows become None, the 4 correct rows at 0.35 are lost:
+    # 90 + 20 = 110 of 120 right; t in (0.30, 0.35]: 90 + 4 + 15 = 109; t = 0: 94.
+    # The smallest threshold of the best interval on the grid is 0.605.
+    assert t == pytest.approx(0.605)
+    # the old recall-target rule stops at the first threshold reaching the target instead
     assert choose_threshold(probs, CLASSES, y, oos_recall_target=0.50) == pytest.approx(0.205)
-    # above 0.35 the four correct low-confidence rows are rejected: accuracy 0.90 < target
-    assert target_margin_z(0.90, 0.75, 100, 20) < 0 < z
 
 
-def test_target_margin_weighs_recall_by_its_standard_error():
-    # with only 4 OOS rows, one more rejected OOS row (+25 recall points) is worth less than
-    # the 4 in-scope points it costs here: se_rec = 0.25, se_acc ~ 0.027
-    assert target_margin_z(0.96, 0.75, 100, 4) == pytest.approx(1.0)
-    assert target_margin_z(0.92, 1.00, 100, 4) == pytest.approx(0.0)
-
-
-def test_target_margin_degenerate_and_training_integration():
+def test_accuracy_rule_counts_every_utterance_once():
+    # with 4 OOS rows only, rejecting the 4 low-confidence correct in-scope rows to catch one
+    # more OOS row does not pay: accuracy decides, not a recall figure
     probs, y = synthetic()
-    t, z = choose_threshold_target_margin(probs[:100], CLASSES, y[:100])
-    assert t == 0.0 and math.isnan(z)  # no OOS rows: no threshold
+    keep = list(range(100)) + [100, 101, 110, 111]  # 2 OOS at 0.20, 2 at 0.30
+    t = choose_threshold(probs[keep], CLASSES, [y[i] for i in keep])
+    assert 0.30 < t <= 0.35
+
+
+def test_degenerate_and_training_integration():
+    probs, y = synthetic()
+    assert choose_threshold(probs[:100], CLASSES, y[:100]) == 0.0  # no OOS rows: no threshold
     texts = ([f"track my order number {i}" for i in range(12)]
              + [f"show me red shoes size {i}" for i in range(12)]
              + [f"what is the weather on planet {i}" for i in range(12)])
     intents = ["Order"] * 12 + ["Shop"] * 12 + ["None"] * 12
     train = Dataset(texts=texts[::2], intents=intents[::2])
     val = Dataset(texts=texts[1::2], intents=intents[1::2])
-    model = train_model(train, validation=val, threshold_rule="target-margin")
+    model = train_model(train, validation=val, config={"embedding_weight": 0.0})
     cal = model.meta["calibration"]
-    assert cal["threshold_rule"] == "target-margin" and "target_margin_z" in cal
-    expect, _ = choose_threshold_target_margin(model.probabilities(val.texts), model.classes,
-                                               val.intents)
-    assert model.threshold == pytest.approx(expect)
+    assert cal["threshold_rule"] == "accuracy" and cal["source"] == "validation"
+    assert model.threshold == pytest.approx(choose_threshold(model.probabilities(val.texts),
+                                                             model.classes, val.intents))
     with pytest.raises(ValueError):
-        train_model(train, validation=val, threshold_rule="nonsense")
+        train_model(train, validation=val, threshold_rule="target-margin")
