@@ -243,11 +243,49 @@ class IntentModel:
         return out
 
     # -- prediction
-    def probabilities(self, texts: Sequence[str]) -> np.ndarray:
-        scores = self.pipeline.decision_function(list(texts))
-        if scores.ndim == 1:  # binary LinearSVC returns one column
+    def _linear_blocks(self):
+        """For ``FeatureUnion -> linear classifier`` pipelines: each transformer with its slice of
+        the coefficient matrix, so a prediction skips FeatureUnion's stacking and the
+        estimators' input validation (about 1.5 ms of a 3-5 ms request). None otherwise."""
+        if getattr(self, "_blocks", False) is not False:
+            return self._blocks
+        self._blocks = None
+        steps = getattr(self.pipeline, "named_steps", {})
+        feats, clf = steps.get("features"), steps.get("clf")
+        coef, intercept = getattr(clf, "coef_", None), getattr(clf, "intercept_", None)
+        if (feats is None or coef is None or intercept is None or feats.transformer_weights
+                or len(steps) != 2):
+            return None
+        blocks, start = [], 0
+        for _, t in feats.transformer_list:
+            width = (len(t.vocabulary_) if hasattr(t, "vocabulary_")
+                     else 384 if hasattr(t, "encoder_files") else None)
+            if width is None:
+                return None
+            blocks.append((t, np.ascontiguousarray(coef[:, start:start + width].T)))
+            start += width
+        if start != coef.shape[1]:
+            return None
+        self._blocks = (blocks, np.asarray(intercept))
+        return self._blocks
+
+    def decision_scores(self, texts: Sequence[str]) -> np.ndarray:
+        texts = list(texts)
+        fast = self._linear_blocks()
+        if fast is None:
+            scores = self.pipeline.decision_function(texts)
+        else:
+            blocks, intercept = fast
+            scores = np.tile(intercept, (len(texts), 1)).astype(np.float64)
+            for t, w in blocks:  # the same sum as FeatureUnion + decision_function
+                scores += np.asarray(t.transform(texts) @ w)
+        if scores.ndim == 1 or scores.shape[1] == 1:  # binary LinearSVC returns one column
+            scores = scores.reshape(-1)
             scores = np.stack([-scores, scores], axis=1)
-        return softmax(scores, self.temperature)
+        return scores
+
+    def probabilities(self, texts: Sequence[str]) -> np.ndarray:
+        return softmax(self.decision_scores(texts), self.temperature)
 
     def predict_labels(self, texts: Sequence[str]) -> List[str]:
         return list(apply_threshold(self.probabilities(texts), self.classes, self.threshold))

@@ -49,6 +49,16 @@ def rss_mb(pid: int) -> tuple:
     return vals.get("VmRSS:", float("nan")), vals.get("VmHWM:", float("nan"))
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far, from /proc (Linux)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return float("nan")
+
+
 def pct(values, p):
     v = sorted(values)
     return v[min(len(v) - 1, int(round(p / 100 * (len(v) - 1))))]
@@ -126,15 +136,21 @@ def main() -> int:
                         errors[0] += 1
 
         threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
+        cpu0, own0 = cpu_seconds(proc.pid), time.process_time()
         t = time.perf_counter()
         for th in threads:
             th.start()
         for th in threads:
             th.join()
         wall = time.perf_counter() - t
+        server_cpu, client_cpu = cpu_seconds(proc.pid) - cpu0, time.process_time() - own0
         print(f"concurrent ({n_conc} requests, {args.concurrency} client threads): "
               f"{n_conc / wall:.0f} req/s, p50 {pct(conc_lat, 50):.2f} ms, "
               f"p99 {pct(conc_lat, 99):.2f} ms, errors {errors[0]}")
+        # CPU time per request does not depend on what else runs on the machine; 2 cores can serve
+        # at most 2000 / (server + client ms) requests per second
+        print(f"CPU per request: server {1000 * server_cpu / n_conc:.2f} ms, this client "
+              f"{1000 * client_cpu / n_conc:.2f} ms (load average {os.getloadavg()[0]:.1f})")
         rss, peak = rss_mb(proc.pid)
         print(f"server resident memory: {rss:.0f} MB (peak {peak:.0f} MB)")
     finally:
