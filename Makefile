@@ -3,11 +3,15 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 MODEL  := intent_service/models/retail.skops
-PY_REQS := requirements.txt requirements-dev.txt intent_service/requirements.txt localrunner/requirements.txt devstack/requirements.txt infra/requirements-dev.txt bench/requirements.txt
+PY_REQS := requirements.txt requirements-dev.txt intent_service/requirements.txt localrunner/requirements.txt devstack/requirements.txt infra/requirements-dev.txt bench/requirements.txt console/requirements.txt console/requirements-dev.txt
+# The console's browser tests drive Debian's chromium through Playwright (Playwright's own browser download cannot
+# work on these machines); CJK fonts so Korean text renders in screenshots.
+CHROMIUM := /usr/bin/chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
-.PHONY: install demo run test lint unit bench clean
+.PHONY: install demo run test lint unit bench clean console-screenshots
 
-install: $(VENV)/.installed devstack/node_modules/.installed ops/kql/node_modules/.installed $(MODEL)
+install: $(VENV)/.installed devstack/node_modules/.installed ops/kql/node_modules/.installed $(MODEL) $(CHROMIUM)
 
 $(VENV)/.installed: $(PY_REQS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,6 +33,11 @@ ops/kql/node_modules/.installed: ops/kql/package.json ops/kql/package-lock.json
 # itself skips the work when the model already matches the data, the configuration and the encoder.
 MODEL_DEPS := $(wildcard intent_service/data/retail/*) intent_service/model.py intent_service/training.py \
 	intent_service/features.py intent_service/encoder.py $(wildcard intent_service/encoders/all-MiniLM-L6-v2/*)
+
+# Only when chromium is missing (an existing file is up to date for make): apt-get update once, then the install.
+$(CHROMIUM):
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y chromium fonts-noto-cjk
 
 $(MODEL): $(VENV)/.installed $(MODEL_DEPS)
 	$(BIN)/python -m intent_service build-retail
@@ -54,6 +63,10 @@ lint: install
 ## Benchmark: queue chain vs monolith under load (bench/README.md). ARGS="--rates 5,20 --duration 10" etc.
 bench: install
 	$(BIN)/python -m bench.run $(ARGS)
+
+## README's console screenshots (docs/console/*.png), taken by the console's browser tests on the real local stack.
+console-screenshots: install
+	CONSOLE_SCREENSHOTS_DIR=docs/console $(BIN)/python -m pytest console/tests/test_browser.py $(ARGS)
 
 ## Unit tests only (no servers).
 unit: install

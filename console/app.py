@@ -42,7 +42,7 @@ from shared import review as rv
 from shared.audit import AuditEntry
 from shared.bootstrap import AdminServices
 from shared.catalog import CatalogConflict, CatalogVersion, ResponseCatalog, required_keys, validate_texts
-from shared.conversations import ConversationNotFound, clear_slot, end_handoff, erase, find
+from shared.conversations import ConversationNotFound, clear_slot, end_handoff, erase, erasure_subject, find
 from shared.errors import GatewayError
 from shared.language import detect_language
 from shared.models import now_ms
@@ -647,8 +647,12 @@ def create_app(console: Console) -> Starlette:
         try:
             await run(functools.partial(c.authoring.swap, prod, staging, force=force, reason=reason))
         except AuthoringError as exc:
+            reasons = [d.get("message") for d in exc.details if isinstance(d, dict)]
             c.audit(user, "model.swap", f"{staging}->{prod}", "refused" if exc.status == 409 else "failed",
-                    reason=exc.message[:500], gate=[d.get("message") for d in exc.details if isinstance(d, dict)])
+                    reason=exc.message[:500], gate=reasons)
+            if exc.status == 409 and exc.inner.get("code") == "PromotionGateRefused":
+                raise ConsoleError(409, "gate_refused", "the promotion gate refused the swap; an operator may force "
+                                   "it with a reason", reasons) from None
             raise
         trail = await run(c.authoring.audit) or []
         last = next((e for e in reversed(trail) if e.get("action") == "swap"), None)
@@ -761,12 +765,12 @@ def create_app(console: Console) -> Starlette:
     async def conversation_change(request: Request, user: auth.User, action: str,
                                   fn: Callable[..., Any]) -> Response:
         user_id = request.path_params["user_id"]
-        subject = c.admin.redactor.id(user_id)
         try:
             await run(fn, c.admin.conversations(), user_id)
         except ConversationNotFound:
             raise ConsoleError(404, "not_found", f"no conversation of user {user_id!r}") from None
-        c.audit(user, action, f"user:{subject}")
+        # named as an erasure would name them (an HMAC), so erasing the user leaves no id behind in the log
+        c.audit(user, action, erasure_subject(user_id, c.admin.settings.telemetry_pii_hash_key))
         return done(request, f"{action.split('.')[1].replace('_', ' ')}: done", f"/conversations/{quote(user_id)}")
 
     @endpoint(OPERATOR, write=True, action="conversation.end_handoff")

@@ -311,9 +311,9 @@ def _run(args: argparse.Namespace, signals: StopSignals) -> int:
     def stopped_status() -> int:
         return 0 if args.mode == "run" else 128 + signals.signum
 
-    stack = build_stack(StackOptions(free_ports=args.free_ports, telemetry=True))
-    print("starting the local stack (Azurite, Cosmos DB stand-in, SendBird stand-in, intent service, "
-          "Application Insights ingestion sink, functions runner)...", flush=True)
+    stack = build_stack(StackOptions(free_ports=args.free_ports, telemetry=True, console=True))
+    print("starting the local stack (Azurite, Cosmos DB stand-in, SendBird stand-in, intent service with its "
+          "authoring API, Application Insights ingestion sink, functions runner, console)...", flush=True)
     t0 = time.monotonic()
     try:
         stack.start(cancel=lambda: signals.signum is not None)  # on failure it stops what it started
@@ -328,8 +328,10 @@ def _run(args: argparse.Namespace, signals: StopSignals) -> int:
             print(f"  {key:10} port {info['port']:5}  pid {info['pid']}  log {info['log']}")
         if args.mode == "run":
             url = stack["functions"].base_url + webhooks.WEBHOOK_PATH
+            logins = ", ".join(f"{u} / {pw} ({r})" for u, (r, pw) in stack["console"].credentials().items())
             print(f"\nWebhook intake: {url}\nSendBird stand-in messages: {stack['sendbird'].base_url}/__standin/messages"
                   f"\nTelemetry envelopes (Application Insights sink): {stack['telemetry'].base_url}/__sink/envelopes"
+                  f"\nConsole: {stack['console'].base_url}/  sign in as {logins}"
                   f"\nTry:\n  python -m tools.send_webhook tests/fixtures/sendbird/message_send_en.json --url {url}"
                   "\nCtrl-C (or SIGTERM) stops everything.", flush=True)
             while not signals.wait(1.0):

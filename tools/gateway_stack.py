@@ -137,7 +137,7 @@ class AuthoringIntentService(IntentService):
         super()._await_ready(cmd, cancel)
         try:
             t0 = time.monotonic()
-            bootstrap_project(self.base_url, CONSOLE_AUTHORING_KEY, self.project, self.project_file)
+            bootstrap_project(self.base_url, CONSOLE_AUTHORING_KEY, self.project, self.project_file, cancel=cancel)
             self.bootstrap_seconds = time.monotonic() - t0
         except BaseException:
             self.stop()
@@ -145,12 +145,19 @@ class AuthoringIntentService(IntentService):
 
 
 def bootstrap_project(endpoint: str, key: str, project: str, project_file: Path, label: str = "retail",
-                      deployment: str = "production") -> None:
+                      deployment: str = "production", cancel: Callable[[], bool] | None = None) -> None:
     """Import ``project_file`` as ``project``, train ``label`` (manual evaluation on its Test utterances) and
-    deploy it to ``deployment``, through the CLU authoring API (the console's client)."""
+    deploy it to ``deployment``, through the CLU authoring API (the console's client). ``cancel`` is polled
+    while the jobs run (a stop signal during the stack's start ends it promptly)."""
     from console.clu import AuthoringClient
+    from devstack.stack import ServiceStartError
 
-    client = AuthoringClient(endpoint, key, project, job_timeout=300)
+    def sleep(seconds: float) -> None:
+        if cancel is not None and cancel():
+            raise ServiceStartError("intent-authoring: start cancelled")
+        time.sleep(min(seconds, 0.5))
+
+    client = AuthoringClient(endpoint, key, project, job_timeout=300, sleep=sleep)
     client.import_project(json.loads(project_file.read_text(encoding="utf-8")))
     client.wait(client.train(label, {"kind": "manual"}), "training")
     client.deploy(deployment, label)

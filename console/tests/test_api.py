@@ -300,6 +300,7 @@ def test_conversations_find_view_end_handoff_clear_slot(world, operator):
 
 def test_erase_needs_confirmation_and_leaves_an_audit_record_without_the_data(world, operator):
     user, _ = seed_conversation(world, "customer_erase", "ch-erase")
+    operator.post(f"/conversations/{user}/clear-slot")
     record(capture(unique("something personal"), 9, user), ReviewDeps(world.admin.review_store, Redactor("off")))
     body = error(operator.post(f"/conversations/{user}/erase", json={"confirm": "wrong"}), 400, "invalid_request")
     assert "type the user id" in body["message"]
@@ -309,7 +310,8 @@ def test_erase_needs_confirmation_and_leaves_an_audit_record_without_the_data(wo
     assert world.admin.state_admin.find(user) is None
     assert world.admin.review_store.items_of_user(user) == []
     [entry] = world.admin.audit.recent(action_prefix="conversation.erase")
-    assert user not in json.dumps(entry.model_dump()) and entry.target.startswith("user:")
+    assert entry.target.startswith("user:")
+    assert user not in json.dumps([e.model_dump() for e in world.admin.audit.recent()])  # no entry names them
 
 
 # --------------------------------------------------------------------------- operations
@@ -397,3 +399,26 @@ def test_audit_page_lists_every_change(world, editor):
     assert entries[0]["action"] == "intent.add" and entries[0]["outcome"] == "refused"
     assert entries[0]["actor"] == "editor" and entries[0]["roles"] == ["editor"]
     assert any(e["action"] == "auth.sign_in" for e in entries)
+
+
+def test_a_refused_swap_shows_the_gates_reasons_and_forcing_needs_a_reason(world, operator, monkeypatch):
+    from console.clu import AuthoringError
+    calls = []
+
+    def swap(first, second, *, force=False, reason=""):
+        calls.append((first, second, force, reason))
+        if not force:
+            raise AuthoringError(409, "Conflict", "The promotion gate refused the model for the production deployment",
+                                 [{"code": "AccuracyDrop", "message": "accuracy drops 3.1 points (limit 2)"}],
+                                 {"code": "PromotionGateRefused"})
+        return {"status": "succeeded"}
+    monkeypatch.setattr(world.console.authoring, "swap", swap)
+    monkeypatch.setattr(world.console.authoring, "audit", lambda: [
+        {"action": "swap", "gate": {"verdict": "forced", "reasons": ["hotfix"]}}])
+    body = error(operator.post("/models/swap", json={}), 409, "gate_refused")
+    assert body["details"] == ["accuracy drops 3.1 points (limit 2)"]
+    forced = operator.post("/models/swap", json={"force": "1", "reason": "hotfix"}).json()
+    assert forced["gate"]["verdict"] == "forced" and calls[-1] == ("production", "staging", True, "hotfix")
+    refused, done = world.admin.audit.recent(action_prefix="model.swap")[::-1]
+    assert refused.outcome == "refused" and refused.details["gate"] == ["accuracy drops 3.1 points (limit 2)"]
+    assert done.details["forced"] is True and done.details["reason"] == "hotfix"
