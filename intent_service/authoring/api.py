@@ -124,7 +124,7 @@ def build_routes(service: AuthoringService, auth: Authenticator) -> List[Route]:
             skip = int(q.get("skip") or 0)
             page = int(q.get("maxpagesize") or DEFAULT_PAGE)
         except ValueError:
-            raise ApiError(400, "InvalidArgument", "top, skip and maxpagesize must be integers.")
+            raise ApiError(400, "InvalidArgument", "top, skip and maxpagesize must be integers.") from None
         if (top is not None and top < 0) or skip < 0 or page < 1:
             raise ApiError(400, "InvalidArgument", "top, skip and maxpagesize must not be negative.")
         n = min(page, top) if top is not None else page

@@ -197,7 +197,7 @@ def build_project_from_csv(data_dir: Path, project_name: str = "retail-bot", lan
     for i, r in enumerate(rows):
         groups[(r["intent"], r["language"])].append(i)
     test = set()
-    for (intent, lang), idx in groups.items():
+    for idx in groups.values():
         ordered = sorted(idx, key=lambda i: (_rank(rows[i]["text"], "retail-test-split"), i))
         test.update(ordered[:round(len(ordered) * test_percent / 100)])
     intents = sorted({r["intent"] for r in rows} | {NONE_INTENT})

@@ -780,7 +780,7 @@ class AuthoringService:
         if a == b:
             raise bad_request("firstDeploymentName and secondDeploymentName must differ.", "secondDeploymentName")
         doc, _ = self.repo.deployments(p)
-        for name, target in ((a, "firstDeploymentName"), (b, "secondDeploymentName")):
+        for name in (a, b):
             if name not in doc["deployments"]:
                 raise not_found(f"The deployment {name!r} was not found.")
         prod_name = self.config.gate.production_deployment

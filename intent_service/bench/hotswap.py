@@ -162,7 +162,7 @@ def main(argv=None) -> int:
         return any(s <= t <= e for s, e in windows)
 
     def in_kind(t, kind):
-        return any(s <= t <= e for (s, e), o in zip(windows, ops) if o["op"].startswith(kind))
+        return any(s <= t <= e for (s, e), o in zip(windows, ops, strict=False) if o["op"].startswith(kind))
 
     deploys = [lat * 1000 for t, lat, ok, _ in load.samples if in_kind(t, "deploy")]
     swaps = [lat * 1000 for t, lat, ok, _ in load.samples if in_kind(t, "swap")]

@@ -4,7 +4,6 @@ cancellation; the promotion gate; the audit log; signed CloudEvents; prediction 
 from __future__ import annotations
 
 import copy
-import json
 import time
 
 import pytest
@@ -262,7 +261,7 @@ def test_trained_models_evaluation_and_results(api, retail):
     ie = s["intentsEvaluation"]
     project = load_retail_project()
     n_test = sum(1 for u in project["assets"]["utterances"] if u["dataset"] == "Test")
-    for name, c in ie["intents"].items():
+    for c in ie["intents"].values():
         assert c["truePositiveCount"] + c["falsePositiveCount"] + c["falseNegativeCount"] + c["trueNegativeCount"] == n_test
         assert 0 <= c["precision"] <= 1 and 0 <= c["recall"] <= 1 and 0 <= c["f1"] <= 1
     assert sum(v["rawValue"] for row in ie["confusionMatrix"].values() for v in row.values()) == n_test
@@ -292,7 +291,7 @@ def test_trained_models_evaluation_and_results(api, retail):
     checked = 0
     for r in graphemes:
         for a, b in zip(utf16[r["text"]]["entitiesResult"]["expectedEntities"],
-                        r["entitiesResult"]["expectedEntities"]):
+                        r["entitiesResult"]["expectedEntities"], strict=True):
             assert (b["offset"], b["length"]) == convert_span(r["text"], a["offset"], a["length"], "TextElement_V8")
             checked += 1
     assert checked > 5

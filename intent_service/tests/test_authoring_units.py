@@ -37,7 +37,7 @@ def test_retail_project_content_matches_the_training_data():
     project = json.loads(RETAIL_PROJECT.read_text(encoding="utf-8"))
     ds = load_dataset(RETAIL)
     utts = project["assets"]["utterances"]
-    assert sorted((u["text"], u["intent"]) for u in utts) == sorted(zip(ds.texts, ds.intents))
+    assert sorted((u["text"], u["intent"]) for u in utts) == sorted(zip(ds.texts, ds.intents, strict=True))
     assert {u["language"] for u in utts} == {"en", "ko"}
     spec = json.loads((RETAIL / "entities.json").read_text(encoding="utf-8"))
     assert pf.entity_spec(project["assets"]) == pf.entity_spec({"entities": spec["entities"]})
@@ -94,8 +94,8 @@ def test_testset_digest_changes_only_with_test_utterances():
 
 def r(expected, predicted, exp_ents=(), pred_ents=(), text="x"):
     return {"text": text, "language": "en", "intentsResult": {"expectedIntent": expected, "predictedIntent": predicted},
-            "entitiesResult": {"expectedEntities": [dict(zip(("category", "offset", "length"), e)) for e in exp_ents],
-                               "predictedEntities": [dict(zip(("category", "offset", "length"), e)) for e in pred_ents]}}
+            "entitiesResult": {"expectedEntities": [dict(zip(("category", "offset", "length"), e, strict=True)) for e in exp_ents],
+                               "predictedEntities": [dict(zip(("category", "offset", "length"), e, strict=True)) for e in pred_ents]}}
 
 
 def test_intent_figures_by_hand():
