@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 MODEL  := intent_service/models/retail.skops
-PY_REQS := requirements.txt requirements-dev.txt intent_service/requirements.txt localrunner/requirements.txt devstack/requirements.txt infra/requirements-dev.txt bench/requirements.txt console/requirements.txt console/requirements-dev.txt
+PY_REQS := requirements.txt requirements-dev.txt intent_service/requirements.txt intent_service/requirements-dev.txt localrunner/requirements.txt devstack/requirements.txt infra/requirements-dev.txt bench/requirements.txt console/requirements.txt console/requirements-dev.txt
 # The console's browser tests drive Debian's chromium through Playwright (Playwright's own browser download cannot
 # work on these machines); CJK fonts so Korean text renders in screenshots.
 CHROMIUM := /usr/bin/chromium
