@@ -12,6 +12,7 @@ import argparse
 import logging
 import os
 import sys
+from collections.abc import Mapping
 
 from starlette.applications import Starlette
 
@@ -23,10 +24,27 @@ from shared.settings import SettingsError as GatewaySettingsError
 from shared.settings import load_settings
 
 DEFAULT_PORT = 8095
+#: Gateway settings the console never uses (it calls neither SendBird nor the prediction path the gateway uses)
+#: but the gateway's settings model requires: inert values when absent, so the console's App Service holds no
+#: SendBird token. ``INTENT_ENDPOINT`` defaults to the authoring endpoint.
+UNUSED_GATEWAY_SETTINGS = {"SENDBIRD_API_TOKEN": "console-calls-no-sendbird", "SENDBIRD_API_BASE_URL":
+                           "https://sendbird.invalid", "SENDBIRD_BOT_USER_ID": "console"}
+
+
+def gateway_environment(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` with the placeholders of :data:`UNUSED_GATEWAY_SETTINGS` where a value is missing."""
+    env = dict(environ)
+    lowered = {k.lower() for k in env}
+    for name, value in UNUSED_GATEWAY_SETTINGS.items():
+        if name.lower() not in lowered:
+            env[name] = value
+    if "intent_endpoint" not in lowered and env.get("CONSOLE_AUTHORING_ENDPOINT"):
+        env["INTENT_ENDPOINT"] = env["CONSOLE_AUTHORING_ENDPOINT"]
+    return env
 
 
 def build_from_env() -> Starlette:
-    config = load_settings()
+    config = load_settings(gateway_environment(os.environ))
     s = config.settings
     cs = load_console_settings(project_name=s.intent_project_name, production_deployment=s.intent_deployment_name)
     client = AuthoringClient(cs.authoring_base, cs.authoring_key, cs.project_name, api_version=cs.authoring_api_version,

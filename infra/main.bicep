@@ -97,6 +97,17 @@ param intentModelLifecycle bool = false
 @secure()
 param intentAuthoringKeys string = ''
 
+@description('Client id of the Entra ID app registration the console signs users in with (App Service Authentication; app roles Console.Editor and Console.Operator). Empty: no console is deployed: the console trusts the principal App Service Authentication passes, so it never runs without it.')
+param consoleAuthClientId string = ''
+
+@description('Signs the console session cookie (CONSOLE_SECRET, 32+ characters), e.g. `openssl rand -hex 32`. Written to Key Vault when not empty; needed on the first deployment with a console.')
+@secure()
+param consoleSecret string = ''
+
+@description('The console key of the intent service authoring API (also list it as `console:<key>` in intentAuthoringKeys). Written to Key Vault when not empty.')
+@secure()
+param consoleAuthoringKey string = ''
+
 @description('Webhook that receives a CloudEvents 1.0 event for every finished training job and every deployment change (an Event Grid topic endpoint, a Logic App trigger, ...). Empty: no events.')
 param modelEventsWebhookUrl string = ''
 
@@ -180,6 +191,8 @@ var intentAppName = 'intent-${prefix}-${take(suffix, 6)}'
 var functionIdentityName = 'id-func-${prefix}-${suffix}'
 var intentIdentityName = 'id-intent-${prefix}-${suffix}'
 var githubIdentityName = 'id-github-${prefix}-${suffix}'
+var consoleAppName = 'console-${prefix}-${take(suffix, 6)}'
+var consoleIdentityName = 'id-console-${prefix}-${suffix}'
 var stagingSlotName = 'staging'
 var modelsContainerName = 'models'
 // The intent service's authoring store (projects, jobs, trained models, deployments, audit): it writes there itself.
@@ -265,6 +278,8 @@ var storageConnectionSecretName = 'storage-connection-string'
 var telemetryPiiHashKeySecretName = 'telemetry-pii-hash-key'
 var intentAuthoringKeysSecretName = 'intent-authoring-keys'
 var modelEventsSecretName = 'model-events-secret'
+var consoleSecretName = 'console-session-secret'
+var consoleAuthoringKeySecretName = 'console-authoring-key'
 
 // ---------------------------------------------------------------------------------------------------------
 // Monitoring
@@ -678,6 +693,8 @@ var cosmosKeyReference = '@Microsoft.KeyVault(SecretUri=${secretUriBase}${cosmos
 var storageConnectionReference = '@Microsoft.KeyVault(SecretUri=${secretUriBase}${storageConnectionSecretName})'
 var intentAuthoringKeysReference = '@Microsoft.KeyVault(SecretUri=${secretUriBase}${intentAuthoringKeysSecretName})'
 var modelEventsSecretReference = '@Microsoft.KeyVault(SecretUri=${secretUriBase}${modelEventsSecretName})'
+var consoleSecretReference = '@Microsoft.KeyVault(SecretUri=${secretUriBase}${consoleSecretName})'
+var consoleAuthoringKeyReference = '@Microsoft.KeyVault(SecretUri=${secretUriBase}${consoleAuthoringKeySecretName})'
 
 // Only ever written to Key Vault (storageConnectionSecret, fallback mode), never into an app setting.
 var storageConnectionString = 'DefaultEndpointsProtocol=https;AccountName=${storage.name};AccountKey=${storage.listKeys().keys[0].value};EndpointSuffix=${environment().suffixes.storage}'
@@ -1351,6 +1368,259 @@ resource intentStagingSettingsConfig 'Microsoft.Web/sites/slots/config@2023-12-0
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Console (console/): the bot team's admin app, a Python App Service on the intent service's plan, behind App
+// Service Authentication (Entra ID). Deployed only with consoleAuthClientId: it reads the signed-in principal and
+// its app roles from the headers App Service Authentication sets (and strips from client requests), which without
+// it anyone could forge. Its identity reads and writes the Cosmos DB containers and the queues (poison replay,
+// depths), and reads the secrets its settings reference; nothing else. Code: zip-deploy console/ with its
+// requirements (SCM build), start command below.
+// ---------------------------------------------------------------------------------------------------------
+
+var consoleEnabled = !empty(consoleAuthClientId)
+
+resource consoleIdentity 'Microsoft.ManagedIdentity/userAssignedIdentities@2023-01-31' = if (consoleEnabled) {
+  name: consoleIdentityName
+  location: location
+  tags: tags
+}
+
+resource consoleSecretValue 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (consoleEnabled && !empty(consoleSecret)) {
+  parent: keyVault
+  name: consoleSecretName
+  properties: {
+    value: consoleSecret
+  }
+}
+
+resource consoleAuthoringKeyValue 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (consoleEnabled && !empty(consoleAuthoringKey)) {
+  parent: keyVault
+  name: consoleAuthoringKeySecretName
+  properties: {
+    value: consoleAuthoringKey
+  }
+}
+
+resource consoleSecretRef 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
+  parent: keyVault
+  name: consoleSecretName
+}
+
+resource consoleAuthoringKeySecretRef 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
+  parent: keyVault
+  name: consoleAuthoringKeySecretName
+}
+
+resource consoleQueueContributor 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (consoleEnabled) {
+  name: guid(storage.id, consoleIdentity.id, roles.storageQueueDataContributor)
+  scope: storage
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageQueueDataContributor)
+    principalId: consoleIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
+resource consoleSecretUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (consoleEnabled) {
+  name: guid(consoleSecretRef.id, consoleIdentity.id, roles.keyVaultSecretsUser)
+  scope: consoleSecretRef
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: consoleIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+  dependsOn: [
+    consoleSecretValue
+  ]
+}
+
+resource consoleAuthoringKeyUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (consoleEnabled) {
+  name: guid(consoleAuthoringKeySecretRef.id, consoleIdentity.id, roles.keyVaultSecretsUser)
+  scope: consoleAuthoringKeySecretRef
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: consoleIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+  dependsOn: [
+    consoleAuthoringKeyValue
+  ]
+}
+
+// The PII hash key: review items and the audit log name users by it, exactly as the function app does.
+resource consoleTelemetryPiiHashKeyUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (consoleEnabled) {
+  name: guid(telemetryPiiHashKeySecretRef.id, consoleIdentity.id, roles.keyVaultSecretsUser)
+  scope: telemetryPiiHashKeySecretRef
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: consoleIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+  dependsOn: [
+    telemetryPiiHashKeySecret
+  ]
+}
+
+resource consoleCosmosKeyUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (consoleEnabled && useConnectionStrings) {
+  name: guid(cosmosKeySecretRef.id, consoleIdentity.id, roles.keyVaultSecretsUser)
+  scope: cosmosKeySecretRef
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: consoleIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+  dependsOn: [
+    cosmosKeySecret
+  ]
+}
+
+resource consoleStorageConnectionUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (consoleEnabled && useConnectionStrings) {
+  name: guid(storageConnectionSecretRef.id, consoleIdentity.id, roles.keyVaultSecretsUser)
+  scope: storageConnectionSecretRef
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: consoleIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+  dependsOn: [
+    storageConnectionSecret
+  ]
+}
+
+resource cosmosConsoleDataContributor 'Microsoft.DocumentDB/databaseAccounts/sqlRoleAssignments@2024-05-15' = if (consoleEnabled) {
+  parent: cosmos
+  name: guid(cosmos.id, consoleIdentity.id, cosmosDataContributorRoleId)
+  properties: {
+    roleDefinitionId: '${cosmos.id}/sqlRoleDefinitions/${cosmosDataContributorRoleId}'
+    principalId: consoleIdentity.properties.principalId
+    scope: cosmos.id
+  }
+}
+
+// The gateway settings the console reads (shared/settings.py: the same stores, PII mode and thresholds as the
+// function app; tests/test_deploy.py checks they are equal) and its own CONSOLE_* settings (console/settings.py).
+var consoleSettings = {
+  SCM_DO_BUILD_DURING_DEPLOYMENT: 'true'
+  AZURE_CLIENT_ID: consoleEnabled ? consoleIdentity.properties.clientId : ''
+  COSMOS_ENDPOINT: cosmos.properties.documentEndpoint
+  COSMOS_DATABASE: cosmosDatabaseName
+  COSMOS_STATE_CONTAINER: cosmosStateContainerName
+  COSMOS_REVIEW_CONTAINER: cosmosReviewContainerName
+  COSMOS_CATALOG_CONTAINER: cosmosCatalogContainerName
+  COSMOS_VERIFY_TLS: 'true'
+  COSMOS_CREATE_IF_MISSING: 'false'
+  COSMOS_TIMEOUT_SECONDS: '5'
+  INTENT_PROJECT_NAME: 'retail-bot'
+  INTENT_DEPLOYMENT_NAME: 'production'
+  INTENT_CONFIDENCE_THRESHOLD: intentConfidenceThreshold
+  REVIEW_CONFIDENCE_THRESHOLD: reviewConfidenceThreshold
+  CATALOG_REFRESH_SECONDS: '5'
+  DEFAULT_LANGUAGE: defaultLanguage
+  TELEMETRY_PII_MODE: 'off'
+  TELEMETRY_PII_HASH_KEY: telemetryPiiHashKeyReference
+  CONSOLE_AUTH_MODE: 'easyauth'
+  CONSOLE_EASYAUTH_ROLES: 'Console.Editor:editor,Console.Operator:operator'
+  CONSOLE_SECRET: consoleSecretReference
+  CONSOLE_AUTHORING_ENDPOINT: 'https://${intentApp.properties.defaultHostName}'
+  CONSOLE_AUTHORING_KEY: consoleAuthoringKeyReference
+  CONSOLE_STAGING_DEPLOYMENT: 'staging'
+  CONSOLE_AUDIT_CONTAINER: cosmosAuditContainerName
+}
+var consoleStorageIdentity = {
+  AzureWebJobsStorage__accountName: storage.name
+  AzureWebJobsStorage__clientId: consoleEnabled ? consoleIdentity.properties.clientId : ''
+}
+var consoleStorageConnectionString = {
+  AzureWebJobsStorage: storageConnectionReference
+}
+var consoleCosmosConnectionString = {
+  COSMOS_KEY: cosmosKeyReference
+}
+
+resource consoleApp 'Microsoft.Web/sites@2023-12-01' = if (consoleEnabled) {
+  name: consoleAppName
+  location: location
+  tags: tags
+  kind: 'app,linux'
+  identity: {
+    type: 'UserAssigned'
+    userAssignedIdentities: {
+      '${consoleIdentity.id}': {}
+    }
+  }
+  properties: {
+    serverFarmId: intentPlan.id
+    reserved: true
+    httpsOnly: true
+    keyVaultReferenceIdentity: consoleIdentity.id
+    siteConfig: {
+      linuxFxVersion: 'PYTHON|3.11'
+      appCommandLine: 'python -m console --host 0.0.0.0 --port 8000'
+      alwaysOn: true
+      healthCheckPath: '/healthz'
+      ftpsState: 'Disabled'
+      minTlsVersion: '1.2'
+      http20Enabled: true
+    }
+  }
+  dependsOn: [
+    consoleSecretUser
+    consoleAuthoringKeyUser
+  ]
+}
+
+resource consoleAppSettingsConfig 'Microsoft.Web/sites/config@2023-12-01' = if (consoleEnabled) {
+  parent: consoleApp
+  name: 'appsettings'
+  properties: union(consoleSettings, useConnectionStrings ? consoleStorageConnectionString : consoleStorageIdentity,
+    useConnectionStrings ? consoleCosmosConnectionString : {}, {
+      WEBSITES_PORT: '8000'
+    })
+}
+
+// App Service Authentication: every request needs an Entra ID sign-in (except the health check); the app gets the
+// principal with its app roles (Console.Editor, Console.Operator) in X-MS-CLIENT-PRINCIPAL.
+resource consoleAuthConfig 'Microsoft.Web/sites/config@2023-12-01' = if (consoleEnabled) {
+  parent: consoleApp
+  name: 'authsettingsV2'
+  properties: {
+    platform: {
+      enabled: true
+    }
+    globalValidation: {
+      requireAuthentication: true
+      unauthenticatedClientAction: 'RedirectToLoginPage'
+      redirectToProvider: 'azureactivedirectory'
+      excludedPaths: [
+        '/healthz'
+      ]
+    }
+    identityProviders: {
+      azureActiveDirectory: {
+        enabled: true
+        registration: {
+          clientId: consoleAuthClientId
+          openIdIssuer: '${environment().authentication.loginEndpoint}${subscription().tenantId}/v2.0'
+        }
+        validation: {
+          allowedAudiences: [
+            'api://${consoleAuthClientId}'
+            consoleAuthClientId
+          ]
+        }
+      }
+    }
+    login: {
+      tokenStore: {
+        enabled: true
+      }
+    }
+    httpSettings: {
+      requireHttps: true
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // Outputs: what the workflows need (set them as GitHub repository variables, see README)
 // ---------------------------------------------------------------------------------------------------------
 
@@ -1370,3 +1640,5 @@ output ARTIFACT_STORAGE_ACCOUNT_NAME string = artifactStorage.name
 output MODELS_CONTAINER string = modelsContainerName
 output CLU_CONTAINER string = cluContainerName
 output FUNCTION_PACKAGES_CONTAINER string = functionPackagesContainerName
+output CONSOLE_APP_NAME string = consoleEnabled ? consoleAppName : ''
+

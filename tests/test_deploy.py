@@ -494,6 +494,8 @@ def test_identity_mode_settings_load_in_the_settings_module(bicep, param_file):
 SECRET_PARAMS = {"sendbirdApiToken", "intentApiKey", "telemetryPiiHashKey"}
 #: Secrets of the model lifecycle (intentModelLifecycle); infra/scripts/deploy_infra.sh does not pass them yet.
 LIFECYCLE_SECRET_PARAMS = {"intentAuthoringKeys", "modelEventsSecret"}
+#: Secrets of the console (deployed with consoleAuthClientId).
+CONSOLE_SECRET_PARAMS = {"consoleSecret", "consoleAuthoringKey"}
 
 
 def _secret_name(bicep: Bicep, res: dict) -> str:
@@ -511,14 +513,14 @@ def test_secrets_are_key_vault_references(bicep, param_file):
     intent = bicep.object_var("intentSettings")
     assert intent["INTENT_API_KEY"] == "intentKeyReference"
     assert bicep.object_var("appSettingsCommon")["TELEMETRY_PII_HASH_KEY"] == "telemetryPiiHashKeyReference"
-    for p in SECRET_PARAMS | LIFECYCLE_SECRET_PARAMS:
+    for p in SECRET_PARAMS | LIFECYCLE_SECRET_PARAMS | CONSOLE_SECRET_PARAMS:
         assert any("@secure()" in d for d in bicep.params[p]["decorators"]), f"{p} must be @secure()"
         assert bicep.params[p]["default"] == "''", f"{p}: empty by default (keeps the stored secret)"
     written = {name: res for name, res in bicep.of_type("Microsoft.KeyVault/vaults/secrets").items()
                if "existing" not in res["body"].split("\n")[0]}
     assert {_secret_name(bicep, r) for r in written.values()} == {
         "sendbird-api-token", "intent-api-key", "telemetry-pii-hash-key", "cosmos-key", "storage-connection-string",
-        "intent-authoring-keys", "model-events-secret"}
+        "intent-authoring-keys", "model-events-secret", "console-session-secret", "console-authoring-key"}
     # the hash key is a secret kept across deployments: written only when given, never generated per deployment
     assert written["telemetryPiiHashKeySecret"]["condition"] == "!empty(telemetryPiiHashKey)"
 
@@ -535,7 +537,9 @@ def _expand(bicep: Bicep, text: str, seen: frozenset = frozenset()) -> str:
 SETTING_VARS = ["appSettingsCommon", "storageSettingsIdentity", "storageSettingsConnectionString",
                 "cosmosSettingsIdentity", "cosmosSettingsConnectionString", "functionSettingsProduction",
                 "functionSettingsStaging", "triggersEnabledProduction", "triggersDisabledStaging",
-                "functionCreationSettings", "intentSettings", "intentModelDigestProduction", "intentModelDigestStaging"]
+                "functionCreationSettings", "intentSettings", "intentModelDigestProduction", "intentModelDigestStaging",
+                "consoleSettings", "consoleStorageIdentity", "consoleStorageConnectionString",
+                "consoleCosmosConnectionString"]
 
 
 def test_no_app_setting_holds_a_storage_key(bicep, param_file):
@@ -724,6 +728,8 @@ NAME_RULES = {  # var: (min, max, pattern)
     "cosmosAccountName": (3, 44, r"[a-z0-9](?!.*--)[a-z0-9-]*[a-z0-9]"),
     "functionAppName": (2, 24, r"[a-z0-9](?!.*--)[a-z0-9-]*[a-z0-9]"),  # <= 24: slot host ID stays distinct
     "intentAppName": (2, 60, r"[a-z0-9][a-z0-9-]*[a-z0-9]"),
+    "consoleAppName": (2, 60, r"[a-z0-9][a-z0-9-]*[a-z0-9]"),
+    "consoleIdentityName": (3, 128, r"[a-zA-Z0-9][\w-]*"),
     "functionPlanName": (1, 60, r"[\w-]+"),
     "intentPlanName": (1, 60, r"[\w-]+"),
     "logWorkspaceName": (4, 63, r"[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9]"),
@@ -736,6 +742,58 @@ NAME_RULES = {  # var: (min, max, pattern)
     "cluContainerName": (3, 63, r"[a-z0-9](?!.*--)[a-z0-9-]*[a-z0-9]"),
     "functionPackagesContainerName": (3, 63, r"[a-z0-9](?!.*--)[a-z0-9-]*[a-z0-9]"),
 }
+
+
+def test_console_is_deployed_only_behind_app_service_authentication(bicep, param_file):
+    """The console trusts the principal App Service Authentication passes (X-MS-CLIENT-PRINCIPAL), so it exists only
+    with an Entra ID app registration, and then every request needs a sign-in (but the health check)."""
+    assert bicep.vars["consoleEnabled"] == "!empty(consoleAuthClientId)"
+    assert param_values(bicep, param_file)["consoleAuthClientId"] == "", "no console unless asked for"
+    for name, res in bicep.resources.items():
+        first = res["body"].split("\n")[0]
+        if "existing" in first or not (name.startswith("console") or "consoleIdentity.id" in res["body"]):
+            continue
+        assert (res["condition"] or "").startswith("consoleEnabled"), f"{name} must depend on consoleEnabled"
+    auth = bicep.resources["consoleAuthConfig"]["body"]
+    assert "name: 'authsettingsV2'" in auth and "requireAuthentication: true" in auth
+    assert "unauthenticatedClientAction: 'RedirectToLoginPage'" in auth and "clientId: consoleAuthClientId" in auth
+    assert re.search(r"excludedPaths: \[\s*'/healthz'\s*\]", auth)
+    site = bicep.resources["consoleApp"]["body"]
+    assert "httpsOnly: true" in site and "keyVaultReferenceIdentity: consoleIdentity.id" in site
+    assert "appCommandLine: 'python -m console --host 0.0.0.0 --port 8000'" in site
+    assert "healthCheckPath: '/healthz'" in site
+
+
+@pytest.mark.parametrize("use_connection_strings", [False, True], ids=["identity", "connection-strings"])
+def test_console_settings_load_and_match_the_function_app(bicep, param_file, use_connection_strings):
+    from console.main import gateway_environment
+    from console.settings import load_console_settings
+    params = param_values(bicep, param_file, useConnectionStrings=use_connection_strings,
+                          consoleAuthClientId="33333333-3333-3333-3333-333333333333")
+    resources = dict(FAKE_RESOURCES, consoleIdentity={"properties": {"clientId": "44444444-4444-4444-4444-444444444444"}})
+    ev = Evaluator(bicep, params, resources)
+    names = ["consoleSettings", "consoleStorageConnectionString" if use_connection_strings else "consoleStorageIdentity"]
+    names += ["consoleCosmosConnectionString"] if use_connection_strings else []
+    settings = {k: ev.eval(v) for n in names for k, v in bicep.object_var(n).items()}
+    for name in ("CONSOLE_SECRET", "CONSOLE_AUTHORING_KEY", "TELEMETRY_PII_HASH_KEY") + (
+            ("AzureWebJobsStorage", "COSMOS_KEY") if use_connection_strings else ()):
+        assert settings[name].startswith(KEY_VAULT_REFERENCE), name
+    resolved = {k: ("resolved-secret-value-0123456789-abcdefghij" if v.startswith(KEY_VAULT_REFERENCE) else v)
+                for k, v in settings.items()}
+    if use_connection_strings:
+        resolved["AzureWebJobsStorage"] = "UseDevelopmentStorage=true"
+    config = load_settings(gateway_environment(resolved))  # the console's view of the gateway settings
+    console = load_console_settings(resolved, project_name=config.settings.intent_project_name,
+                                    production_deployment=config.settings.intent_deployment_name)
+    assert console.auth_mode == "easyauth" and console.project_name == "retail-bot"
+    assert console.authoring_base == "https://intent-chatbot-q7x3k2.azurewebsites.net"
+    function = function_settings(bicep, params)
+    shared = [k for k in settings if k in function and k not in ("AZURE_CLIENT_ID", "SCM_DO_BUILD_DURING_DEPLOYMENT",
+                                                                 "AzureWebJobsStorage__clientId")]
+    assert {"COSMOS_REVIEW_CONTAINER", "TELEMETRY_PII_MODE", "REVIEW_CONFIDENCE_THRESHOLD"} <= set(shared)
+    for k in shared:
+        assert settings[k] == function[k], f"{k}: the console and the function app must agree"
+    assert "SENDBIRD_API_TOKEN" not in settings, "the console never calls SendBird: it gets no token"
 
 
 def test_intent_model_lifecycle_settings_load_in_the_authoring_config(bicep, param_file):
@@ -792,7 +850,8 @@ def test_parameter_file(bicep, param_file):
     assert set(param_file) <= set(bicep.params), set(param_file) - set(bicep.params)
     required = {n for n, p in bicep.params.items() if p["default"] is None}
     assert required <= set(param_file), f"required parameters missing from the file: {required - set(param_file)}"
-    assert not (SECRET_PARAMS | LIFECYCLE_SECRET_PARAMS) & set(param_file), "secrets never go into the parameter file"
+    assert not (SECRET_PARAMS | LIFECYCLE_SECRET_PARAMS | CONSOLE_SECRET_PARAMS) & set(param_file), \
+        "secrets never go into the parameter file"
     values = param_values(bicep, param_file)
     for name, p in bicep.params.items():
         deco = "\n".join(p["decorators"])
@@ -872,6 +931,12 @@ EXPECTED_ROLES = {
         ("cluContainer", "storageBlobDataContributor"), ("intentAuthoringKeysSecretRef", "keyVaultSecretsUser"),
         ("modelEventsSecretRef", "keyVaultSecretsUser"),
     },
+    "consoleIdentity": {
+        # the queues (poison listing and replay, depths) and the secrets its settings reference, one by one
+        ("storage", "storageQueueDataContributor"), ("consoleSecretRef", "keyVaultSecretsUser"),
+        ("consoleAuthoringKeySecretRef", "keyVaultSecretsUser"), ("telemetryPiiHashKeySecretRef", "keyVaultSecretsUser"),
+        ("cosmosKeySecretRef", "keyVaultSecretsUser"), ("storageConnectionSecretRef", "keyVaultSecretsUser"),
+    },
     "githubIdentity": {
         ("functionApp", "websiteContributor"), ("intentApp", "websiteContributor"), ("registry", "acrPush"),
         ("functionPackagesContainer", "storageBlobDataContributor"), ("modelsContainer", "storageBlobDataContributor"),
@@ -896,6 +961,9 @@ def test_role_scopes_are_narrow(bicep, param_file):
     assert conditions[("cluContainer", "intentIdentity")] == "intentModelLifecycle"
     assert conditions[("intentAuthoringKeysSecretRef", "intentIdentity")] == "intentModelLifecycle"
     assert conditions[("modelEventsSecretRef", "intentIdentity")] == "intentModelLifecycle && !empty(modelEventsWebhookUrl)"
+    assert all(cond in ("consoleEnabled", "consoleEnabled && useConnectionStrings")
+               for (_, ident), cond in conditions.items() if ident == "consoleIdentity")
+    assert conditions[("cosmosKeySecretRef", "consoleIdentity")] == "consoleEnabled && useConnectionStrings"
 
     # Key Vault: per secret, never the whole vault; each scope is a secret of this vault with the referenced name,
     # and the assignment waits for the secret when this deployment writes it
