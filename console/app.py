@@ -638,6 +638,19 @@ def create_app(console: Console) -> Starlette:
                                                "staging": c.settings.staging_deployment,
                                                "production": c.settings.production_deployment})
 
+    def _swap_verdict(job_id: str | None, timeout: float = 5.0) -> dict[str, Any]:
+        """The promotion gate's verdict of swap job ``job_id`` from the authoring audit log (written just after the
+        job finishes, so it is polled briefly); empty where the service has no audit log (Azure CLU)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            trail = c.authoring.audit()
+            if trail is None:
+                return {}
+            entry = next((e for e in reversed(trail) if e.get("action") == "swap" and e.get("jobId") == job_id), None)
+            if entry is not None or time.monotonic() > deadline:
+                return dict((entry or {}).get("gate") or {})
+            time.sleep(0.2)
+
     @endpoint(OPERATOR, write=True, action="model.swap")
     async def model_swap(request: Request, user: auth.User, data: Input) -> Response:
         force, reason = data.bool("force"), data.get("reason").strip()
@@ -645,7 +658,7 @@ def create_app(console: Console) -> Starlette:
             raise bad("forcing past the promotion gate needs a reason (it goes to the audit log)")
         prod, staging = c.settings.production_deployment, c.settings.staging_deployment
         try:
-            await run(functools.partial(c.authoring.swap, prod, staging, force=force, reason=reason))
+            job = await run(functools.partial(c.authoring.swap, prod, staging, force=force, reason=reason))
         except AuthoringError as exc:
             reasons = [d.get("message") for d in exc.details if isinstance(d, dict)]
             c.audit(user, "model.swap", f"{staging}->{prod}", "refused" if exc.status == 409 else "failed",
@@ -654,9 +667,7 @@ def create_app(console: Console) -> Starlette:
                 raise ConsoleError(409, "gate_refused", "the promotion gate refused the swap; an operator may force "
                                    "it with a reason", reasons) from None
             raise
-        trail = await run(c.authoring.audit) or []
-        last = next((e for e in reversed(trail) if e.get("action") == "swap"), None)
-        verdict = (last or {}).get("gate") or {}
+        verdict = await run(_swap_verdict, job.get("jobId"))
         c.audit(user, "model.swap", f"{staging}->{prod}", forced=force or None, reason=reason or None,
                 verdict=verdict.get("verdict"))
         what = f"swapped {staging} and {prod}" + (f": gate {verdict.get('verdict')}" if verdict else "")

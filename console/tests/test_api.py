@@ -411,10 +411,10 @@ def test_a_refused_swap_shows_the_gates_reasons_and_forcing_needs_a_reason(world
             raise AuthoringError(409, "Conflict", "The promotion gate refused the model for the production deployment",
                                  [{"code": "AccuracyDrop", "message": "accuracy drops 3.1 points (limit 2)"}],
                                  {"code": "PromotionGateRefused"})
-        return {"status": "succeeded"}
+        return {"status": "succeeded", "jobId": "j-1"}
     monkeypatch.setattr(world.console.authoring, "swap", swap)
     monkeypatch.setattr(world.console.authoring, "audit", lambda: [
-        {"action": "swap", "gate": {"verdict": "forced", "reasons": ["hotfix"]}}])
+        {"action": "swap", "jobId": "j-1", "gate": {"verdict": "forced", "reasons": ["hotfix"]}}])
     body = error(operator.post("/models/swap", json={}), 409, "gate_refused")
     assert body["details"] == ["accuracy drops 3.1 points (limit 2)"]
     forced = operator.post("/models/swap", json={"force": "1", "reason": "hotfix"}).json()
