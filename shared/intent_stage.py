@@ -164,6 +164,7 @@ def _report(msg: InboundMessage, language: str, prediction: IntentPrediction, ro
     telemetry.event("IntentClassified", {
         **_ids(msg), "language": language, "text": msg.text, "intent": prediction.top_intent, "route": route,
         "entities": ",".join(sorted({e.category for e in prediction.entities})) or None,
+        "model_version": prediction.model_version,
     }, {"confidence": prediction.confidence_score, "intent_latency_ms": intent_ms})
     telemetry.metric("intent_confidence", prediction.confidence_score, route=route)
     if route == FALLBACK:

@@ -61,7 +61,7 @@ EVENTS = ("MessageReceived", "WebhookRejected", "WebhookIgnored", "DuplicateDrop
 #: customDimensions that events may carry.
 EVENT_DIMENSIONS = ("correlation_id", "message_id", "channel_url", "user_id", "message_type", "language", "text",
                     "intent", "route", "reply_key", "reply_text", "stage", "queue", "reason", "error_type",
-                    "status_code", "entities")
+                    "status_code", "entities", "model_version")
 #: customMeasurements that events may carry (ms unless named otherwise).
 EVENT_MEASUREMENTS = ("confidence", "webhook_delay_ms", "text_length", "intent_latency_ms", "e2e_latency_ms",
                       "gateway_latency_ms", "intent_queue_wait_ms", "handler_queue_wait_ms", "reply_queue_wait_ms",
@@ -114,7 +114,8 @@ class Redactor:
     TEXT_KEYS = ("text", "reply_text")
     #: Structural properties the code sets from its own vocabulary or generated ids: never scrubbed.
     STRUCTURAL_KEYS = frozenset({"correlation_id", "message_id", "message_type", "language", "intent", "route",
-                                 "reply_key", "stage", "queue", "error_type", "status_code", "entities"})
+                                 "reply_key", "stage", "queue", "error_type", "status_code", "entities",
+                                 "model_version"})
 
     def __init__(self, mode: PiiMode = "off", key: str = ""):
         self.mode: PiiMode = mode

@@ -107,7 +107,10 @@ def test_korean_entities_offsets_all_index_types(server, api_path, clu):
 def test_grapheme_offsets_with_combining_sequences_and_emoji(server, api_path, clu):
     # "e" + combining acute is one text element; the emoji is 1 element, 2 UTF-16 units
     text = "cafe\u0301 \U0001F45F 주문번호 20261119-0042"
-    ent = lambda sit: post(server, api_path, clu(text, sit)).json()["result"]["prediction"]["entities"][0]
+
+    def ent(sit):
+        return post(server, api_path, clu(text, sit)).json()["result"]["prediction"]["entities"][0]
+
     assert (ent("TextElement_V8")["offset"], ent("TextElement_V8")["length"]) == (12, 13)
     assert ent("Utf16CodeUnit")["offset"] == 14
     assert ent("Utf8CodeUnit")["offset"] == len("cafe\u0301 \U0001F45F 주문번호 ".encode("utf-8"))
