@@ -19,7 +19,7 @@ Settings (all with the same configuration)
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -71,11 +71,11 @@ def val_score(model: IntentModel, val: Dataset) -> Dict[str, Any]:
 
 
 def fit_settings(train: Dataset, val: Dataset, config: Optional[Dict[str, Any]] = None,
-                 log=print) -> Dict[str, Dict[str, Any]]:
+                 log: Callable[[str], None] = print) -> Dict[str, Dict[str, Any]]:
     """The three settings, every choice made on ``val`` (which holds val + oos_val).
     No test data is passed in, so none can reach a choice."""
     cfg = normalize_config(config or DEFAULT_CONFIG)
-    out = {}
+    out: Dict[str, Dict[str, Any]] = {}
     with _memo(cfg):
         t0 = time.perf_counter()
         base = train_model(train, validation=val, config=cfg, name="clinc150")
@@ -99,7 +99,8 @@ def evaluate_settings(settings: Dict[str, Dict[str, Any]], test: Dataset) -> Non
         s["test"] = evaluate_model(s["model"], test)
 
 
-def select_config(train: Dataset, val: Dataset, candidates=None, log=print) -> Dict[str, Any]:
+def select_config(train: Dataset, val: Dataset, candidates: Optional[Sequence[Dict[str, Any]]] = None,
+                  log: Callable[[str], None] = print) -> Dict[str, Any]:
     """Choose the configuration on val with the one-standard-error rule: score each candidate by
     its val accuracy with out-of-scope as a class (at its own val-chosen temperature and
     threshold); take the best score ``b``; choose the FIRST candidate (the list runs from the
@@ -117,7 +118,8 @@ def select_config(train: Dataset, val: Dataset, candidates=None, log=print) -> D
     return {"rows": rows, "best": best, "standard_error": se, "chosen": chosen["config"]}
 
 
-def _score_candidate(train: Dataset, val: Dataset, cfg: Dict[str, Any], log) -> Dict[str, Any]:
+def _score_candidate(train: Dataset, val: Dataset, cfg: Dict[str, Any],
+                     log: Callable[[str], None]) -> Dict[str, Any]:
     t0 = time.perf_counter()
     m = train_model(train, validation=val, config=cfg, name="select")
     sc = val_score(m, val)

@@ -18,7 +18,7 @@ import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .entities import load_spec
 
@@ -116,7 +116,7 @@ def load_dataset(data: str | os.PathLike, entities: Optional[str | os.PathLike] 
     if not rows:
         raise DataError(f"{data}: no utterances")
     ent_path = Path(entities) if entities else (data if data.is_dir() else data.parent) / "entities.json"
-    spec = {"entities": []}
+    spec: Dict[str, Any] = {"entities": []}
     hashed = list(files)
     if ent_path.is_file():
         spec = load_spec(ent_path)
@@ -131,7 +131,7 @@ def load_dataset(data: str | os.PathLike, entities: Optional[str | os.PathLike] 
 
 
 def clinc150_path(path: Optional[str] = None) -> Path:
-    p = Path(path or os.environ.get("CLINC150_DIR", DEFAULT_CLINC150))
+    p = Path(path or os.environ.get("CLINC150_DIR", str(DEFAULT_CLINC150)))
     return p / "data_full.json" if p.is_dir() else p
 
 

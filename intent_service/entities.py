@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-import regex
+import regex  # type: ignore[import-untyped]
 
 from .text import IndexedText
 

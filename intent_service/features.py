@@ -7,12 +7,15 @@ looked up (and verified against those digests) in the process-wide encoder cache
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Dict, Optional, Sequence
 
 import numpy as np
-import regex
+import regex  # type: ignore[import-untyped]
 import scipy.sparse as sp
 from sklearn.base import BaseEstimator, TransformerMixin
+
+if TYPE_CHECKING:
+    from .encoder import Encoder
 
 
 _LETTER = regex.compile(r"\p{L}")
@@ -36,17 +39,17 @@ class SentenceEmbedding(TransformerMixin, BaseEstimator):
         self.encoder_files = encoder_files
         self.skip_hangul = skip_hangul
 
-    def encoder(self):
+    def encoder(self) -> Encoder:
         """The verified encoder; ``EncoderIntegrityError`` if a file's digest differs."""
         from .encoder import ENCODER_FILES, get_encoder
 
         return get_encoder(self.encoder_files or ENCODER_FILES)
 
-    def fit(self, X: Sequence[str], y=None):
+    def fit(self, X: Sequence[str], y: Any = None) -> SentenceEmbedding:
         self.encoder()  # verify now, not on the first prediction
         return self
 
-    def transform(self, X: Sequence[str]):
+    def transform(self, X: Sequence[str]) -> sp.csr_matrix:
         X = [str(x) for x in X]
         emb = np.zeros((len(X), 384), dtype=np.float32)
         keep = [i for i, x in enumerate(X) if not (self.skip_hangul and mostly_hangul(x))]

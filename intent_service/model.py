@@ -60,7 +60,7 @@ CLASSIFIERS = ("svc", "logreg")
 # --------------------------------------------------------------------------- building
 
 
-def normalize_config(config: Optional[Dict[str, Any]] = None, **overrides) -> Dict[str, Any]:
+def normalize_config(config: Optional[Dict[str, Any]] = None, **overrides: Any) -> Dict[str, Any]:
     cfg = dict(DEFAULT_CONFIG)
     cfg.update(config or {})
     cfg.update({k: v for k, v in overrides.items() if v is not None})
@@ -74,7 +74,7 @@ def normalize_config(config: Optional[Dict[str, Any]] = None, **overrides) -> Di
 
 
 def build_pipeline(C: Optional[float] = None, class_weight: Optional[dict] = None,
-                   config: Optional[Dict[str, Any]] = None):
+                   config: Optional[Dict[str, Any]] = None) -> Any:
     """Word 1-2 grams + character 1-5 grams (within word boundaries) + the sentence embedding
     (weight ``config["embedding_weight"]``; 0 leaves it out) -> LinearSVC (or LogisticRegression).
 
@@ -110,7 +110,7 @@ def build_pipeline(C: Optional[float] = None, class_weight: Optional[dict] = Non
     return Pipeline([("features", FeatureUnion(parts)), ("clf", clf)])
 
 
-def embedding_steps(pipeline) -> list:
+def embedding_steps(pipeline: Any) -> list:
     """The ``SentenceEmbedding`` transformers of a pipeline (none in a TF-IDF-only model)."""
     from .features import SentenceEmbedding
 
@@ -139,9 +139,9 @@ def fit_temperature(scores: np.ndarray, y_idx: np.ndarray) -> float:
 
 def apply_threshold(probs: np.ndarray, classes: Sequence[str], threshold: float) -> np.ndarray:
     """Labels after the out-of-scope rule: top in-scope confidence < threshold -> None."""
-    classes = np.asarray(classes)
-    labels = classes[probs.argmax(axis=1)].astype(object)
-    in_scope = classes != NONE_LABEL
+    cls = np.asarray(classes)
+    labels = cls[probs.argmax(axis=1)].astype(object)
+    in_scope = cls != NONE_LABEL
     conf = probs[:, in_scope].max(axis=1) if in_scope.any() else np.zeros(len(probs))
     labels[conf < threshold] = NONE_LABEL
     return labels
@@ -163,21 +163,21 @@ def choose_threshold(probs: np.ndarray, classes: Sequence[str], y_true: Sequence
     threshold whose held-out OOS recall reaches it, never costing more than 2 points of in-scope
     accuracy relative to no threshold.
     """
-    y_true = np.asarray(y_true, dtype=object)
-    is_oos = y_true == NONE_LABEL
+    yt = np.asarray(y_true, dtype=object)
+    is_oos = yt == NONE_LABEL
     if not is_oos.any() or is_oos.all():
         return 0.0
     if oos_recall_target is None:
         best_t, best_acc = 0.0, -1.0
         for t in THRESHOLD_GRID:
-            acc = float((apply_threshold(probs, classes, t) == y_true).mean())
+            acc = float((apply_threshold(probs, classes, t) == yt).mean())
             if acc > best_acc + 1e-12:
                 best_t, best_acc = float(t), acc
         return best_t
 
-    def figures(t):
+    def figures(t: float) -> Tuple[float, float]:
         lab = apply_threshold(probs, classes, t)
-        return (lab[~is_oos] == y_true[~is_oos]).mean(), (lab[is_oos] == NONE_LABEL).mean()
+        return (lab[~is_oos] == yt[~is_oos]).mean(), (lab[is_oos] == NONE_LABEL).mean()
 
     base_acc, _ = figures(0.0)
     chosen = 0.0
@@ -192,6 +192,10 @@ def choose_threshold(probs: np.ndarray, classes: Sequence[str], y_true: Sequence
 
 
 # --------------------------------------------------------------------------- the model
+
+
+#: ``IntentModel._linear_blocks``: (transformer, its coefficient slice) pairs and the intercepts.
+_LinearBlocks = Tuple[List[Tuple[Any, np.ndarray]], np.ndarray]
 
 
 @dataclass
@@ -243,20 +247,21 @@ class IntentModel:
         return out
 
     # -- prediction
-    def _linear_blocks(self):
+    def _linear_blocks(self) -> Optional[_LinearBlocks]:
         """For ``FeatureUnion -> linear classifier`` pipelines: each transformer with its slice of
         the coefficient matrix, so a prediction skips FeatureUnion's stacking and the
         estimators' input validation (about 1.5 ms of a 3-5 ms request). None otherwise."""
         if getattr(self, "_blocks", False) is not False:
             return self._blocks
-        self._blocks = None
+        self._blocks: Optional[_LinearBlocks] = None
         steps = getattr(self.pipeline, "named_steps", {})
         feats, clf = steps.get("features"), steps.get("clf")
         coef, intercept = getattr(clf, "coef_", None), getattr(clf, "intercept_", None)
         if (feats is None or coef is None or intercept is None or feats.transformer_weights
                 or len(steps) != 2):
             return None
-        blocks, start = [], 0
+        blocks: List[Tuple[Any, np.ndarray]] = []
+        start = 0
         for _, t in feats.transformer_list:
             width = (len(t.vocabulary_) if hasattr(t, "vocabulary_")
                      else 384 if hasattr(t, "encoder_files") else None)
@@ -294,7 +299,7 @@ class IntentModel:
         """CLU ``intents`` list (every intent, sorted by score, None included)."""
         scores = {c: float(p) for c, p in zip(self.classes, probs_row, strict=True)}
         in_scope = {c: s for c, s in scores.items() if c != self.none_label}
-        top_c = max(in_scope, key=in_scope.get) if in_scope else None
+        top_c = max(in_scope, key=in_scope.__getitem__) if in_scope else None
         top_s = in_scope.get(top_c, 0.0) if top_c else 0.0
         none_s = scores.get(self.none_label, 0.0)
         is_none = top_c is None or top_s < self.threshold or none_s > top_s
@@ -420,7 +425,7 @@ class LegacyPickleModelError(ModelFormatError):
     """An old pickle/joblib model file: refused without being unpickled."""
 
 
-def _sha256(data: bytes) -> str:
+def _sha256(data: bytes | bytearray) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
@@ -568,7 +573,7 @@ def _schema_names(schema: Any) -> Tuple[set, set]:
     return types, nodes
 
 
-def _load_skops(data: bytes, name: str) -> IntentModel:
+def _load_skops(data: bytes | bytearray, name: str) -> IntentModel:
     """Build the model from skops bytes after checking the types it names. Never unpickles."""
     if bytes(data[:4]) != _ZIP_MAGIC:
         head = bytes(data[:8])
@@ -645,7 +650,7 @@ def load_model(source: str, expected_sha256: Optional[str] = None,
         if pin is None:
             raise ModelConfigError(f"model URL {redact_url(source)} needs a SHA-256 pin "
                                    "(INTENT_MODEL_SHA256 or --model-sha256)")
-        data = _download(source, max_bytes, timeout)
+        data: bytes | bytearray = _download(source, max_bytes, timeout)
         name = redact_url(source)
     else:
         data = _read_file(source, max_bytes)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import unicodedata
 from typing import List, Tuple
 
-import regex
+import regex  # type: ignore[import-untyped]
 
 STRING_INDEX_TYPES = ("TextElement_V8", "Utf16CodeUnit", "Utf8CodeUnit")
 DEFAULT_STRING_INDEX_TYPE = "TextElement_V8"

@@ -14,10 +14,10 @@ import datetime as _dt
 import logging
 import platform
 from collections import Counter
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
-import regex
+import regex  # type: ignore[import-untyped]
 
 from .data import Dataset
 from .model import (NONE_LABEL, IntentModel, apply_threshold, build_pipeline, choose_threshold,
@@ -51,13 +51,13 @@ def _library_versions() -> Dict[str, str]:
     return out
 
 
-def _decision(pipeline, texts: List[str]) -> np.ndarray:
+def _decision(pipeline: Any, texts: List[str]) -> np.ndarray:
     s = pipeline.decision_function(texts)
     return np.stack([-s, s], axis=1) if s.ndim == 1 else s
 
 
 @contextlib.contextmanager
-def _memo(config: Dict[str, Any]):
+def _memo(config: Dict[str, Any]) -> Iterator[None]:
     """Encode each distinct text once while folds and final fits reuse it."""
     if config["embedding_weight"] > 0:
         from .features import SentenceEmbedding
@@ -89,7 +89,7 @@ def _held_out_scores(dataset: Dataset, config: Dict[str, Any], folds: int, seed:
 
 
 def calibrate(scores: np.ndarray, classes: Sequence[str], y: Sequence[str],
-              threshold_rule: str = "accuracy", oos_recall_target: float = 0.9):
+              threshold_rule: str = "accuracy", oos_recall_target: float = 0.9) -> Tuple[float, float]:
     """(temperature, threshold) from held-out decision scores: the temperature minimises the
     held-out log-loss of the known classes, the threshold follows ``threshold_rule``."""
     classes = list(classes)
@@ -167,7 +167,7 @@ def train_model(dataset: Dataset, *, validation: Optional[Dataset] = None,
                        entity_spec=dataset.entity_spec, meta=meta)
 
 
-def cross_validate(dataset: Dataset, folds: int = 5, seed: int = 0, **train_kwargs) -> Dict[str, Any]:
+def cross_validate(dataset: Dataset, folds: int = 5, seed: int = 0, **train_kwargs: Any) -> Dict[str, Any]:
     """Out-of-fold predictions: each fold is predicted by a model trained (and calibrated, by
     its own inner cross-validation) on the other folds only. Returns ``figures`` of all
     predictions plus ``by_language`` (en/ko) figures."""
@@ -227,7 +227,7 @@ def evaluate_model(model: IntentModel, dataset: Dataset) -> Dict[str, Any]:
     return figures(dataset.intents, model.predict_labels(dataset.texts))
 
 
-def _pct(x) -> str:
+def _pct(x: float) -> str:
     return "n/a" if x != x else f"{100 * x:.2f}%"
 
 
