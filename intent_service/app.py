@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Dict, Optional
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -33,6 +33,10 @@ from starlette.routing import Route
 
 from .text import DEFAULT_STRING_INDEX_TYPE, STRING_INDEX_TYPES
 
+if TYPE_CHECKING:
+    from .authoring import Authoring
+    from .model import IntentModel
+
 log = logging.getLogger("intent_service")
 
 API_VERSIONS = ("2023-04-01",)
@@ -41,7 +45,7 @@ MAX_BODY_BYTES = 64 * 1024
 RETRY_AFTER_SECONDS = 2
 
 
-def error(status: int, code: str, message: str, headers: Optional[Dict[str, str]] = None):
+def error(status: int, code: str, message: str, headers: Optional[Dict[str, str]] = None) -> JSONResponse:
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status,
                         headers=headers)
 
@@ -67,7 +71,7 @@ class ModelHolder:
         self.sha256 = sha256
         self.max_bytes = max_bytes or DEFAULT_MAX_MODEL_BYTES
         self.max_backoff = max_backoff
-        self.model = None
+        self.model: Optional[IntentModel] = None
         self.last_error_class: Optional[str] = None
         self.load_seconds: Optional[float] = None
         self.started = time.perf_counter()
@@ -172,7 +176,8 @@ def parse_added_latency_ms(value: Any) -> float:
 
 def create_app(model_source: Optional[str] = None, api_key: Optional[str] = None,
                model_sha256: Optional[str] = None, added_latency_ms: float = 0.0,
-               model_max_bytes: Optional[int] = None, authoring=None) -> Starlette:
+               model_max_bytes: Optional[int] = None,
+               authoring: Optional[Authoring] = None) -> Starlette:
     """``authoring``: an ``authoring.Authoring`` (a project store is configured): its routes are mounted
     and predictions are answered by the model deployed to the request's projectName/deploymentName
     instead of the single ``model_source`` model.
@@ -183,26 +188,26 @@ def create_app(model_source: Optional[str] = None, api_key: Optional[str] = None
     added_latency_s = parse_added_latency_ms(added_latency_ms) / 1000.0
     key_bytes = api_key.encode("utf-8") if api_key else None
 
-    def not_ready():
+    def not_ready() -> JSONResponse:
         # no path, URL or error message here: these endpoints need no key (details are logged)
         return JSONResponse({"error": {"code": "ServiceUnavailable",
                                        "message": "The model is not loaded yet; retry later.",
                                        "innererror": holder.reason()}},
                             status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
-    def model_headers(model) -> Dict[str, str]:
+    def model_headers(model: IntentModel) -> Dict[str, str]:
         return {"x-model-version": model.version, "x-model-data-sha256": model.data_sha256}
 
-    async def live(request: Request):
+    async def live(request: Request) -> JSONResponse:
         return JSONResponse({"status": "alive"})
 
-    def store_not_ready():
+    def store_not_ready() -> JSONResponse:
         return JSONResponse({"error": {"code": "ServiceUnavailable",
                                        "message": "The deployments are not loaded yet; retry later.",
                                        "innererror": {"code": "deployments_not_synced"}}},
                             status_code=503, headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
 
-    async def ready(request: Request):
+    async def ready(request: Request) -> JSONResponse:
         if authoring is not None:
             if not authoring.ready:
                 return store_not_ready()
@@ -213,7 +218,7 @@ def create_app(model_source: Optional[str] = None, api_key: Optional[str] = None
         return JSONResponse({"status": "ready", "modelVersion": model.version},
                             headers=model_headers(model))
 
-    async def model_info(request: Request):
+    async def model_info(request: Request) -> JSONResponse:
         from .model import is_url
 
         if authoring is not None:
@@ -229,7 +234,7 @@ def create_app(model_source: Optional[str] = None, api_key: Optional[str] = None
         info["loadSeconds"] = holder.load_seconds
         return JSONResponse(info, headers=model_headers(model))
 
-    async def analyze(request: Request):
+    async def analyze(request: Request) -> JSONResponse:
         if key_bytes is not None:
             given = request.headers.get("ocp-apim-subscription-key", "").encode("utf-8")
             if not hmac.compare_digest(given, key_bytes) and not (
@@ -263,6 +268,8 @@ def create_app(model_source: Optional[str] = None, api_key: Optional[str] = None
             model, problem = authoring.resolve(body.get("parameters"))
             if problem is not None:
                 return JSONResponse(problem[1], status_code=problem[0])
+        # checked above (holder.model), or resolve() gave a model since it gave no problem
+        assert model is not None
         prediction = model.analyze(req["text"], req["stringIndexType"])
         if added_latency_s:
             await asyncio.sleep(added_latency_s)
@@ -272,18 +279,19 @@ def create_app(model_source: Optional[str] = None, api_key: Optional[str] = None
                              "result": {"query": req["text"], "prediction": prediction}},
                             headers=headers)
 
-    async def http_error(request: Request, exc: HTTPException):
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, HTTPException)  # registered for HTTPException only
         codes = {404: ("NotFound", "Resource not found."),
                  405: ("MethodNotAllowed", "Method not allowed for this resource.")}
         code, msg = codes.get(exc.status_code, ("InvalidRequest", str(exc.detail)))
         return error(exc.status_code, code, msg, headers=getattr(exc, "headers", None))
 
-    async def server_error(request: Request, exc: Exception):
+    async def server_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s", request.url.path)
         return error(500, "InternalServerError", "An internal error occurred.")
 
     @asynccontextmanager
-    async def lifespan(app):
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if authoring is not None:
             authoring.start()
         else:

@@ -11,7 +11,11 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
+
+if TYPE_CHECKING:
+    from .data import Dataset
+
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 DEFAULT_RETAIL_DATA = PACKAGE_DIR / "data" / "retail"
@@ -36,14 +40,14 @@ def _pct(x: float) -> str:
 # --------------------------------------------------------------------------- commands
 
 
-def _config_from_args(args) -> dict:
+def _config_from_args(args: argparse.Namespace) -> dict:
     from .model import normalize_config
 
     return normalize_config(None, embedding_weight=getattr(args, "embedding_weight", None),
                             C=getattr(args, "C", None))
 
 
-def _print_cv(fig, top: int = 10) -> None:
+def _print_cv(fig: Dict[str, Any], top: int = 10) -> None:
     from .training import format_figures
 
     print(f"out-of-fold ({fig['folds']}-fold; each fold predicted by a model trained and "
@@ -55,7 +59,7 @@ def _print_cv(fig, top: int = 10) -> None:
     print(format_figures(fig, top=top))
 
 
-def cmd_train(args) -> int:
+def cmd_train(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .training import cross_validate, figures_json, train_model
 
@@ -95,7 +99,7 @@ def cmd_train(args) -> int:
     return 0
 
 
-def _up_to_date(out: Path, ds) -> bool:
+def _up_to_date(out: Path, ds: Dataset) -> bool:
     """The model file exists, loads (encoder verified) and was built from this data with the
     current configuration and encoder."""
     from .encoder import ENCODER_FILES
@@ -116,7 +120,7 @@ def _up_to_date(out: Path, ds) -> bool:
     return same
 
 
-def cmd_build_retail(args) -> int:
+def cmd_build_retail(args: argparse.Namespace) -> int:
     """Idempotent: rebuilds only when the data, the configuration or the encoder changed."""
     from .data import load_dataset
 
@@ -131,7 +135,7 @@ def cmd_build_retail(args) -> int:
     return cmd_train(ns)
 
 
-def cmd_evaluate(args) -> int:
+def cmd_evaluate(args: argparse.Namespace) -> int:
     from .data import load_dataset
     from .model import load_model
     from .training import cross_validate, evaluate_model, figures_json, format_figures
@@ -153,7 +157,7 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_clinc150(args) -> int:
+def cmd_clinc150(args: argparse.Namespace) -> int:
     from . import clinc
     from .data import export_clinc150, load_clinc150
     from .model import DEFAULT_CONFIG
@@ -222,7 +226,7 @@ def cmd_clinc150(args) -> int:
     return 0
 
 
-def cmd_serve(args) -> int:
+def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from .model import (ModelConfigError, check_url, is_url, parse_max_model_bytes,
@@ -271,7 +275,7 @@ def cmd_serve(args) -> int:
 # --------------------------------------------------------------------------- parser
 
 
-def _add_config_args(p) -> None:
+def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--embedding-weight", type=float, default=None,
                    help="weight of the sentence embedding beside the TF-IDF features "
                         "(0: TF-IDF only; default: model.DEFAULT_CONFIG)")
