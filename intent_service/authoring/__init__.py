@@ -9,7 +9,7 @@ serves its single model as before.
 from __future__ import annotations
 
 import logging
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 from .api import Authenticator, build_routes
 from .config import AuthoringConfig, ConfigError
@@ -51,7 +51,7 @@ class Authoring:
         self._prediction_keys = [k.encode("utf-8") for k in config.authoring_keys.values()]
 
     @classmethod
-    def from_env(cls, env=None) -> Optional["Authoring"]:
+    def from_env(cls, env: Optional[Mapping[str, str]] = None) -> Optional["Authoring"]:
         config = AuthoringConfig.from_env(env)
         return cls(config) if config is not None else None
 

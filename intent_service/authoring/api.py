@@ -11,7 +11,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Awaitable, Callable, Dict, Iterable, List, Optional
 from urllib.parse import urlencode
 
 from starlette.concurrency import run_in_threadpool
@@ -32,7 +32,8 @@ DEFAULT_PAGE = 100
 
 
 class Authenticator:
-    def __init__(self, keys: Dict[str, str], easy_auth: bool = False, principals=frozenset()):
+    def __init__(self, keys: Dict[str, str], easy_auth: bool = False,
+                 principals: Iterable[str] = frozenset()):
         self.keys = [(name, key.encode("utf-8")) for name, key in keys.items()]
         self.easy_auth = easy_auth
         self.principals = frozenset(principals)
@@ -88,8 +89,8 @@ def build_routes(service: AuthoringService, auth: Authenticator) -> List[Route]:
         except (ValueError, UnicodeDecodeError):
             raise ApiError(400, "InvalidArgument", "The request body is not valid JSON.") from None
 
-    def endpoint(fn: Callable, *, body: bool = False):
-        async def handler(request: Request):
+    def endpoint(fn: Callable[..., Any], *, body: bool = False) -> Callable[[Request], Awaitable[Response]]:
+        async def handler(request: Request) -> Response:
             try:
                 if request.query_params.get("api-version") != API_VERSION:
                     raise ApiError(400, "InvalidArgument",

@@ -20,7 +20,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import requests
 
@@ -39,7 +39,7 @@ def retail_project_text() -> str:
     return pf.dumps_project(pf.build_project_from_csv(RETAIL_DATA, description=RETAIL_DESCRIPTION))
 
 
-def cmd_retail_project(args) -> int:
+def cmd_retail_project(args: argparse.Namespace) -> int:
     text = retail_project_text()
     out = Path(args.out)
     if args.check:
@@ -57,7 +57,7 @@ def cmd_retail_project(args) -> int:
     return 0
 
 
-def cmd_train_project(args) -> int:
+def cmd_train_project(args: argparse.Namespace) -> int:
     from .schema import Limits, parse_project
     from .worker import train_assets
 
@@ -97,7 +97,8 @@ class _Client:
         self.s.headers["Ocp-Apim-Subscription-Key"] = key
         self.timeout = timeout
 
-    def call(self, method: str, path: str, body=None, params=None) -> requests.Response:
+    def call(self, method: str, path: str, body: Any = None,
+             params: Optional[Dict[str, Any]] = None) -> requests.Response:
         params = dict(params or {}, **{"api-version": API_VERSION})
         resp = self.s.request(method, self.base + path, params=params, json=body, timeout=30)
         if resp.status_code >= 400 and resp.status_code != 404:
@@ -120,9 +121,9 @@ class _Client:
             time.sleep(min(5.0, float(resp.headers.get("Retry-After", 1)) or 1.0))
 
 
-def bootstrap(endpoint: str, key: str, project_file=RETAIL_PROJECT, project: str = "retail-bot",
+def bootstrap(endpoint: str, key: str, project_file: str | Path = RETAIL_PROJECT, project: str = "retail-bot",
               label: str = "retail", deployment: str = "production", if_missing: bool = False,
-              timeout: float = 600.0, log=print) -> dict:
+              timeout: float = 600.0, log: Callable[[str], None] = print) -> dict:
     """Import ``project_file`` as ``project``, train ``label`` (manual split: the file's Test utterances),
     deploy it to ``deployment``, through an authoring endpoint (this service or Azure CLU). With
     ``if_missing``, nothing happens when the deployment exists. Returns the deployment. Raises SystemExit
@@ -151,7 +152,7 @@ def bootstrap(endpoint: str, key: str, project_file=RETAIL_PROJECT, project: str
     return c.call("GET", f"/projects/{p}/deployments/{d}").json()
 
 
-def cmd_bootstrap(args) -> int:
+def cmd_bootstrap(args: argparse.Namespace) -> int:
     bootstrap(args.endpoint, args.key, args.project_file, args.project, args.label, args.deployment,
               args.if_missing, args.timeout)
     return 0

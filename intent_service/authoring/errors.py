@@ -46,7 +46,7 @@ def project_not_found(project: str) -> ApiError:
     return ApiError(404, "ProjectNotFound", f"The project {project!r} was not found.")
 
 
-def conflict(message: str, **kw) -> ApiError:
+def conflict(message: str, **kw: Any) -> ApiError:
     return ApiError(409, "Conflict", message, **kw)
 
 

@@ -18,12 +18,15 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    from ..model import IntentModel
 
 NONE = "None"
 
 
-def predict_utterances(model, utterances: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
+def predict_utterances(model: IntentModel, utterances: Sequence[Dict[str, Any]]) -> List[Dict[str, Any]]:
     """Per-utterance results (``evaluation/result`` items; offsets in UTF-16 code units)."""
     out = []
     for u in utterances:

@@ -33,7 +33,10 @@ import random
 import threading
 import time
 import uuid
-from typing import Any, Dict, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
+
+if TYPE_CHECKING:
+    import requests
 
 log = logging.getLogger("intent_service.events")
 
@@ -122,7 +125,7 @@ class EventSink:
 
         session = requests.Session()
         session.trust_env = False
-        pending = []  # (due, event, attempt)
+        pending: List[Tuple[float, Dict[str, Any], int]] = []  # (due, event, attempt)
         while not self._stop.is_set():
             timeout = max(0.0, min((d for d, _, _ in pending), default=time.monotonic() + 0.5) - time.monotonic())
             try:
@@ -153,9 +156,11 @@ class EventSink:
                                 event["id"], attempt, why, delay)
                     pending.append((time.monotonic() + delay, event, attempt + 1))
 
-    def _deliver(self, session, event: Dict[str, Any]):
+    def _deliver(self, session: requests.Session, event: Dict[str, Any]) -> Tuple[bool, bool, str]:
         import requests
 
+        url = self.url
+        assert url is not None  # the delivery thread runs only with a webhook URL (start())
         body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         ts = int(time.time())
         headers = {"Content-Type": CONTENT_TYPE, "aeg-event-type": "Notification",
@@ -163,7 +168,7 @@ class EventSink:
         if self.secret:
             headers["webhook-signature"] = sign(self.secret, event["id"], ts, body)
         try:
-            resp = session.post(self.url, data=body, headers=headers, timeout=self.timeout,
+            resp = session.post(url, data=body, headers=headers, timeout=self.timeout,
                                 allow_redirects=False)
         except requests.RequestException as exc:
             return False, False, type(exc).__name__

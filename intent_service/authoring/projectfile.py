@@ -18,7 +18,11 @@ import hashlib
 import json
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Dict, Iterable, List, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    from ..data import Dataset
+    from ..entities import EntityExtractor
 
 NONE_INTENT = "None"
 DEFAULT_TEST_PERCENT = 20
@@ -98,6 +102,7 @@ def split(assets: Dict[str, Any], options: Optional[Dict[str, Any]]) -> Tuple[Li
     if test_pct is None and train_pct is None:
         test_pct = DEFAULT_TEST_PERCENT
     elif test_pct is None:
+        assert train_pct is not None  # not both None: the branch above
         test_pct = 100 - int(train_pct)
     train_pct = 100 - int(test_pct)
     by_intent: Dict[str, List[int]] = defaultdict(list)
@@ -114,7 +119,7 @@ def split(assets: Dict[str, Any], options: Optional[Dict[str, Any]]) -> Tuple[Li
                                          "testingSplitPercentage": int(test_pct)}
 
 
-def dataset_from_assets(assets: Dict[str, Any], indices: Optional[Sequence[int]] = None):
+def dataset_from_assets(assets: Dict[str, Any], indices: Optional[Sequence[int]] = None) -> Dataset:
     """A ``data.Dataset`` of the given utterances (all by default) with the project's entities."""
     from ..data import Dataset
 
@@ -169,7 +174,7 @@ def _read_rows(path: Path) -> List[Dict[str, str]]:
         return [row for row in csv.DictReader(fh) if (row.get("text") or "").strip()]
 
 
-def label_entities(text: str, extractor) -> List[Dict[str, Any]]:
+def label_entities(text: str, extractor: EntityExtractor) -> List[Dict[str, Any]]:
     return [{"category": e["category"], "offset": e["offset"], "length": e["length"]}
             for e in extractor.extract(text, "Utf16CodeUnit")]
 

@@ -21,10 +21,14 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, List, Optional, Tuple
+from types import FrameType
+from typing import TYPE_CHECKING, Any, Dict, List, Optional, Tuple
 
 from .modelio import load_model_bytes
 from .repository import Repository
+
+if TYPE_CHECKING:
+    from _typeshed import TraceFunction
 
 log = logging.getLogger("intent_service.registry")
 
@@ -44,9 +48,9 @@ class _Throttle:
     def __init__(self, burst: float, pause: float):
         self.burst, self.pause = burst, pause
         self._mark = 0.0
-        self._previous = None
+        self._previous: Optional[TraceFunction] = None
 
-    def _hook(self, frame, event, arg):
+    def _hook(self, frame: FrameType, event: str, arg: Any) -> None:
         now = time.perf_counter()
         if now - self._mark > self.burst:
             time.sleep(self.pause)

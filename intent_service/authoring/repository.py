@@ -23,7 +23,7 @@ import datetime as _dt
 import hashlib
 import json
 import uuid
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 from .storage import BlobInfo, BlobStore, PreconditionFailed, StoreError
 
@@ -66,7 +66,7 @@ class Repository:
     def project(self, p: str) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
         return self.get(self.project_name(p))
 
-    def put_project(self, p: str, meta: Dict[str, Any], **cond) -> str:
+    def put_project(self, p: str, meta: Dict[str, Any], **cond: Any) -> str:
         return self.put(self.project_name(p), meta, **cond)
 
     def list_projects(self) -> List[Dict[str, Any]]:
@@ -145,14 +145,14 @@ class Repository:
                 refs.add(d.get("modelSha256"))
         return refs
 
-    def gc_content(self, digests) -> List[str]:
+    def gc_content(self, digests: Iterable[Optional[str]]) -> List[str]:
         """Delete the given content blobs unless a model record or a deployment still names them."""
-        digests = {d for d in digests if d}
-        if not digests:
+        wanted = {d for d in digests if d}
+        if not wanted:
             return []
         refs = self.content_references()
         gone = []
-        for d in sorted(digests - refs):
+        for d in sorted(wanted - refs):
             if self.store.delete(self.content_name(d)):
                 gone.append(d)
             self.delete_prefix(f"predictions/{d}/")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Type, TypeVar
 
-import regex as _regex
+import regex as _regex  # type: ignore[import-untyped]
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .errors import ApiError, bad_request
@@ -43,8 +43,11 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="allow", strict=True)
 
 
+_M = TypeVar("_M", bound=BaseModel)
+
+
 class ProjectSettings(_Model):
-    confidenceThreshold: float = Field(0.0, ge=0.0, le=1.0)
+    confidenceThreshold: float = Field(default=0.0, ge=0.0, le=1.0)
 
 
 class ProjectMetadata(_Model):
@@ -105,8 +108,10 @@ class Entity(_Model):
                                          "separateComponents", "combineComponents"]] = None
     list: Optional[ListComponent] = None
     regex: Optional[RegexComponent] = None
-    prebuilts: List[Prebuilt] = Field(default_factory=list)
-    requiredComponents: List[Literal["learned", "list", "prebuilts", "regex"]] = Field(default_factory=list)
+    # Both are required: in this class body ``list`` is the field above (None), so the former
+    # ``Field(default_factory=list)`` gave no default; kept as it behaves (see the lead's report).
+    prebuilts: List[Prebuilt]
+    requiredComponents: List[Literal["learned", "list", "prebuilts", "regex"]]
 
 
 class EntityLabel(_Model):
@@ -187,7 +192,7 @@ def _invalid(message: str, problems: List[Tuple[str, str]]) -> ApiError:
                        target=first_path, details=details)
 
 
-def parse(model: type, body: Any, what: str, prefix: Sequence[Any] = ()) -> Any:
+def parse(model: Type[_M], body: Any, what: str, prefix: Sequence[Any] = ()) -> _M:
     """Validate ``body`` as ``model``; 400 with the JSON path of the bad field(s)."""
     if not isinstance(body, dict):
         raise bad_request(f"{what}: the body must be a JSON object.", target=json_path(prefix))

@@ -77,7 +77,7 @@ class AuthoringService:
             raise project_not_found(p)
         return meta
 
-    def _touch_project(self, p: str, **fields) -> None:
+    def _touch_project(self, p: str, **fields: Any) -> None:
         for _ in range(10):
             meta, etag = self.repo.project(p)
             if meta is None:
@@ -89,7 +89,7 @@ class AuthoringService:
             except PreconditionFailed:
                 continue
 
-    def _audit(self, p: str, who: str, action: str, outcome: str, **fields) -> None:
+    def _audit(self, p: str, who: str, action: str, outcome: str, **fields: Any) -> None:
         entry = {"time": iso(now()), "who": who, "action": action, "projectName": p, "outcome": outcome}
         entry.update({k: v for k, v in fields.items() if v is not None})
         try:
@@ -97,15 +97,15 @@ class AuthoringService:
         except Exception:  # the audit log must not lose silently: log loudly
             log.exception("AUDIT WRITE FAILED: %s", json.dumps(entry, ensure_ascii=False))
 
-    def _spawn(self, target: Callable, *args) -> None:
+    def _spawn(self, target: Callable[..., Any], *args: Any) -> None:
         t = threading.Thread(target=target, args=args, daemon=True, name=f"job-{target.__name__}")
         t.start()
         self._threads = [x for x in self._threads if x.is_alive()] + [t]
 
     # ------------------------------------------------------------------ jobs
-    def _new_job(self, p: Optional[str], kind: str, **extra) -> Dict[str, Any]:
+    def _new_job(self, p: Optional[str], kind: str, **extra: Any) -> Dict[str, Any]:
         t = now()
-        job = {"jobId": str(uuid.uuid4()), "createdDateTime": iso(t), "lastUpdatedDateTime": iso(t),
+        job: Dict[str, Any] = {"jobId": str(uuid.uuid4()), "createdDateTime": iso(t), "lastUpdatedDateTime": iso(t),
                "expirationDateTime": iso(t + _dt.timedelta(days=JOB_TTL_DAYS)), "status": "notStarted",
                "errors": [], "warnings": [], "_kind": kind, "_project": p, "_owner": self.replica}
         job.update(extra)
@@ -127,8 +127,8 @@ class AuthoringService:
         raise RuntimeError(f"job {job_id}: too many concurrent updates")
 
     def _finish(self, p: Optional[str], job_id: str, status: str, error: Optional[ApiError] = None,
-                **fields) -> Dict[str, Any]:
-        def mutate(job):
+                **fields: Any) -> Dict[str, Any]:
+        def mutate(job: Dict[str, Any]) -> None:
             job["status"] = status
             if error is not None:
                 job["errors"] = [error.job_error()]
@@ -188,7 +188,7 @@ class AuthoringService:
         for _ in range(10):
             meta, etag = self.repo.project(p)
             created = meta is None
-            if created:
+            if meta is None:
                 if p in ("global",):
                     raise bad_request("'global' is a reserved name.", "projectName")
                 if patch.projectKind is None or patch.language is None:
@@ -388,7 +388,8 @@ class AuthoringService:
                 j["status"] = "cancelling"
         return public(self._update_job(p, job_id, mutate))
 
-    def _train_job(self, p, job_id, label, version, mode, eval_opts, work, who) -> None:
+    def _train_job(self, p: str, job_id: str, label: str, version: str, mode: str, eval_opts: Dict[str, Any],
+                   work: Dict[str, Any], who: str) -> None:
         started = now()
         outcome, record, error = "failed", None, None
         try:
@@ -448,7 +449,7 @@ class AuthoringService:
             data["error"] = error
         self.events.emit(f"IntentService.Training.{outcome.capitalize()}", p, f"models/{label}", data)
 
-    def _run_worker(self, p, job_id, work) -> Tuple[str, Any, Optional[bytes]]:
+    def _run_worker(self, p: str, job_id: str, work: Dict[str, Any]) -> Tuple[str, Any, Optional[bytes]]:
         """Run the training child process; (outcome, result-or-error, model bytes)."""
         with tempfile.TemporaryDirectory(prefix="intent-train-") as tmp:
             tmpd = Path(tmp)
@@ -650,7 +651,7 @@ class AuthoringService:
         preds = self._frozen_predictions(p, assets, [candidate["modelSha256"], prod["modelSha256"]])
         return {**base, **gate_verdict(preds[candidate["modelSha256"]], preds[prod["modelSha256"]], policy)}
 
-    def _refuse(self, p: str, who: str, action: str, verdict: Dict[str, Any], **fields) -> ApiError:
+    def _refuse(self, p: str, who: str, action: str, verdict: Dict[str, Any], **fields: Any) -> ApiError:
         self._audit(p, who, action, "refused", gate=verdict, **fields)
         reasons = verdict.get("reasons", [])
         return conflict("The promotion gate refused the model for the production deployment: "
@@ -699,7 +700,8 @@ class AuthoringService:
             return doc
         raise conflict("The deployments changed concurrently; retry.")
 
-    def _deploy_job(self, p, d, job_id, record, verdict, expected_prod, who, reason) -> None:
+    def _deploy_job(self, p: str, d: str, job_id: str, record: Dict[str, Any], verdict: Optional[Dict[str, Any]],
+                    expected_prod: Optional[str], who: str, reason: Optional[str]) -> None:
         prod_name = self.config.gate.production_deployment
         before: Dict[str, Any] = {}
 
@@ -731,7 +733,7 @@ class AuthoringService:
                 self.registry.unpin(digest)
             return {}
 
-        def failed(err: ApiError):
+        def failed(err: ApiError) -> None:
             self._audit(p, who, "deploy", "failed", jobId=job_id, deploymentName=d, to=_model_ref(record),
                         gate=verdict, error=err.job_error())
 
@@ -802,7 +804,9 @@ class AuthoringService:
         def work():
             with self._deploy_lock:
                 for name in (a, b):
-                    self.registry.prepare(seen[name])
+                    digest = seen[name]
+                    assert digest is not None  # both deployments exist (checked above) and name their model
+                    self.registry.prepare(digest)
 
                 def mutate(doc):
                     deps = doc["deployments"]

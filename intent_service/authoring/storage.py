@@ -19,7 +19,7 @@ import hashlib
 import threading
 import uuid
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Protocol, Tuple
+from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 
 class StoreError(RuntimeError):
@@ -104,7 +104,7 @@ class AzureBlobStore:
     """Azure Blob Storage (or Azurite) through ``azure-storage-blob``: one container, an optional name
     prefix. ETags are the service's own; conditions map to ``If-Match`` / ``If-None-Match: *``."""
 
-    def __init__(self, container_client, prefix: str = "", create_container: bool = True) -> None:
+    def __init__(self, container_client: Any, prefix: str = "", create_container: bool = True) -> None:
         self._cc = container_client
         self._prefix = prefix
         self._ensured = not create_container
@@ -169,7 +169,7 @@ class AzureBlobStore:
 
         self._ensure()
 
-        kwargs = {"overwrite": not if_none_match}
+        kwargs: Dict[str, Any] = {"overwrite": not if_none_match}
         if if_match is not None:
             kwargs.update(etag=if_match, match_condition=MatchConditions.IfNotModified)
         try:
@@ -188,7 +188,7 @@ class AzureBlobStore:
 
         self._ensure()
 
-        kwargs = {}
+        kwargs: Dict[str, Any] = {}
         if if_match is not None:
             kwargs.update(etag=if_match, match_condition=MatchConditions.IfNotModified)
         try:

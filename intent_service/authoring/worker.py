@@ -19,16 +19,22 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Dict, Optional, Sequence, Tuple
+
+if TYPE_CHECKING:
+    from ..model import IntentModel
 
 
-def _write(path: Path, obj) -> None:
+def _write(path: Path, obj: Any) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(obj, ensure_ascii=False), encoding="utf-8")
     os.replace(tmp, path)
 
 
-def train_assets(assets: dict, train_indices, eval_indices, test_indices, version: str, name: str,
-                 training_config: dict, threshold=None, progress=None):
+def train_assets(assets: dict, train_indices: Sequence[int], eval_indices: Sequence[int],
+                 test_indices: Sequence[int], version: str, name: str, training_config: dict,
+                 threshold: Optional[float] = None,
+                 progress: Optional[Callable[[Dict[str, Any]], None]] = None) -> Tuple[IntentModel, Dict[str, Any]]:
     """Train on ``assets['utterances'][train_indices]`` with ``training.train_model`` and predict the
     evaluation split and the frozen Test utterances. The ``:train`` job and the CLI
     (``python -m intent_service.authoring.cli train-project``) both train through here.
@@ -91,7 +97,7 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     mode, req_path, out_dir = argv
     out = Path(out_dir)
