@@ -38,7 +38,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from sentence_transformers import SentenceTransformer  # type: ignore[import-not-found, unused-ignore]
 
     from intent_service.encoder import ENCODER_FILES, Encoder, read_verified
-    from export_minilm import UPSTREAM_SHA256, WHEEL_PREFIX, sha256  # type: ignore[import-not-found]  # a script beside this one
+    # a script beside this one (the script's directory is sys.path[0]), not a module of the package
+    from export_minilm import UPSTREAM_SHA256, WHEEL_PREFIX, sha256  # type: ignore[import-not-found]
 
     data = json.loads((REPO / "intent_service" / "data" / "clinc150" / "data_full.json")
                       .read_text(encoding="utf-8"))
