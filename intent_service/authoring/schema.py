@@ -9,6 +9,7 @@ Unknown fields are kept (``extra="allow"``), so an export returns what was impor
 """
 from __future__ import annotations
 
+import builtins
 import re
 from dataclasses import dataclass
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Type, TypeVar
@@ -108,10 +109,9 @@ class Entity(_Model):
                                          "separateComponents", "combineComponents"]] = None
     list: Optional[ListComponent] = None
     regex: Optional[RegexComponent] = None
-    # Both are required: in this class body ``list`` is the field above (None), so the former
-    # ``Field(default_factory=list)`` gave no default; kept as it behaves (see the lead's report).
-    prebuilts: List[Prebuilt]
-    requiredComponents: List[Literal["learned", "list", "prebuilts", "regex"]]
+    # Optional in CLU's project file. (``builtins.list``: in this class body ``list`` is the field above.)
+    prebuilts: List[Prebuilt] = Field(default_factory=builtins.list)
+    requiredComponents: List[Literal["learned", "list", "prebuilts", "regex"]] = Field(default_factory=builtins.list)
 
 
 class EntityLabel(_Model):

@@ -306,3 +306,10 @@ def test_authenticator_keys_and_easy_auth_principals():
     plain = Authenticator({"ci": "k" * 20})
     assert plain.identify(_request({"X-MS-CLIENT-PRINCIPAL-ID": "oid-1"})) is None
     assert not Authenticator({}).configured
+
+
+def test_an_entity_without_prebuilts_or_required_components_is_accepted():
+    """CLU project files often leave both out; they default to empty lists."""
+    from intent_service.authoring.schema import Entity
+    e = Entity.model_validate({"category": "OrderNumber"})
+    assert e.prebuilts == [] and e.requiredComponents == []
