@@ -140,42 +140,45 @@ def validate_texts(texts: object, baseline: ResponseCatalog | None = None) -> li
     if not isinstance(texts, dict):
         return ["the catalog must be an object: key -> {ko, en}"]
     base = (baseline or ResponseCatalog.load()).texts()
-    problems: list[str] = []
-    for key in required_keys():
-        if key not in texts:
-            problems.append(f"{key}: missing (the gateway answers with it)")
+    problems = [f"{key}: missing (the gateway answers with it)" for key in required_keys() if key not in texts]
     allowed = set(required_keys())
     for key, langs in texts.items():
         if key not in allowed and not INTENT_KEY.fullmatch(str(key)):
             problems.append(f"{key}: not a response key of the route registry (nor intent.<Intent>)")
-            continue
-        if not isinstance(langs, dict):
+        elif not isinstance(langs, dict):
             problems.append(f"{key}: must be an object with 'ko' and 'en'")
+        else:
+            expected = placeholders(next(iter(base[key].values()))) if key in base else set()
+            problems += _entry_problems(key, langs, expected)
+    return problems
+
+
+def _entry_problems(key: str, langs: dict[str, object], expected: set[str]) -> list[str]:
+    """Problems of one key's texts: languages, blank or long texts, templates, placeholders (``expected``)."""
+    problems: list[str] = []
+    extra = sorted(set(langs) - set(LANGUAGES))
+    if extra:
+        problems.append(f"{key}: unknown language(s) {extra}; only {list(LANGUAGES)}")
+    found: dict[str, set[str]] = {}
+    for lang in LANGUAGES:
+        text = langs.get(lang)
+        if not isinstance(text, str) or not text.strip():
+            problems.append(f"{key}: the {lang} text is missing or blank")
             continue
-        extra = sorted(set(langs) - set(LANGUAGES))
-        if extra:
-            problems.append(f"{key}: unknown language(s) {extra}; only {list(LANGUAGES)}")
-        found: dict[str, set[str]] = {}
-        for lang in LANGUAGES:
-            text = langs.get(lang)
-            if not isinstance(text, str) or not text.strip():
-                problems.append(f"{key}: the {lang} text is missing or blank")
-                continue
-            if len(text) > MAX_TEXT_CHARS:
-                problems.append(f"{key}: the {lang} text is longer than {MAX_TEXT_CHARS} characters")
-            try:
-                found[lang] = placeholders(text)
-            except ValueError as exc:
-                problems.append(f"{key}: the {lang} text is not a valid template ({exc}); write {{{{ and }}}} "
-                                "for literal braces")
-        expected = placeholders(next(iter(base[key].values()))) if key in base else set()
-        for lang, names in found.items():
-            if names != expected:
-                missing, unknown = sorted(expected - names), sorted(names - expected)
-                what = "; ".join(filter(None, [f"missing {{{', '.join(missing)}}}" if missing else "",
-                                               f"unknown {{{', '.join(unknown)}}}" if unknown else ""]))
-                problems.append(f"{key}: the {lang} text must use the placeholders "
-                                f"{sorted(expected) or 'none'} ({what})")
+        if len(text) > MAX_TEXT_CHARS:
+            problems.append(f"{key}: the {lang} text is longer than {MAX_TEXT_CHARS} characters")
+        try:
+            found[lang] = placeholders(text)
+        except ValueError as exc:
+            problems.append(f"{key}: the {lang} text is not a valid template ({exc}); write {{{{ and }}}} "
+                            "for literal braces")
+    for lang, names in found.items():
+        if names != expected:
+            missing, unknown = sorted(expected - names), sorted(names - expected)
+            what = "; ".join(filter(None, [f"missing {{{', '.join(missing)}}}" if missing else "",
+                                           f"unknown {{{', '.join(unknown)}}}" if unknown else ""]))
+            problems.append(f"{key}: the {lang} text must use the placeholders "
+                            f"{sorted(expected) or 'none'} ({what})")
     return problems
 
 
