@@ -73,25 +73,24 @@ def build(config: AppConfig) -> Services:
     """The real adapters for ``config`` (Storage queues, Cosmos DB, the intent service, SendBird, Application
     Insights or no telemetry). Raises what the SDKs raise when a client cannot be created."""
     from shared.clients.clu import IntentClient
-    from shared.clients.cosmos import CosmosStateStore, cosmos_client, open_container
+    from shared.clients.cosmos import CosmosStateStore, lazy_containers
     from shared.clients.cosmos_stores import CosmosCatalogStore, CosmosReviewStore
     from shared.clients.queues import QueueSender
     from shared.clients.sendbird import SendBirdClient
 
     s = config.settings
     telemetry = from_settings(s)
-    cosmos = cosmos_client(s)
+    container = lazy_containers(s)  # no I/O here: the webhook intake never waits for Cosmos DB
     return Services(
         config=config,
         queues=QueueSender(s.azure_webjobs_storage, config.host.message_encoding,
                            account_name=s.storage_account_name, client_id=s.storage_client_id),
-        state_store=CosmosStateStore(open_container(cosmos, s, s.cosmos_state_container, "/user_id"),
-                                     telemetry=telemetry),
+        state_store=CosmosStateStore(container(s.cosmos_state_container, "/user_id"), telemetry=telemetry),
         intent=IntentClient(s, telemetry),
         sendbird=SendBirdClient(s, telemetry),
-        catalog=live_catalog(CosmosCatalogStore(open_container(cosmos, s, s.cosmos_catalog_container, "/id")), s),
+        catalog=live_catalog(CosmosCatalogStore(container(s.cosmos_catalog_container, "/id")), s),
         telemetry=telemetry,
-        review_store=CosmosReviewStore(open_container(cosmos, s, s.cosmos_review_container, "/id")),
+        review_store=CosmosReviewStore(container(s.cosmos_review_container, "/id")),
     )
 
 
@@ -130,21 +129,21 @@ class AdminServices:
 
 def build_admin(config: AppConfig, audit_container: str) -> AdminServices:
     """The real adapters for the console, on the gateway's settings (``config``) plus the audit log's container."""
-    from shared.clients.cosmos import CosmosStateStore, cosmos_client, open_container
+    from shared.clients.cosmos import CosmosStateStore, lazy_containers
     from shared.clients.cosmos_stores import CosmosAuditLog, CosmosCatalogStore, CosmosReviewStore
     from shared.clients.queues import QueueSender
 
     s = config.settings
-    cosmos = cosmos_client(s)
-    state = CosmosStateStore(open_container(cosmos, s, s.cosmos_state_container, "/user_id"))
+    container = lazy_containers(s)  # the operations pages (poison messages, queues) work while Cosmos DB is down
+    state = CosmosStateStore(container(s.cosmos_state_container, "/user_id"))
     return AdminServices(
         config=config,
         queues=QueueSender(s.azure_webjobs_storage, config.host.message_encoding,
                            account_name=s.storage_account_name, client_id=s.storage_client_id),
         state_store=state, state_admin=state,
-        review_store=CosmosReviewStore(open_container(cosmos, s, s.cosmos_review_container, "/id")),
-        catalog_store=CosmosCatalogStore(open_container(cosmos, s, s.cosmos_catalog_container, "/id")),
-        audit=CosmosAuditLog(open_container(cosmos, s, audit_container, "/id")),
+        review_store=CosmosReviewStore(container(s.cosmos_review_container, "/id")),
+        catalog_store=CosmosCatalogStore(container(s.cosmos_catalog_container, "/id")),
+        audit=CosmosAuditLog(container(audit_container, "/id")),
     )
 
 

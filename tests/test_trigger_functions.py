@@ -163,3 +163,25 @@ def test_queue_outputs_are_bytes_so_the_host_passes_them_through_unchanged(wired
     # what the host would have made of the same message given as a str:
     [as_str] = hostjson.host_messages(written.decode("utf-8"))
     assert decode(as_str, RoutedMessage).text != text
+
+
+def test_the_webhook_intake_does_not_depend_on_cosmos_db_being_reachable():
+    """Building the composition root opens no Cosmos DB connection (the SDK client's constructor talks to the
+    account): with Cosmos DB down, webhooks are still accepted and enqueued; the stages that need it retry."""
+    from shared.errors import TransientError
+    from shared.settings import load_settings
+    from tests.support.samples import sample_values
+    from tools.send_webhook import refresh_created_at
+    cfg = load_settings({**sample_values(), "COSMOS_ENDPOINT": "https://127.0.0.1:9/", "COSMOS_TIMEOUT_SECONDS": "2"})
+    services = bootstrap.build(cfg)
+    bootstrap.install(services)
+    try:
+        out = Out()
+        resp = intake_fn.sendbird_webhook(webhook(refresh_created_at(payload("message_send_en.json"))), out)
+        assert resp.status_code == 200 and json.loads(resp.get_body())["status"] == "accepted"
+        assert decode(out.get(), InboundMessage).message_id == 1758211234567
+        with pytest.raises(TransientError):
+            services.state_store.get_or_create("u-1", "ch-1")
+    finally:
+        bootstrap.install(None)
+        services.telemetry.close()

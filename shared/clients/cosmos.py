@@ -11,7 +11,8 @@ still fails is raised as :class:`~shared.errors.TransientError`.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, TypeVar
+import threading
+from typing import Any, Callable, TypeVar, cast
 
 import requests
 from azure.core import MatchConditions
@@ -71,6 +72,53 @@ def open_container(client: CosmosClient, settings: Settings, name: str, partitio
         db = client.create_database_if_not_exists(settings.cosmos_database)
         return db.create_container_if_not_exists(name, partition_key=PartitionKey(path=partition_key_path))
     return client.get_database_client(settings.cosmos_database).get_container_client(name)
+
+
+class LazyContainer:
+    """A container opened on first use. The SDK client's constructor already talks to the account (it reads the
+    account's endpoints), so opening containers while the composition root is built would make every function,
+    the webhook intake included, depend on Cosmos DB being reachable at worker start. Opened once (thread-safe) by
+    ``open_``; ``container_link`` is the name until then; every other attribute is the real container's."""
+
+    def __init__(self, open_: Callable[[], ContainerProxy], name: str):
+        self._open = open_
+        self._name = name
+        self._lock = threading.Lock()
+        self._container: ContainerProxy | None = None
+
+    @property
+    def container_link(self) -> str:
+        return self._container.container_link if self._container is not None else self._name
+
+    def get(self) -> ContainerProxy:
+        """The container, opened now if it was not yet (raises what the SDK raises; retried on the next use)."""
+        if self._container is None:
+            with self._lock:
+                if self._container is None:
+                    self._container = self._open()
+        return self._container
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self.get(), attr)
+
+
+def lazy_containers(settings: Settings) -> Callable[[str, str], ContainerProxy]:
+    """``container(name, partition_key_path)`` for :class:`LazyContainer` s that share one SDK client, itself
+    created on the first container's first use."""
+    lock = threading.Lock()
+    clients: list[CosmosClient] = []
+
+    def client() -> CosmosClient:
+        with lock:
+            if not clients:
+                clients.append(cosmos_client(settings))
+            return clients[0]
+
+    def container(name: str, partition_key_path: str) -> ContainerProxy:
+        lazy = LazyContainer(lambda: open_container(client(), settings, name, partition_key_path), name)
+        return cast(ContainerProxy, lazy)
+
+    return container
 
 
 #: Keep-alive connections to Cosmos DB per worker. The SDK's default pool (10) made concurrent stages
