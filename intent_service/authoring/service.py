@@ -135,11 +135,26 @@ class AuthoringService:
             job.update(fields)
         return self._update_job(p, job_id, mutate)
 
+    def _heartbeat(self, p: Optional[str], job_id: str, done: threading.Event) -> None:
+        """While a job runs here, refresh its ``lastUpdatedDateTime`` every quarter of ``stale_job_seconds``, in
+        every phase (preparing, training, storing the model), so no replica reports a live job failed."""
+        interval = max(0.5, self.config.stale_job_seconds / 4)
+        while not done.wait(interval):
+            try:
+                self._update_job(p, job_id, lambda j: None)
+            except Exception:  # noqa: BLE001 - the next beat tries again; the job itself is unaffected
+                log.warning("heartbeat of job %s failed", job_id, exc_info=True)
+
     def _run_job(self, p: Optional[str], job_id: str, work: Callable[[], Dict[str, Any]],
                  on_error: Optional[Callable[[ApiError], None]] = None) -> None:
+        beating = threading.Event()
         try:
             self._update_job(p, job_id, lambda j: j.update(status="running"))
-            fields = work() or {}
+            self._spawn(self._heartbeat, p, job_id, beating)
+            try:
+                fields = work() or {}
+            finally:
+                beating.set()
             self._finish(p, job_id, "succeeded", **fields)
         except Exception as exc:
             err = exc if isinstance(exc, ApiError) else ApiError(500, "InternalServerError",

@@ -313,3 +313,31 @@ def test_an_entity_without_prebuilts_or_required_components_is_accepted():
     from intent_service.authoring.schema import Entity
     e = Entity.model_validate({"category": "OrderNumber"})
     assert e.prebuilts == [] and e.requiredComponents == []
+
+
+def test_a_live_job_in_a_long_phase_without_progress_is_not_reported_failed():
+    """A job whose work runs longer than ``stale_job_seconds`` without reporting progress (storing a model on a
+    loaded machine) keeps its heartbeat, so no replica reports it failed; one whose replica stopped is."""
+    import dataclasses
+    import threading as _threading
+    import time as _time
+
+    from intent_service.authoring.repository import Repository
+    from intent_service.authoring.service import AuthoringService
+    from intent_service.authoring.storage import MemoryBlobStore
+
+    config = dataclasses.replace(AuthoringConfig.from_env({"INTENT_STORE": "memory"}), stale_job_seconds=1.0)
+    svc = AuthoringService(config, Repository(MemoryBlobStore()), registry=None, events=None)
+    release = _threading.Event()
+    job = svc._new_job(None, "test")
+    svc._spawn(svc._run_job, None, job["jobId"], lambda: release.wait(10) and {})
+    deadline = _time.monotonic() + 3.0  # three times the stale limit
+    while _time.monotonic() < deadline:
+        assert svc.get_job(None, job["jobId"], "test")["status"] in ("notStarted", "running")
+        _time.sleep(0.2)
+    release.set()
+    for _ in range(50):
+        if svc.get_job(None, job["jobId"], "test")["status"] == "succeeded":
+            break
+        _time.sleep(0.1)
+    assert svc.get_job(None, job["jobId"], "test")["status"] == "succeeded"
