@@ -136,9 +136,10 @@ class AuthoringService:
         return self._update_job(p, job_id, mutate)
 
     def _heartbeat(self, p: Optional[str], job_id: str, done: threading.Event) -> None:
-        """While a job runs here, refresh its ``lastUpdatedDateTime`` every quarter of ``stale_job_seconds``, in
-        every phase (preparing, training, storing the model), so no replica reports a live job failed."""
-        interval = max(0.5, self.config.stale_job_seconds / 4)
+        """While a job runs here, refresh its ``lastUpdatedDateTime`` in every phase (preparing, training, storing the
+        model), so no replica reports a live job failed: every quarter of ``stale_job_seconds`` less the timestamp's
+        one-second resolution (CLU's format has whole seconds, so a fresh beat can read up to 1 s old)."""
+        interval = max(0.25, (self.config.stale_job_seconds - 1.0) / 4)
         while not done.wait(interval):
             try:
                 self._update_job(p, job_id, lambda j: None)

@@ -326,12 +326,12 @@ def test_a_live_job_in_a_long_phase_without_progress_is_not_reported_failed():
     from intent_service.authoring.service import AuthoringService
     from intent_service.authoring.storage import MemoryBlobStore
 
-    config = dataclasses.replace(AuthoringConfig.from_env({"INTENT_STORE": "memory"}), stale_job_seconds=1.0)
+    config = dataclasses.replace(AuthoringConfig.from_env({"INTENT_STORE": "memory"}), stale_job_seconds=4.0)
     svc = AuthoringService(config, Repository(MemoryBlobStore()), registry=None, events=None)
     release = _threading.Event()
     job = svc._new_job(None, "test")
-    svc._spawn(svc._run_job, None, job["jobId"], lambda: release.wait(10) and {})
-    deadline = _time.monotonic() + 3.0  # three times the stale limit
+    svc._spawn(svc._run_job, None, job["jobId"], lambda: release.wait(30) and {})
+    deadline = _time.monotonic() + 9.0  # more than twice the stale limit
     while _time.monotonic() < deadline:
         assert svc.get_job(None, job["jobId"], "test")["status"] in ("notStarted", "running")
         _time.sleep(0.2)
