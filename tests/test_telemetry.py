@@ -160,11 +160,14 @@ PII_KEY = "test-pii-hash-key-0123456789abcdef"
 
 @contextmanager
 def gateway_with_sink(stack_settings, stack_logs, database: str, pii_mode: str):
-    """Another runner of the real app (own Cosmos database), exporting telemetry to an in-process sink."""
-    from devstack.stack import FunctionsRunner
+    """Another runner of the real app, exporting telemetry to an in-process sink, on queues of its own (an Azurite of
+    its own: runners sharing queues are competing consumers, so a message this runner accepted could be handled,
+    and its telemetry sent, by the session's other runner) and its own Cosmos database."""
+    from devstack.stack import Azurite, FunctionsRunner
     from tests.support.samples import ROOT
-    with TelemetrySink() as sink:
-        env = {**stack_settings, "COSMOS_DATABASE": database, "APPLICATIONINSIGHTS_CONNECTION_STRING":
+    with TelemetrySink() as sink, Azurite(0, log_dir=stack_logs) as azurite:
+        env = {**stack_settings, "AzureWebJobsStorage": azurite.connection_string,
+               "COSMOS_DATABASE": database, "APPLICATIONINSIGHTS_CONNECTION_STRING":
                sink.connection_string, "TELEMETRY_EXPORT_INTERVAL_SECONDS": "0.5", "TELEMETRY_PII_MODE": pii_mode,
                "TELEMETRY_PII_HASH_KEY": PII_KEY}
         runner = FunctionsRunner(ROOT, 0, env, log_dir=stack_logs).start()
