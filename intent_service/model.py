@@ -35,7 +35,7 @@ import re
 import time
 import zipfile
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from urllib.parse import urlsplit
 
 import numpy as np
@@ -195,7 +195,12 @@ def choose_threshold(probs: np.ndarray, classes: Sequence[str], y_true: Sequence
 
 
 #: ``IntentModel._linear_blocks``: (transformer, its coefficient slice) pairs and the intercepts.
-_LinearBlocks = Tuple[List[Tuple[Any, np.ndarray]], np.ndarray]
+def _transform_scorer(transformer: Any, w: np.ndarray) -> Callable[[Sequence[str]], np.ndarray]:
+    """The general path: ``transformer.transform(texts) @ w`` (float64 [texts, classes])."""
+    return lambda texts: np.asarray(transformer.transform(texts) @ w, dtype=np.float64)
+
+
+_LinearBlocks = Tuple[List[Callable[[Sequence[str]], np.ndarray]], np.ndarray]
 
 
 @dataclass
@@ -260,14 +265,17 @@ class IntentModel:
         if (feats is None or coef is None or intercept is None or feats.transformer_weights
                 or len(steps) != 2):
             return None
-        blocks: List[Tuple[Any, np.ndarray]] = []
+        from .fastscore import block_scorer
+
+        blocks: List[Callable[[Sequence[str]], np.ndarray]] = []
         start = 0
         for _, t in feats.transformer_list:
             width = (len(t.vocabulary_) if hasattr(t, "vocabulary_")
                      else 384 if hasattr(t, "encoder_files") else None)
             if width is None:
                 return None
-            blocks.append((t, np.ascontiguousarray(coef[:, start:start + width].T)))
+            w = np.ascontiguousarray(coef[:, start:start + width].T)
+            blocks.append(block_scorer(t, w) or _transform_scorer(t, w))
             start += width
         if start != coef.shape[1]:
             return None
@@ -282,8 +290,8 @@ class IntentModel:
         else:
             blocks, intercept = fast
             scores = np.tile(intercept, (len(texts), 1)).astype(np.float64)
-            for t, w in blocks:  # the same sum as FeatureUnion + decision_function
-                scores += np.asarray(t.transform(texts) @ w)
+            for block in blocks:  # the same sum as FeatureUnion + decision_function
+                scores += block(texts)
         if scores.ndim == 1 or scores.shape[1] == 1:  # binary LinearSVC returns one column
             scores = scores.reshape(-1)
             scores = np.stack([-scores, scores], axis=1)
