@@ -268,7 +268,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
              if os.environ.get("INTENT_ADDED_LATENCY_MS") else ""), file=sys.stderr, flush=True)
     uvicorn.run("intent_service.app:create_app_from_env", factory=True, host=args.host,
                 port=args.port, workers=args.workers, log_level=args.log_level.lower(),
-                access_log=args.access_log, timeout_graceful_shutdown=10)
+                access_log=args.access_log, timeout_graceful_shutdown=10,
+                http="intent_service.http_protocol:NoDelayH11Protocol")
     return 0
 
 
