@@ -35,6 +35,31 @@ def body(text):
                        "parameters": {"stringIndexType": "TextElement_V8"}}).encode()
 
 
+def process_tree(pid: int) -> list:
+    """``pid`` and its descendants (uvicorn's worker processes with ``--workers N``), from /proc."""
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        try:
+            with open(f"/proc/{p}/task/{p}/children", encoding="ascii") as fh:
+                todo.extend(int(c) for c in fh.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def tree_rss_mb(pid: int) -> tuple:
+    """(current, peak) resident memory summed over the server's processes, in MB."""
+    pairs = [rss_mb(p) for p in process_tree(pid)]
+    return sum(r for r, _ in pairs), sum(h for _, h in pairs)
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds summed over the server's processes (workers exit only when the server does)."""
+    return sum(cpu_seconds(p) for p in process_tree(pid))
+
+
 def rss_mb(pid: int) -> tuple:
     """(current, peak) resident memory of a process in MB, from /proc (Linux)."""
     vals = {}
@@ -136,14 +161,14 @@ def main() -> int:
                         errors[0] += 1
 
         threads = [threading.Thread(target=worker) for _ in range(args.concurrency)]
-        cpu0, own0 = cpu_seconds(proc.pid), time.process_time()
+        cpu0, own0 = tree_cpu_seconds(proc.pid), time.process_time()
         t = time.perf_counter()
         for th in threads:
             th.start()
         for th in threads:
             th.join()
         wall = time.perf_counter() - t
-        server_cpu, client_cpu = cpu_seconds(proc.pid) - cpu0, time.process_time() - own0
+        server_cpu, client_cpu = tree_cpu_seconds(proc.pid) - cpu0, time.process_time() - own0
         print(f"concurrent ({n_conc} requests, {args.concurrency} client threads): "
               f"{n_conc / wall:.0f} req/s, p50 {pct(conc_lat, 50):.2f} ms, "
               f"p99 {pct(conc_lat, 99):.2f} ms, errors {errors[0]}")
@@ -151,8 +176,8 @@ def main() -> int:
         # at most 2000 / (server + client ms) requests per second
         print(f"CPU per request: server {1000 * server_cpu / n_conc:.2f} ms, this client "
               f"{1000 * client_cpu / n_conc:.2f} ms (load average {os.getloadavg()[0]:.1f})")
-        rss, peak = rss_mb(proc.pid)
-        print(f"server resident memory: {rss:.0f} MB (peak {peak:.0f} MB)")
+        rss, peak = tree_rss_mb(proc.pid)
+        print(f"server resident memory (all its processes): {rss:.0f} MB (peak {peak:.0f} MB)")
     finally:
         proc.terminate()  # our child, by PID
         try:
