@@ -21,7 +21,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Protocol
 
 import azure.functions as func
 from azure.functions import _queue as azf_queue
@@ -443,10 +443,17 @@ class InvocationResult:
     outs: Dict[str, Out] = field(default_factory=dict)
 
 
+class Engine(Protocol):
+    """What runs a function: :class:`ExecutionEngine` (in this process) or ``workers.ProcessEngine``."""
+
+    def call(self, fn: Callable, is_async: bool, kwargs: Dict[str, Any], *,
+             function: str = "?", invocation_id: str = "") -> Any: ...
+
+
 class Invoker:
     """Runs one invocation: build arguments, call, flush queue outputs, log, count."""
 
-    def __init__(self, engine: ExecutionEngine, stats: Stats,
+    def __init__(self, engine: Engine, stats: Stats,
                  send_queue: Callable[[QueueTarget, List[bytes]], None]):
         self.engine = engine
         self.stats = stats
@@ -507,9 +514,11 @@ class Invoker:
             err = result.error
             assert err is not None  # every failed invocation records its exception above
             plain = result.timed_out or result.worker_restarted
+            remote_tb = getattr(err, "remote_traceback", None)  # raised in a worker process (workers.py)
             host_log.error(
-                "Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms)", spec.name, invocation_id, duration_ms,
-                exc_info=(type(err), err, err.__traceback__) if not plain else None,
+                "Executed 'Functions.%s' (Failed, Id=%s, Duration=%dms)%s", spec.name, invocation_id, duration_ms,
+                f"\n{remote_tb}" if remote_tb else "",
+                exc_info=(type(err), err, err.__traceback__) if not (plain or remote_tb is not None) else None,
             )
             if plain:
                 host_log.error("Function 'Functions.%s' (Id=%s): %s", spec.name, invocation_id, err)

@@ -16,6 +16,7 @@ from .config import ConfigError, HostConfig, load_host_json, load_local_settings
 from .http_frontend import HttpFrontend, build_server
 from .invocation import ExecutionEngine, Invoker, Stats
 from .queues import QueueListener, QueueService
+from .workers import MAX_WORKER_PROCESSES, ProcessEngine, WorkerStartError
 
 log = logging.getLogger("localrunner")
 
@@ -46,6 +47,7 @@ class Runner:
         thread_count: Optional[int] = None,
         print_ready: bool = False,
         chaos_skip_delete_rate: Optional[float] = None,
+        worker_processes: Optional[int] = None,
     ) -> None:
         self.app_root = os.path.abspath(app_root)
         self.requested_port = port
@@ -57,6 +59,9 @@ class Runner:
         self.module = module
         self._lease_seconds = lease_seconds
         self._thread_count = thread_count
+        self._worker_processes = worker_processes
+        #: language worker processes (FUNCTIONS_WORKER_PROCESS_COUNT); None = the worker runs in this process
+        self.worker_processes: Optional[int] = None
         self.print_ready = print_ready
         self._chaos_skip_delete_rate = chaos_skip_delete_rate
         self.chaos_skip_delete_rate = 0.0
@@ -73,7 +78,7 @@ class Runner:
         self._server: Optional[ThreadedWSGIServer] = None
         self._server_thread: Optional[threading.Thread] = None
         self._frontend: Optional[HttpFrontend] = None
-        self._engine: Optional[ExecutionEngine] = None
+        self._engine: Optional[ExecutionEngine | ProcessEngine] = None
         self._queues: Optional[QueueService] = None
         self._lock = threading.Lock()
 
@@ -103,6 +108,9 @@ class Runner:
     def stats(self) -> Dict[str, Any]:
         snap = self.stats_obj.snapshot()
         snap["state"] = self.state
+        snap["host_pid"] = os.getpid()
+        if isinstance(self._engine, ProcessEngine):
+            snap["worker_processes"] = self._engine.describe()
         return snap
 
     @property
@@ -237,6 +245,18 @@ class Runner:
                 raise ConfigError(f"PYTHON_THREADPOOL_THREAD_COUNT must be an integer, got {raw!r}") from None
         if threads < 1:
             raise ConfigError(f"thread count must be >= 1, got {threads}")
+        processes = self._worker_processes
+        if processes is None:
+            raw = os.environ.get("FUNCTIONS_WORKER_PROCESS_COUNT")
+            try:
+                processes = int(raw) if raw else None
+            except ValueError:
+                raise ConfigError(f"FUNCTIONS_WORKER_PROCESS_COUNT must be an integer 1..{MAX_WORKER_PROCESSES}, "
+                                  f"got {raw!r}") from None
+        if processes is not None and not 1 <= processes <= MAX_WORKER_PROCESSES:
+            # the host: "ProcessCount must not be greater than MaxProcessCount" (RpcWorkerConfigFactory.cs)
+            raise ConfigError(f"FUNCTIONS_WORKER_PROCESS_COUNT must be 1..{MAX_WORKER_PROCESSES}, got {processes}")
+        self.worker_processes = processes
 
         # 2. import and index the app
         self._sys_path_added = self.app_root not in sys.path
@@ -250,7 +270,16 @@ class Runner:
                  ", ".join(f"{s.name} ({s.trigger_type})" for s in self.specs))
 
         # 3. runtime
-        self._engine = ExecutionEngine(threads, hc.function_timeout, self.stats_obj)
+        if processes is None:
+            self._engine = ExecutionEngine(threads, hc.function_timeout, self.stats_obj)
+        else:
+            self._engine = ProcessEngine(processes, threads, hc.function_timeout, self.stats_obj,
+                                         app_root=self.app_root, module=self.module,
+                                         log_level=logging.getLogger().getEffectiveLevel())
+            try:
+                self._engine.start()
+            except WorkerStartError as exc:
+                raise ConfigError(f"language worker process start failed: {exc}") from None
         self._queues = QueueService(hc.queues.message_encoding, self.stats_obj)
         invoker = Invoker(self._engine, self.stats_obj, self._queues.send)
         self._frontend = HttpFrontend(self.specs, hc.route_prefix, invoker, self.function_key,

@@ -1,10 +1,12 @@
 """App for the worker-restart tests: functionTimeout is 3 s (host.json).
 
 ``work`` (queue): body "NAME:SECONDS"; sleeps SECONDS on the first attempt only, then sets its output to
-"NAME#DEQUEUE_COUNT". HTTP: ``sleep/{seconds}`` (sync), ``async-sleep/{seconds}`` (async), ``quick``.
+"NAME#DEQUEUE_COUNT". HTTP: ``sleep/{seconds}`` (sync), ``async-sleep/{seconds}`` (async), ``quick``; for
+the worker-process tests ``pid``, ``pid-sleep/{seconds}`` (the worker's process id) and ``crash`` (the worker exits).
 Module-level lists record what ran (tests read them through Runner.app_module).
 """
 import asyncio
+import os
 import threading
 import time
 
@@ -51,3 +53,21 @@ async def http_async_sleep(req: func.HttpRequest) -> str:
 @app.route(route="quick")
 def quick(req: func.HttpRequest) -> str:
     return "ok"
+
+
+@app.route(route="pid")
+def pid(req: func.HttpRequest) -> str:
+    """The worker process's id (FUNCTIONS_WORKER_PROCESS_COUNT tests)."""
+    return str(os.getpid())
+
+
+@app.route(route="pid-sleep/{seconds}")
+def pid_sleep(req: func.HttpRequest) -> str:
+    time.sleep(float(req.route_params["seconds"]))
+    return str(os.getpid())
+
+
+@app.route(route="crash")
+def crash(req: func.HttpRequest) -> str:
+    """The worker process dies (as on a segfault or an out-of-memory kill)."""
+    os._exit(3)
