@@ -254,6 +254,9 @@ var cosmosReviewContainerName = 'review_items'
 var cosmosCatalogContainerName = 'response_catalog'
 var cosmosAuditContainerName = 'console_audit'
 var cosmosIdPartitionKeyPath = '/id'
+// The review inbox's daily export (functions/review_export.py, shared/review_export.py): JSONL files in a container
+// of the runtime storage account, written by the function identity, read (downloaded) by the console's.
+var reviewExportContainerName = 'review-exports'
 
 // Built-in role definition ids.
 var roles = {
@@ -385,6 +388,14 @@ resource queues 'Microsoft.Storage/storageAccounts/queueServices/queues@2023-05-
 resource blobService 'Microsoft.Storage/storageAccounts/blobServices@2023-05-01' = {
   parent: storage
   name: 'default'
+}
+
+resource reviewExportContainer 'Microsoft.Storage/storageAccounts/blobServices/containers@2023-05-01' = {
+  parent: blobService
+  name: reviewExportContainerName
+  properties: {
+    publicAccess: 'None'
+  }
 }
 
 // Artifacts: what the services run. Written only by the GitHub deployment identity (and whoever the operator grants
@@ -747,6 +758,19 @@ resource functionQueueContributor 'Microsoft.Authorization/roleAssignments@2022-
   }
 }
 
+// The daily review export writes its files (and its marker blob) in this container only. The account-wide Blob
+// Data Owner above is the host's own need (identity-based AzureWebJobsStorage); this assignment states the app's
+// need at the narrowest scope, so it still holds if the host's grant is ever narrowed.
+resource functionReviewExportWriter 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
+  name: guid(reviewExportContainer.id, functionIdentity.id, roles.storageBlobDataContributor)
+  scope: reviewExportContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataContributor)
+    principalId: functionIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
 // WEBSITE_RUN_FROM_PACKAGE is fetched with the identity (WEBSITE_RUN_FROM_PACKAGE_BLOB_MI_RESOURCE_ID).
 resource functionPackageReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = {
   name: guid(functionPackagesContainer.id, functionIdentity.id, roles.storageBlobDataReader)
@@ -1058,6 +1082,10 @@ var appSettingsCommon = {
   ORDER_MAX_WAIT_SECONDS: '30'
   RETRY_BUDGET_SECONDS: '60'
   CATALOG_REFRESH_SECONDS: '5'
+  REVIEW_EXPORT_CONTAINER: reviewExportContainerName
+  REVIEW_EXPORT_SCHEDULE: '0 5 0 * * *'
+  REVIEW_EXPORT_CATCH_UP_DAYS: '7'
+  REVIEW_EXPORT_INCLUDE_TODAY: 'false'
   TELEMETRY_SAMPLING_RATE: '1.0'
   TELEMETRY_PII_MODE: 'off'
   TELEMETRY_PII_HASH_KEY: telemetryPiiHashKeyReference
@@ -1420,6 +1448,17 @@ resource consoleQueueContributor 'Microsoft.Authorization/roleAssignments@2022-0
   }
 }
 
+// The console downloads the daily review exports (read only, that container only).
+resource consoleReviewExportReader 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (consoleEnabled) {
+  name: guid(reviewExportContainer.id, consoleIdentity.id, roles.storageBlobDataReader)
+  scope: reviewExportContainer
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.storageBlobDataReader)
+    principalId: consoleIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+}
+
 resource consoleSecretUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (consoleEnabled) {
   name: guid(consoleSecretRef.id, consoleIdentity.id, roles.keyVaultSecretsUser)
   scope: consoleSecretRef
@@ -1514,6 +1553,7 @@ var consoleSettings = {
   INTENT_CONFIDENCE_THRESHOLD: intentConfidenceThreshold
   REVIEW_CONFIDENCE_THRESHOLD: reviewConfidenceThreshold
   CATALOG_REFRESH_SECONDS: '5'
+  REVIEW_EXPORT_CONTAINER: reviewExportContainerName
   DEFAULT_LANGUAGE: defaultLanguage
   TELEMETRY_PII_MODE: 'off'
   TELEMETRY_PII_HASH_KEY: telemetryPiiHashKeyReference

@@ -21,11 +21,12 @@ from shared.catalog import LiveCatalog, ResponseCatalog
 from shared.conversations import ConversationDeps
 from shared.dead_letters import DeadLetterDeps
 from shared.intent_stage import IntentStageDeps
-from shared.ports import (AuditLog, CatalogStore, IntentPort, QueuePort, ReviewStore, SendBirdPort, StateAdmin,
-                          StateStore, TelemetryPort)
+from shared.ports import (AuditLog, BlobPort, CatalogStore, IntentPort, QueuePort, ReviewStore, SendBirdPort,
+                          StateAdmin, StateStore, TelemetryPort)
 from shared.processing import RetryPolicy
 from shared.reply_sender import ReplyDeps
 from shared.review import ReviewDeps
+from shared.review_export import ExportDeps
 from shared.settings import AppConfig, Settings, get_config
 from shared.telemetry import Redactor, from_settings
 
@@ -42,6 +43,7 @@ class Services:
     catalog: ResponseCatalog
     telemetry: TelemetryPort
     review_store: ReviewStore
+    blobs: BlobPort
 
     @property
     def settings(self) -> Settings:
@@ -63,6 +65,11 @@ class Services:
 
     def review(self) -> ReviewDeps:
         return ReviewDeps(self.review_store, self.telemetry.redactor, self.settings.telemetry_pii_hash_key)
+
+    def review_export(self) -> ExportDeps:
+        s = self.settings
+        return ExportDeps(self.review_store, self.blobs, self.telemetry.redactor, s.review_export_container,
+                          s.review_export_catch_up_days, s.review_export_include_today)
 
     def dead_letters(self) -> DeadLetterDeps:
         return DeadLetterDeps(self.queues, self.state_store, self.catalog, self.settings,
@@ -91,7 +98,15 @@ def build(config: AppConfig) -> Services:
         catalog=live_catalog(CosmosCatalogStore(container(s.cosmos_catalog_container, "/id")), s),
         telemetry=telemetry,
         review_store=CosmosReviewStore(container(s.cosmos_review_container, "/id")),
+        blobs=blob_store(s),
     )
+
+
+def blob_store(s: Settings) -> BlobPort:
+    """Blob Storage on the ``AzureWebJobsStorage`` account (connection string, or the identity-based form); the
+    SDK client does no I/O until the first call."""
+    from shared.clients.blobs import BlobStore
+    return BlobStore(s.azure_webjobs_storage, account_name=s.storage_account_name, client_id=s.storage_client_id)
 
 
 def live_catalog(store: CatalogStore, settings: Settings) -> ResponseCatalog:
@@ -104,7 +119,8 @@ def live_catalog(store: CatalogStore, settings: Settings) -> ResponseCatalog:
 @dataclass(frozen=True)
 class AdminServices:
     """The gateway-side clients of the bot team's console: queues (poison messages, depths), the state store
-    (both sides), the review inbox, the response catalog versions and the console's audit log."""
+    (both sides), the review inbox, the response catalog versions, the console's audit log and the blobs of the
+    daily review exports."""
 
     config: AppConfig
     queues: QueuePort
@@ -113,6 +129,7 @@ class AdminServices:
     review_store: ReviewStore
     catalog_store: CatalogStore
     audit: AuditLog
+    blobs: BlobPort
 
     @property
     def settings(self) -> Settings:
@@ -144,6 +161,7 @@ def build_admin(config: AppConfig, audit_container: str) -> AdminServices:
         review_store=CosmosReviewStore(container(s.cosmos_review_container, "/id")),
         catalog_store=CosmosCatalogStore(container(s.cosmos_catalog_container, "/id")),
         audit=CosmosAuditLog(container(audit_container, "/id")),
+        blobs=blob_store(s),
     )
 
 

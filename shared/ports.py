@@ -18,10 +18,12 @@ port                   real adapter                        fake (tests)
 :class:`ReviewStore`    ``shared.clients.cosmos_stores``    ``InMemoryReviewStore``
 :class:`CatalogStore`   ``shared.clients.cosmos_stores``    ``InMemoryCatalogStore``
 :class:`AuditLog`       ``shared.clients.cosmos_stores``    ``InMemoryAuditLog``
+:class:`BlobPort`       ``shared.clients.blobs``            ``InMemoryBlobs``
 =====================  ==================================  ===============================================
 
 The last four serve the bot team's console (``console/``): the state store's administrative side (find, delete),
-the review inbox, the editable response catalog and the console's audit log.
+the review inbox, the editable response catalog and the console's audit log. :class:`BlobPort` holds the daily
+review exports (:mod:`shared.review_export`), written by a timer function and read by the console.
 """
 
 from __future__ import annotations
@@ -227,6 +229,11 @@ class ReviewStore(Protocol):
         """Items a user (as stored: ``Redactor.id``) contributed to."""
         ...
 
+    def seen_between(self, start_ms: int, end_ms: int, status: str | None = None) -> list[ReviewItem]:
+        """Every item (of ``status``, default all) whose ``last_seen_ms`` is in ``[start_ms, end_ms)`` (epoch ms),
+        oldest first (ties by id); unbounded in number (the daily export reads one UTC day)."""
+        ...
+
 
 class CatalogStore(Protocol):
     """Published versions of the response catalog (:mod:`shared.catalog`). Errors: ``TransientError``."""
@@ -259,5 +266,27 @@ class AuditLog(Protocol):
         ...
 
 
-__all__ = ["AuditLog", "CatalogStore", "IntentPort", "QueuePort", "QueuedMessage", "ReviewStore", "SendBirdPort",
+class BlobPort(Protocol):
+    """Blob Storage (block blobs in containers), for files the bot team downloads: the daily review exports.
+
+    Errors: :class:`~shared.errors.TransientError` when Storage fails or refuses for a passing reason (5xx, 408,
+    429, timeouts); :class:`~shared.errors.PermanentError` for the rest (authentication, an invalid name).
+    """
+
+    def put(self, container: str, name: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        """Write ``data`` as blob ``name`` of ``container``, replacing what was there (the container is created
+        when missing)."""
+        ...
+
+    def get(self, container: str, name: str) -> bytes | None:
+        """The blob's content, or None when the blob (or the container) does not exist."""
+        ...
+
+    def names(self, container: str, prefix: str = "") -> list[str]:
+        """Names of the blobs in ``container`` that start with ``prefix``, sorted; empty when the container does
+        not exist."""
+        ...
+
+
+__all__ = ["AuditLog", "BlobPort", "CatalogStore", "IntentPort", "QueuePort", "QueuedMessage", "ReviewStore", "SendBirdPort",
            "StateAdmin", "StateStore", "TelemetryPort"]

@@ -26,6 +26,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Literal
@@ -152,6 +153,17 @@ class Settings(BaseModel):
     # (the console edits the catalog without a redeploy; shared/catalog.py LiveCatalog). 0: the shipped file only.
     catalog_refresh_seconds: float = Field(default=5.0, ge=0, le=3600)
 
+    # --- Daily review export (shared/review_export.py; timer function review_export) ---
+    # Blob container of the JSONL files (one per UTC day, YYYY/MM/DD.jsonl) in the AzureWebJobsStorage account.
+    review_export_container: str = Field(default="review-exports", min_length=3, max_length=63,
+                                         pattern=r"^[a-z0-9]+(-[a-z0-9]+)*$")
+    # NCRONTAB (six fields, seconds first, UTC on Azure), read by the host through %REVIEW_EXPORT_SCHEDULE%.
+    review_export_schedule: str = "0 5 0 * * *"
+    # A run exports every day since the last exported one, at most this many days back (a host down for days).
+    review_export_catch_up_days: int = Field(default=7, ge=1, le=31)
+    # Also write the current UTC day so far (rewritten by later runs); the local stack turns it on.
+    review_export_include_today: bool = False
+
     # --- Telemetry (Application Insights); empty disables it ---
     applicationinsights_connection_string: str = Field(default="", repr=False)
     telemetry_sampling_rate: float = Field(default=1.0, ge=0, le=1)
@@ -181,6 +193,15 @@ class Settings(BaseModel):
             raise ValueError(f"must be an https:// URL (plain http only for the local stack on loopback), "
                              f"got scheme {value.scheme!r}")
         return value
+
+    @field_validator("review_export_schedule")
+    @classmethod
+    def _six_field_ncrontab(cls, value: str) -> str:
+        fields = value.split()
+        if len(fields) != 6 or not all(re.fullmatch(r"[0-9A-Za-z*,/?#LW-]+", f) for f in fields):
+            raise ValueError("must be an NCRONTAB expression of six fields, seconds first ({second} {minute} "
+                             f"{{hour}} {{day}} {{month}} {{day-of-week}}), e.g. '0 5 0 * * *'; got {value!r}")
+        return " ".join(fields)
 
     @field_validator("order_tracking_url")
     @classmethod

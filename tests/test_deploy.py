@@ -919,6 +919,8 @@ EXPECTED_ROLES = {
         ("storage", "storageBlobDataOwner"), ("storage", "storageQueueDataContributor"),
         # its package (WEBSITE_RUN_FROM_PACKAGE_BLOB_MI_RESOURCE_ID): read, on that container only
         ("functionPackagesContainer", "storageBlobDataReader"),
+        # the daily review export's files: write, on that container only
+        ("reviewExportContainer", "storageBlobDataContributor"),
         # the secrets it references, one by one (the last two only with useConnectionStrings=true)
         ("sendbirdTokenSecretRef", "keyVaultSecretsUser"), ("intentKeySecretRef", "keyVaultSecretsUser"),
         ("telemetryPiiHashKeySecretRef", "keyVaultSecretsUser"), ("cosmosKeySecretRef", "keyVaultSecretsUser"),
@@ -934,6 +936,8 @@ EXPECTED_ROLES = {
     "consoleIdentity": {
         # the queues (poison listing and replay, depths) and the secrets its settings reference, one by one
         ("storage", "storageQueueDataContributor"), ("consoleSecretRef", "keyVaultSecretsUser"),
+        # the daily review exports it offers for download: read, on that container only
+        ("reviewExportContainer", "storageBlobDataReader"),
         ("consoleAuthoringKeySecretRef", "keyVaultSecretsUser"), ("telemetryPiiHashKeySecretRef", "keyVaultSecretsUser"),
         ("cosmosKeySecretRef", "keyVaultSecretsUser"), ("storageConnectionSecretRef", "keyVaultSecretsUser"),
     },
@@ -1000,7 +1004,9 @@ def test_role_scopes_are_narrow(bicep, param_file):
         == {"intentIdentity"}
     containers = bicep.of_type("Microsoft.Storage/storageAccounts/blobServices/containers")
     runtime_containers = [n for n, r in containers.items() if "parent: blobService" in r["body"]]
-    assert runtime_containers == [], "no artifact in the account the function identity owns blobs of"
+    # only data the function app itself writes (the daily review exports), never an artifact something runs
+    assert runtime_containers == ["reviewExportContainer"], "no artifact in the account the function identity owns " \
+        "blobs of"
 
 
 # ------------------------------------------------------------------------------------------------------------

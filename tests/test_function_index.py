@@ -14,7 +14,7 @@ import pytest
 from tests.support.samples import sample_values
 
 QUEUE_NAME = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
-KNOWN_TYPES = {"httpTrigger", "http", "queueTrigger", "queue"}
+KNOWN_TYPES = {"httpTrigger", "http", "queueTrigger", "queue", "timerTrigger"}
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +60,15 @@ def test_bindings_are_known_and_valid(functions):
             if b["type"].startswith("queue"):
                 assert QUEUE_NAME.match(resolve(b["queueName"], settings)), (f["name"], b["queueName"])
                 assert b["connection"] in settings, (f["name"], b["connection"])
+            if b["type"] == "timerTrigger":  # an NCRONTAB schedule of six fields, from a sample setting
+                assert len(resolve(b["schedule"], settings).split()) == 6, (f["name"], b["schedule"])
+
+
+def test_the_review_export_runs_daily_from_a_setting_and_never_on_start(functions):
+    [export] = [f for f in functions if f["name"] == "review_export"]
+    [timer] = export["bindings"]
+    assert timer["type"] == "timerTrigger" and timer["schedule"] == "%REVIEW_EXPORT_SCHEDULE%"
+    assert timer["runOnStartup"] is False and timer["useMonitor"] is True
 
 
 def test_webhook_route_and_auth(functions):

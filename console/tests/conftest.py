@@ -16,8 +16,8 @@ from console.clu import AuthoringClient
 from console.settings import load_console_settings
 from shared.bootstrap import AdminServices
 from shared.settings import load_settings
-from tests.support.fakes import (InMemoryAuditLog, InMemoryCatalogStore, InMemoryReviewStore, InMemoryStateStore,
-                                 RecordingQueueSender)
+from tests.support.fakes import (InMemoryAuditLog, InMemoryBlobs, InMemoryCatalogStore, InMemoryReviewStore,
+                                 InMemoryStateStore, RecordingQueueSender)
 from tests.support.samples import sample_values
 
 PASSWORDS = {"editor": "editor-password-1", "operator": "operator-password-1", "lead": "lead-password-123",
@@ -51,7 +51,7 @@ def make_admin(**values: str) -> AdminServices:
     state = InMemoryStateStore()
     return AdminServices(config=config, queues=RecordingQueueSender(), state_store=state, state_admin=state,
                          review_store=InMemoryReviewStore(), catalog_store=InMemoryCatalogStore(),
-                         audit=InMemoryAuditLog())
+                         audit=InMemoryAuditLog(), blobs=InMemoryBlobs())
 
 
 def make_console(endpoint: str, key: str, admin: AdminServices, **env: str) -> Console:

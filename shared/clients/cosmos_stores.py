@@ -102,6 +102,15 @@ class CosmosReviewStore:
     def items_of_user(self, user_key: str) -> list[ReviewItem]:
         return self._query("SELECT * FROM c WHERE ARRAY_CONTAINS(c.user_keys, @u)", [{"name": "@u", "value": user_key}])
 
+    def seen_between(self, start_ms: int, end_ms: int, status: str | None = None) -> list[ReviewItem]:
+        params: list[dict[str, object]] = [{"name": "@a", "value": int(start_ms)}, {"name": "@b", "value": int(end_ms)}]
+        where = "c.last_seen_ms >= @a AND c.last_seen_ms < @b"
+        if status:
+            where += " AND c.status = @s"
+            params.append({"name": "@s", "value": status})
+        items = self._query(f"SELECT * FROM c WHERE {where}", params)
+        return sorted(items, key=lambda i: (i.last_seen_ms, i.id))
+
 
 class CosmosCatalogStore:
     """:class:`~shared.ports.CatalogStore` on a Cosmos DB container: ``v<n>`` per version, ``current`` a copy of

@@ -15,8 +15,8 @@ from shared.reply_sender import Delivery, deliver
 from shared.settings import AppConfig, load_settings
 from shared.state import Turn
 from shared.telemetry import DISABLED
-from tests.support.fakes import (FakeSendBird, InMemoryReviewStore, InMemoryStateStore, RecordingQueueSender,
-                                 ScriptedIntentClient)
+from tests.support.fakes import (FakeSendBird, InMemoryBlobs, InMemoryReviewStore, InMemoryStateStore,
+                                 RecordingQueueSender, ScriptedIntentClient)
 from tests.support.messages import inbound
 
 
@@ -31,7 +31,7 @@ def fake_services(config: AppConfig | None = None, **overrides: Any) -> Services
     parts: dict[str, Any] = dict(config=config or sample_config(), queues=RecordingQueueSender(),
                                  state_store=InMemoryStateStore(), intent=ScriptedIntentClient(),
                                  sendbird=FakeSendBird(), catalog=ResponseCatalog.load(), telemetry=DISABLED,
-                                 review_store=InMemoryReviewStore())
+                                 review_store=InMemoryReviewStore(), blobs=InMemoryBlobs())
     return Services(**{**parts, **overrides})
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import re
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,8 +19,8 @@ from shared.catalog import CatalogConflict, CatalogVersion
 from shared.clients.clu import parse_clu_response
 from shared.errors import PermanentError, RateLimited, TransientError
 from shared.models import IntentPrediction, PoisonRecord, now_ms, poison_record_queue
-from shared.ports import (AuditLog, CatalogStore, IntentPort, QueuedMessage, QueuePort, ReviewStore, SendBirdPort,
-                          StateAdmin, StateStore)
+from shared.ports import (AuditLog, BlobPort, CatalogStore, IntentPort, QueuedMessage, QueuePort, ReviewStore,
+                          SendBirdPort, StateAdmin, StateStore)
 from shared.review import ReviewItem
 from shared.state import UserState
 
@@ -266,6 +267,10 @@ class InMemoryReviewStore:
     def items_of_user(self, user_key: str) -> list[ReviewItem]:
         return [i for i in self._all() if user_key in i.user_keys]
 
+    def seen_between(self, start_ms: int, end_ms: int, status: str | None = None) -> list[ReviewItem]:
+        found = [i for i in self._all() if start_ms <= i.last_seen_ms < end_ms and (status is None or i.status == status)]
+        return sorted(found, key=lambda i: (i.last_seen_ms, i.id))
+
 
 class InMemoryCatalogStore:
     """CatalogStore in memory (``fail_with`` makes every call raise, to test a store outage)."""
@@ -331,6 +336,46 @@ class InMemoryAuditLog:
         return found[:limit]
 
 
+class InMemoryBlobs:
+    """BlobPort in memory: container -> name -> bytes. Refuses what Storage refuses (container names: 3-63
+    lowercase letters, digits and single hyphens; blob names: 1-1024 characters) with a ``PermanentError``;
+    ``fail_with`` makes every call raise it (a Storage outage)."""
+
+    _CONTAINER = re.compile(r"^(?=.{3,63}$)[a-z0-9]+(-[a-z0-9]+)*$")
+
+    def __init__(self) -> None:
+        self.blobs: dict[str, dict[str, bytes]] = {}
+        self.content_types: dict[tuple[str, str], str] = {}
+        self.fail_with: Exception | None = None
+        self.puts: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+
+    def _check(self, container: str, name: str | None = None) -> None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        if not self._CONTAINER.match(container):
+            raise PermanentError(f"invalid container name {container!r}")
+        if name is not None and not 1 <= len(name) <= 1024:
+            raise PermanentError(f"invalid blob name of {len(name)} characters")
+
+    def put(self, container: str, name: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        self._check(container, name)
+        with self._lock:
+            self.blobs.setdefault(container, {})[name] = bytes(data)
+            self.content_types[(container, name)] = content_type
+            self.puts.append((container, name))
+
+    def get(self, container: str, name: str) -> bytes | None:
+        self._check(container, name)
+        with self._lock:
+            return self.blobs.get(container, {}).get(name)
+
+    def names(self, container: str, prefix: str = "") -> list[str]:
+        self._check(container)
+        with self._lock:
+            return sorted(n for n in self.blobs.get(container, {}) if n.startswith(prefix))
+
+
 # The type checker proves each fake implements its port (mypy runs over tests/support in `make test`).
 _state: StateStore = InMemoryStateStore()
 _queues: QueuePort = RecordingQueueSender()
@@ -340,7 +385,8 @@ _state_admin: StateAdmin = InMemoryStateStore()
 _review: ReviewStore = InMemoryReviewStore()
 _catalog: CatalogStore = InMemoryCatalogStore()
 _audit: AuditLog = InMemoryAuditLog()
+_blobs: BlobPort = InMemoryBlobs()
 
 __all__ = ["InMemoryStateStore", "RecordingQueueSender", "ScriptedIntentClient", "FakeSendBird", "clu_prediction",
-           "InMemoryReviewStore", "InMemoryCatalogStore", "InMemoryAuditLog",
+           "InMemoryReviewStore", "InMemoryCatalogStore", "InMemoryAuditLog", "InMemoryBlobs",
            "RateLimited", "TransientError", "PermanentError", "Any"]
