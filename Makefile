@@ -7,11 +7,14 @@ PY_REQS := requirements.txt requirements-dev.txt intent_service/requirements.txt
 # The console's browser tests drive Debian's chromium through Playwright (Playwright's own browser download cannot
 # work on these machines); CJK fonts so Korean text renders in screenshots.
 CHROMIUM := /usr/bin/chromium
+# The prediction cache's Redis on the local stack (devstack/stack.py RedisServer): Debian's redis-server, started by
+# the stack on a free port, memory only.
+REDIS := /usr/bin/redis-server
 SUDO := $(shell [ "$$(id -u)" = 0 ] || command -v sudo)
 
 .PHONY: install demo run test lint unit bench clean console-screenshots
 
-install: $(VENV)/.installed devstack/node_modules/.installed ops/kql/node_modules/.installed $(MODEL) $(CHROMIUM)
+install: $(VENV)/.installed devstack/node_modules/.installed ops/kql/node_modules/.installed $(MODEL) $(CHROMIUM) $(REDIS)
 
 $(VENV)/.installed: $(PY_REQS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -38,6 +41,12 @@ MODEL_DEPS := $(wildcard intent_service/data/retail/*) intent_service/model.py i
 $(CHROMIUM):
 	$(SUDO) apt-get update
 	$(SUDO) apt-get install -y chromium fonts-noto-cjk
+
+# Only when redis-server is missing, as chromium. The package's own service is not wanted (the stack starts its
+# own): on machines without systemd it is not started anyway.
+$(REDIS):
+	$(SUDO) apt-get update
+	$(SUDO) apt-get install -y redis-server
 
 $(MODEL): $(VENV)/.installed $(MODEL_DEPS)
 	$(BIN)/python -m intent_service build-retail

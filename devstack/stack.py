@@ -57,6 +57,7 @@ __all__ = [
     "CosmosStandIn",
     "SendBirdStandIn",
     "IntentService",
+    "RedisServer",
     "FunctionsRunner",
     "LocalStack",
 ]
@@ -620,6 +621,36 @@ class IntentService(Service):
     @property
     def base_url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+
+class RedisServer(Service):
+    """``redis-server`` (Debian package ``redis-server``, installed by ``make install``) on loopback, in memory
+    only (no RDB snapshots, no append-only file): the prediction cache of the local stack."""
+
+    name = "redis"
+    default_port = 0
+
+    def __init__(self, port: int | None = 0, *, log_dir: str | os.PathLike | None = None,
+                 startup_timeout: float = 15.0, binary: str | None = None) -> None:
+        super().__init__(port, log_dir=log_dir, startup_timeout=startup_timeout)
+        self.binary = binary or shutil.which("redis-server") or "/usr/bin/redis-server"
+
+    def command(self) -> list[str]:
+        return [self.binary, "--bind", self.host, "--port", str(self.port), "--save", "", "--appendonly", "no",
+                "--daemonize", "no", "--maxmemory", "64mb", "--maxmemory-policy", "allkeys-lru"]
+
+    def is_ready(self) -> bool:
+        try:
+            with socket.create_connection((self.host, self.port), timeout=1.0) as sock:
+                sock.sendall(b"PING\r\n")
+                return sock.recv(16).startswith(b"+PONG")
+        except OSError:
+            return False
+
+    @property
+    def url(self) -> str:
+        """The ``INTENT_CACHE_URL`` of this server (database 0)."""
+        return f"redis://{self.host}:{self.port}/0"
 
 
 class FunctionsRunner(Service):

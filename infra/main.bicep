@@ -90,6 +90,13 @@ param intentApiKey string = ''
 @secure()
 param telemetryPiiHashKey string = ''
 
+@description('Prediction cache (shared/intent_cache.py): an Azure Managed Redis instance shared by every function instance, so repeated utterances are answered without a model call. TLS only, access keys disabled: the function app signs in with its managed identity (Microsoft Entra ID, an access policy assignment on the database). Off: INTENT_CACHE_URL stays empty and nothing is created.')
+param intentCache bool = false
+
+@description('HMAC key of the prediction cache keys (INTENT_CACHE_HASH_KEY, >= 16 characters), e.g. `openssl rand -hex 32`. Written to Key Vault when not empty; needed on the first deployment with intentCache, empty later to keep the stored secret.')
+@secure()
+param intentCacheHashKey string = ''
+
 @description('Model lifecycle through the CLU authoring API (intent_service/authoring): the intent service keeps projects, training jobs, trained models (content-addressed), deployment records and its audit log in the `clu` container of the artifact account and answers each projectName/deploymentName from the model deployed there, instead of the model baked into its image. Models are released through deployments and `deployments/:swap` (see README, "Two release paths"). Needs intentAuthoringKeys on the first deployment that enables it.')
 param intentModelLifecycle bool = false
 
@@ -180,6 +187,7 @@ var storageAccountName = take('st${alnumPrefix}${suffix}', 24)
 // the host storage account (AzureWebJobsStorage) but must not be able to write what the services run.
 var artifactStorageAccountName = take('art${alnumPrefix}${suffix}', 24)
 var keyVaultName = take('kv-${prefix}-${suffix}', 24)
+var redisName = take('redis-${prefix}-${suffix}', 60)
 var registryName = take('cr${alnumPrefix}${suffix}', 50)
 var cosmosAccountName = take('cosmos-${prefix}-${suffix}', 44)
 var logWorkspaceName = 'log-${prefix}-${suffix}'
@@ -279,6 +287,7 @@ var intentKeySecretName = 'intent-api-key'
 var cosmosKeySecretName = 'cosmos-key'
 var storageConnectionSecretName = 'storage-connection-string'
 var telemetryPiiHashKeySecretName = 'telemetry-pii-hash-key'
+var intentCacheHashKeySecretName = 'intent-cache-hash-key'
 var intentAuthoringKeysSecretName = 'intent-authoring-keys'
 var modelEventsSecretName = 'model-events-secret'
 var consoleSecretName = 'console-session-secret'
@@ -711,6 +720,75 @@ var consoleAuthoringKeyReference = '@Microsoft.KeyVault(SecretUri=${secretUriBas
 var storageConnectionString = 'DefaultEndpointsProtocol=https;AccountName=${storage.name};AccountKey=${storage.listKeys().keys[0].value};EndpointSuffix=${environment().suffixes.storage}'
 
 // ---------------------------------------------------------------------------------------------------------
+// Prediction cache (intentCache): Azure Managed Redis, TLS only (port 10000), no access keys, Entra ID for the
+// function app's identity. One endpoint (EnterpriseCluster policy), so the non-cluster redis-py client works.
+// ---------------------------------------------------------------------------------------------------------
+
+resource redisCache 'Microsoft.Cache/redisEnterprise@2025-04-01' = if (intentCache) {
+  name: redisName
+  location: location
+  tags: tags
+  sku: {
+    name: 'Balanced_B0'
+  }
+  properties: {
+    minimumTlsVersion: '1.2'
+  }
+}
+
+resource redisDatabase 'Microsoft.Cache/redisEnterprise/databases@2025-04-01' = if (intentCache) {
+  parent: redisCache
+  name: 'default'
+  properties: {
+    clientProtocol: 'Encrypted'
+    port: 10000
+    clusteringPolicy: 'EnterpriseCluster'
+    evictionPolicy: 'AllKeysLRU'
+    accessKeysAuthentication: 'Disabled'
+  }
+}
+
+// The function app's identity may read and write keys (the 'default' access policy), nothing else can sign in.
+resource redisFunctionAccess 'Microsoft.Cache/redisEnterprise/databases/accessPolicyAssignments@2025-04-01' = if (intentCache) {
+  parent: redisDatabase
+  name: 'functionapp'
+  properties: {
+    accessPolicyName: 'default'
+    user: {
+      objectId: functionIdentity.properties.principalId
+    }
+  }
+}
+
+resource intentCacheHashKeySecret 'Microsoft.KeyVault/vaults/secrets@2023-07-01' = if (!empty(intentCacheHashKey)) {
+  parent: keyVault
+  name: intentCacheHashKeySecretName
+  properties: {
+    value: intentCacheHashKey
+  }
+}
+
+resource intentCacheHashKeySecretRef 'Microsoft.KeyVault/vaults/secrets@2023-07-01' existing = {
+  parent: keyVault
+  name: intentCacheHashKeySecretName
+}
+
+resource functionIntentCacheKeyUser 'Microsoft.Authorization/roleAssignments@2022-04-01' = if (intentCache) {
+  name: guid(intentCacheHashKeySecretRef.id, functionIdentity.id, roles.keyVaultSecretsUser)
+  scope: intentCacheHashKeySecretRef
+  properties: {
+    roleDefinitionId: subscriptionResourceId('Microsoft.Authorization/roleDefinitions', roles.keyVaultSecretsUser)
+    principalId: functionIdentity.properties.principalId
+    principalType: 'ServicePrincipal'
+  }
+  dependsOn: [
+    intentCacheHashKeySecret
+  ]
+}
+
+var intentCacheHashKeyReference = '@Microsoft.KeyVault(SecretUri=${secretUriBase}${intentCacheHashKeySecretName})'
+
+// ---------------------------------------------------------------------------------------------------------
 // Container registry
 // ---------------------------------------------------------------------------------------------------------
 
@@ -1082,6 +1160,12 @@ var appSettingsCommon = {
   ORDER_MAX_WAIT_SECONDS: '30'
   RETRY_BUDGET_SECONDS: '60'
   CATALOG_REFRESH_SECONDS: '5'
+  INTENT_CACHE_URL: intentCache ? 'rediss://${redisCache.properties.hostName}:10000' : ''
+  INTENT_CACHE_HASH_KEY: intentCache ? intentCacheHashKeyReference : ''
+  INTENT_CACHE_TTL_SECONDS: '3600'
+  INTENT_CACHE_TIMEOUT_MS: '50'
+  INTENT_CACHE_VERSION_TTL_SECONDS: '1'
+  INTENT_CACHE_PRINCIPAL_ID: intentCache ? functionIdentity.properties.principalId : ''
   REVIEW_EXPORT_CONTAINER: reviewExportContainerName
   REVIEW_EXPORT_SCHEDULE: '0 5 0 * * *'
   REVIEW_EXPORT_CATCH_UP_DAYS: '7'

@@ -79,7 +79,6 @@ class Services:
 def build(config: AppConfig) -> Services:
     """The real adapters for ``config`` (Storage queues, Cosmos DB, the intent service, SendBird, Application
     Insights or no telemetry). Raises what the SDKs raise when a client cannot be created."""
-    from shared.clients.clu import IntentClient
     from shared.clients.cosmos import CosmosStateStore, lazy_containers
     from shared.clients.cosmos_stores import CosmosCatalogStore, CosmosReviewStore
     from shared.clients.queues import QueueSender
@@ -93,7 +92,7 @@ def build(config: AppConfig) -> Services:
         queues=QueueSender(s.azure_webjobs_storage, config.host.message_encoding,
                            account_name=s.storage_account_name, client_id=s.storage_client_id),
         state_store=CosmosStateStore(container(s.cosmos_state_container, "/user_id"), telemetry=telemetry),
-        intent=IntentClient(s, telemetry),
+        intent=intent_port(s, telemetry),
         sendbird=SendBirdClient(s, telemetry),
         catalog=live_catalog(CosmosCatalogStore(container(s.cosmos_catalog_container, "/id")), s),
         telemetry=telemetry,
@@ -107,6 +106,22 @@ def blob_store(s: Settings) -> BlobPort:
     SDK client does no I/O until the first call."""
     from shared.clients.blobs import BlobStore
     return BlobStore(s.azure_webjobs_storage, account_name=s.storage_account_name, client_id=s.storage_client_id)
+
+
+def intent_port(settings: Settings, telemetry: TelemetryPort) -> IntentPort:
+    """The intent client, wrapped in the shared prediction cache when ``INTENT_CACHE_URL`` is set
+    (:mod:`shared.intent_cache`; Redis adapter and model-version probe: :mod:`shared.clients.prediction_cache`).
+    No I/O here: Redis and the intent service are first called by the first message."""
+    from shared.clients.clu import IntentClient
+
+    client = IntentClient(settings, telemetry)
+    if not settings.intent_cache_url:
+        return client
+    from shared.clients.prediction_cache import DeploymentVersionProbe, build_cache
+    from shared.intent_cache import CachedIntent
+
+    return CachedIntent(client, build_cache(settings, telemetry), DeploymentVersionProbe(settings), settings,
+                        telemetry)
 
 
 def live_catalog(store: CatalogStore, settings: Settings) -> ResponseCatalog:

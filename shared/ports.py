@@ -18,6 +18,8 @@ port                   real adapter                        fake (tests)
 :class:`ReviewStore`    ``shared.clients.cosmos_stores``    ``InMemoryReviewStore``
 :class:`CatalogStore`   ``shared.clients.cosmos_stores``    ``InMemoryCatalogStore``
 :class:`AuditLog`       ``shared.clients.cosmos_stores``    ``InMemoryAuditLog``
+:class:`PredictionCache` ``shared.clients.prediction_cache`` ``InMemoryPredictionCache``
+:class:`ModelVersions`  ``shared.clients.prediction_cache`` ``FixedModelVersions``
 :class:`BlobPort`       ``shared.clients.blobs``            ``InMemoryBlobs``
 =====================  ==================================  ===============================================
 
@@ -122,6 +124,35 @@ class IntentPort(Protocol):
     def analyze(self, text: str, language: str, participant_id: str, item_id: str,
                 request_id: str | None = None) -> IntentPrediction:
         """Classify one utterance (at most 1,000 characters; see :mod:`shared.utterance`)."""
+        ...
+
+
+class PredictionCache(Protocol):
+    """A cache of intent predictions shared by every instance (Redis; :mod:`shared.intent_cache` decides what is
+    stored under which key). Values are strings; keys expire after their TTL.
+
+    Errors: :class:`~shared.errors.TransientError` for every failure (down, timeout, circuit open); callers treat
+    it as a miss and never fail a message because of it.
+    """
+
+    def get(self, key: str) -> str | None:
+        """The value under ``key``; None when there is none or it expired."""
+        ...
+
+    def set(self, key: str, value: str, ttl_seconds: int) -> None:
+        """Store ``value`` under ``key`` for ``ttl_seconds`` (>= 1 s), replacing what was there."""
+        ...
+
+
+class ModelVersions(Protocol):
+    """The model version the intent service currently answers the configured deployment with."""
+
+    def current(self) -> str | None:
+        """The version now (possibly a few seconds old, see the adapter); None when unknown. Never raises."""
+        ...
+
+    def observe(self, version: str | None) -> None:
+        """A prediction was just answered by ``version`` (None: the answer did not say)."""
         ...
 
 
@@ -288,5 +319,5 @@ class BlobPort(Protocol):
         ...
 
 
-__all__ = ["AuditLog", "BlobPort", "CatalogStore", "IntentPort", "QueuePort", "QueuedMessage", "ReviewStore", "SendBirdPort",
+__all__ = ["ModelVersions", "PredictionCache", "AuditLog", "BlobPort", "CatalogStore", "IntentPort", "QueuePort", "QueuedMessage", "ReviewStore", "SendBirdPort",
            "StateAdmin", "StateStore", "TelemetryPort"]

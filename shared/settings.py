@@ -30,6 +30,7 @@ import re
 from pathlib import Path
 from collections.abc import Mapping
 from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, HttpUrl, ValidationError, field_validator, model_validator
 
@@ -164,6 +165,20 @@ class Settings(BaseModel):
     # Also write the current UTC day so far (rewritten by later runs); the local stack turns it on.
     review_export_include_today: bool = False
 
+    # --- Prediction cache (shared/intent_cache.py, Redis shared by every instance); empty URL: off ---
+    # redis://127.0.0.1:PORT/0 locally; rediss://HOST:10000 (Azure Managed Redis) elsewhere. A password in the URL
+    # only through a Key Vault reference; with INTENT_CACHE_PRINCIPAL_ID the app signs in with Entra ID instead.
+    intent_cache_url: str = Field(default="", repr=False)
+    # HMAC-SHA256 key of the cache keys (a secret, 16+ characters): Redis readers cannot confirm a guessed text.
+    intent_cache_hash_key: str = Field(default="", repr=False)
+    intent_cache_ttl_seconds: int = Field(default=3_600, ge=1, le=7 * 24 * 3600)
+    # Connect and socket timeout of each cache operation (ms): the most a slow or hung Redis delays a message.
+    intent_cache_timeout_ms: int = Field(default=50, ge=5, le=1_000)
+    # How long the intent service's current model version is reused (s); 0: asked for every message.
+    intent_cache_version_ttl_seconds: float = Field(default=1.0, ge=0, le=60)
+    # Object id of the app's managed identity: Entra ID authentication to Azure Managed Redis (no access key).
+    intent_cache_principal_id: str = ""
+
     # --- Telemetry (Application Insights); empty disables it ---
     applicationinsights_connection_string: str = Field(default="", repr=False)
     telemetry_sampling_rate: float = Field(default=1.0, ge=0, le=1)
@@ -184,6 +199,24 @@ class Settings(BaseModel):
         if self.telemetry_pii_mode != "off" and len(self.telemetry_pii_hash_key) < 16:
             raise ValueError("TELEMETRY_PII_HASH_KEY (at least 16 characters, a secret) is required when "
                              "TELEMETRY_PII_MODE is mask or strict: ids are hashed with it (HMAC-SHA256)")
+        return self
+
+    @model_validator(mode="after")
+    def _intent_cache_usable(self) -> "Settings":
+        if not self.intent_cache_url:
+            return self
+        url = urlsplit(self.intent_cache_url)
+        if url.scheme not in ("redis", "rediss") or not url.hostname:
+            raise ValueError("INTENT_CACHE_URL must be a redis:// or rediss:// URL with a host")
+        if url.hostname not in LOOPBACK_HOSTS:
+            if url.scheme != "rediss":
+                raise ValueError("INTENT_CACHE_URL must be rediss:// (TLS) outside the local stack")
+            if not (url.password or self.intent_cache_principal_id):
+                raise ValueError("INTENT_CACHE_URL outside the local stack needs INTENT_CACHE_PRINCIPAL_ID (Entra ID) "
+                                 "or a password in the URL (through a Key Vault reference)")
+        if len(self.intent_cache_hash_key) < 16:
+            raise ValueError("INTENT_CACHE_HASH_KEY (at least 16 characters, a secret) is required with "
+                             "INTENT_CACHE_URL: cache keys are HMACs of the text")
         return self
 
     @field_validator("sendbird_api_base_url", "intent_endpoint")

@@ -10,7 +10,8 @@ What is sent (Application Insights tables; names are the contract of ``ops/`` qu
 - ``requests``: one per stage invocation, named after the stage (:data:`STAGES`), all of one chat
   message in one operation: the intake starts a W3C trace, every queue message carries its
   ``traceparent``, each stage continues it as a child of the previous stage.
-- ``dependencies``: intent service, Cosmos DB and SendBird calls, children of their stage's request.
+- ``dependencies``: intent service, Cosmos DB, SendBird and prediction cache (Redis) calls, children of their
+  stage's request.
 - ``customEvents``: :data:`EVENTS`, with the dimensions of :data:`EVENT_DIMENSIONS` and the
   measurements of :data:`EVENT_MEASUREMENTS` (per-message latencies in ms, so KQL can compute percentiles).
 - ``customMetrics``: :data:`METRICS`, pre-aggregated per export interval (``valueSum``, ``valueCount``,
@@ -70,13 +71,14 @@ EVENT_MEASUREMENTS = ("confidence", "webhook_delay_ms", "text_length", "intent_l
 #: customMetrics names (pre-aggregated).
 METRICS = ("messages_received", "e2e_latency_ms", "stage_latency_ms", "queue_wait_ms", "intent_confidence",
            "fallback_count", "handoff_count", "retry_count", "poison_count", "sendbird_429_count",
-           "intent_service_errors", "intent_breaker_open_count", "telemetry_export_failures")
+           "intent_service_errors", "intent_breaker_open_count", "telemetry_export_failures",
+           "intent_cache_lookups")
 #: customDimensions of metrics.
-METRIC_DIMENSIONS = ("stage", "route", "queue")
+METRIC_DIMENSIONS = ("stage", "route", "queue", "outcome")
 #: customDimensions of stage requests.
 REQUEST_DIMENSIONS = ("stage", "correlation_id", "message_id", "queue", "dequeue_count", "queue_wait_ms", "route")
 #: ``customDimensions.system`` of dependencies.
-DEPENDENCY_SYSTEMS = ("intent", "cosmos", "sendbird")
+DEPENDENCY_SYSTEMS = ("intent", "cosmos", "sendbird", "redis")
 
 _DIGITS = re.compile(r"\d[\d\- ]{2,}\d")
 _EMAIL = re.compile(r"[^\s@]+@[^\s@]+\.[^\s@]+")

@@ -59,6 +59,7 @@ DEPLOYMENT_SPECIFIC = {
     "AzureWebJobsStorage", "SENDBIRD_API_TOKEN", "SENDBIRD_API_BASE_URL", "SENDBIRD_BOT_USER_ID", "COSMOS_ENDPOINT",
     "COSMOS_KEY", "COSMOS_VERIFY_TLS", "COSMOS_CREATE_IF_MISSING", "INTENT_ENDPOINT", "INTENT_API_KEY",
     "APPLICATIONINSIGHTS_CONNECTION_STRING", "TELEMETRY_PII_HASH_KEY",
+    "INTENT_CACHE_URL", "INTENT_CACHE_HASH_KEY", "INTENT_CACHE_PRINCIPAL_ID",
 }
 #: App settings that hold secrets: Key Vault references in every mode (plus the fallback keys in connection mode).
 SECRET_SETTINGS = {"SENDBIRD_API_TOKEN", "INTENT_API_KEY", "TELEMETRY_PII_HASH_KEY"}
@@ -344,7 +345,9 @@ FAKE_RESOURCES = {
     "appInsights": {"properties": {"ConnectionString": "InstrumentationKey=00000000-0000-0000-0000-000000000000"}},
     "functionIdentity": {"id": "/subscriptions/x/resourceGroups/rg-chatbot/providers/Microsoft.ManagedIdentity/"
                                 "userAssignedIdentities/id-func-chatbot-q7x3k2m9p4w8z",
-                         "properties": {"clientId": "11111111-1111-1111-1111-111111111111"}},
+                         "properties": {"clientId": "11111111-1111-1111-1111-111111111111",
+                                        "principalId": "22222222-2222-2222-2222-222222222222"}},
+    "redisCache": {"properties": {"hostName": "redis-chatbot-q7x3k2m9p4w8z.westeurope.redis.azure.net"}},
     "keyVault": {"properties": {"vaultUri": "https://kv-chatbot-q7x3k2m9p4.vault.azure.net/"}},
 }
 
@@ -426,6 +429,8 @@ def test_resource_types_and_api_versions(bicep):
         "Microsoft.ManagedIdentity/userAssignedIdentities": "2023-01-31",
         "Microsoft.ManagedIdentity/userAssignedIdentities/federatedIdentityCredentials": "2023-01-31",
         "Microsoft.Insights/components": "2020-02-02", "Microsoft.OperationalInsights/workspaces": "2022-10-01",
+        "Microsoft.Cache/redisEnterprise": "2025-04-01", "Microsoft.Cache/redisEnterprise/databases": "2025-04-01",
+        "Microsoft.Cache/redisEnterprise/databases/accessPolicyAssignments": "2025-04-01",
     }
     for name, res in bicep.resources.items():
         assert expected.get(res["type"]) == res["api"], f"{name}: {res['type']}@{res['api']}"
@@ -520,7 +525,8 @@ def test_secrets_are_key_vault_references(bicep, param_file):
                if "existing" not in res["body"].split("\n")[0]}
     assert {_secret_name(bicep, r) for r in written.values()} == {
         "sendbird-api-token", "intent-api-key", "telemetry-pii-hash-key", "cosmos-key", "storage-connection-string",
-        "intent-authoring-keys", "model-events-secret", "console-session-secret", "console-authoring-key"}
+        "intent-authoring-keys", "model-events-secret", "console-session-secret", "console-authoring-key",
+        "intent-cache-hash-key"}
     # the hash key is a secret kept across deployments: written only when given, never generated per deployment
     assert written["telemetryPiiHashKeySecret"]["condition"] == "!empty(telemetryPiiHashKey)"
 
@@ -925,6 +931,8 @@ EXPECTED_ROLES = {
         ("sendbirdTokenSecretRef", "keyVaultSecretsUser"), ("intentKeySecretRef", "keyVaultSecretsUser"),
         ("telemetryPiiHashKeySecretRef", "keyVaultSecretsUser"), ("cosmosKeySecretRef", "keyVaultSecretsUser"),
         ("storageConnectionSecretRef", "keyVaultSecretsUser"),
+        # the prediction cache's key-hashing secret (only with intentCache)
+        ("intentCacheHashKeySecretRef", "keyVaultSecretsUser"),
     },
     "intentIdentity": {
         ("registry", "acrPull"), ("modelsContainer", "storageBlobDataReader"),
@@ -1328,3 +1336,37 @@ def test_infra_readme_covers_deploy_costs_rotation_and_rollback():
     requirements = (INFRA / "requirements-dev.txt").read_text(encoding="utf-8")
     assert re.search(r"^check-jsonschema==[\d.]+$", requirements, re.M)
     assert re.search(r"^PyYAML==[\d.]+$", requirements, re.M)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# Prediction cache (intentCache): Azure Managed Redis, TLS, Entra ID, the hash key in Key Vault
+# ------------------------------------------------------------------------------------------------------------
+
+def test_the_prediction_cache_is_off_by_default_and_its_settings_load(bicep, param_file):
+    settings = function_settings(bicep, param_values(bicep, param_file))
+    assert settings["INTENT_CACHE_URL"] == "" and settings["INTENT_CACHE_HASH_KEY"] == ""
+    for name in ("redisCache", "redisDatabase", "redisFunctionAccess", "functionIntentCacheKeyUser"):
+        assert bicep.resources[name]["condition"] == "intentCache", name
+
+
+def test_the_prediction_cache_is_redis_over_tls_with_entra_id_and_no_key_in_a_setting(bicep, param_file):
+    params = param_values(bicep, param_file, intentCache=True)
+    settings = function_settings(bicep, params)
+    assert settings["INTENT_CACHE_URL"] == "rediss://redis-chatbot-q7x3k2m9p4w8z.westeurope.redis.azure.net:10000"
+    assert settings["INTENT_CACHE_HASH_KEY"] == (
+        "@Microsoft.KeyVault(SecretUri=https://kv-chatbot-q7x3k2m9p4.vault.azure.net/secrets/intent-cache-hash-key)")
+    assert settings["INTENT_CACHE_PRINCIPAL_ID"] == FAKE_RESOURCES["functionIdentity"]["properties"]["principalId"]
+    env = {k: ("resolved-secret-value" if v.startswith(KEY_VAULT_REFERENCE) else v) for k, v in settings.items()}
+    s = load_settings(env).settings
+    assert s.intent_cache_url.startswith("rediss://") and s.intent_cache_principal_id
+    db = bicep.resources["redisDatabase"]["body"]
+    assert "clientProtocol: 'Encrypted'" in db and "accessKeysAuthentication: 'Disabled'" in db
+    assert "clusteringPolicy: 'EnterpriseCluster'" in db and "port: 10000" in db
+    assert "minimumTlsVersion: '1.2'" in bicep.resources["redisCache"]["body"]
+    access = bicep.resources["redisFunctionAccess"]
+    assert access["type"] == "Microsoft.Cache/redisEnterprise/databases/accessPolicyAssignments"
+    assert "objectId: functionIdentity.properties.principalId" in access["body"]
+    assert any("@secure()" in d for d in bicep.params["intentCacheHashKey"]["decorators"])
+    assert bicep.params["intentCacheHashKey"]["default"] == "''"
+    assert bicep.resources["intentCacheHashKeySecret"]["condition"] == "!empty(intentCacheHashKey)"
+    assert "scope: intentCacheHashKeySecretRef" in bicep.resources["functionIntentCacheKeyUser"]["body"]

@@ -301,7 +301,7 @@ def test_query_uses_only_declared_names_and_keys(path):
 def test_code_derived_schema_is_what_the_dashboards_expect():
     assert {"stage", "correlation_id", "message_id", "queue", "dequeue_count", "queue_wait_ms"} <= request_dimensions()
     assert dependency_dimensions() == {"component", "system"}
-    assert dependency_systems() == {"intent", "cosmos", "sendbird"}
+    assert dependency_systems() == {"intent", "cosmos", "sendbird", "redis"}
 
 
 @pytest.mark.parametrize("kql, fragment", [
@@ -313,7 +313,7 @@ def test_code_derived_schema_is_what_the_dashboards_expect():
     ('customEvents\n| extend x = customDimensions["no_such_key"]', "'no_such_key' not in"),
     ('customEvents\n| extend x = todouble(customMeasurements.latency)', "'latency' not in"),
     ('customMetrics\n| extend x = customMeasurements.e2e_latency_ms', "not part of the declared schema"),
-    ('dependencies\n| where tostring(customDimensions.system) == "redis"', "'redis' not in"),
+    ('dependencies\n| where tostring(customDimensions.system) == "memcached"', "'memcached' not in"),
     ('customEvents\n| where tostring(customDimensions.route) == "order-status"', "'order-status' not in"),
     ('let n = "ReplySent";\ncustomEvents\n| where name == n', "not a string literal"),
     ('print x = customDimensions.stage', "not preceded by any table"),

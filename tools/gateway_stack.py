@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from devstack.stack import (DEFAULT_PORTS, Azurite, ChaosProxy, CosmosStandIn, FunctionsRunner, IntentService,
-                            LocalStack, SendBirdStandIn, Service, _http_status)
+                            LocalStack, RedisServer, SendBirdStandIn, Service, _http_status)
 from devstack.telemetry_sink import TelemetrySinkService
 from intent_service.cli import DEFAULT_RETAIL_MODEL
 from shared.clients.clu import IntentClient
@@ -38,6 +38,8 @@ CONSOLE_AUTHORING_KEY = "local-console-authoring-key-0123"
 CONSOLE_USERS = {"editor": ("editor", "editor-local-pass"), "operator": ("operator", "operator-local-pass"),
                  "lead": ("editor+operator", "lead-local-password")}
 CONSOLE_SECRET = "local-console-session-secret-0123456789abcdef"
+#: The prediction cache's key-hashing secret on the local stack (``INTENT_CACHE_HASH_KEY``); loopback only.
+LOCAL_CACHE_HASH_KEY = "local-intent-cache-hash-key-0123"
 RETAIL_PROJECT = ROOT / "intent_service" / "data" / "retail" / "project.json"
 
 
@@ -59,6 +61,8 @@ class StackOptions:
       service's model lifecycle on (CLU authoring API, in-memory project store): the retail project is imported,
       trained and deployed to ``production`` while the stack starts (the gateway then predicts from that
       deployment). On for ``make demo``/``make run``.
+    - ``cache``: a ``redis-server`` (key ``redis``, free port, memory only) and the gateway's prediction cache
+      pointed at it (``INTENT_CACHE_URL``, :mod:`shared.intent_cache`).
     """
 
     ports: Mapping[str, int] | None = None
@@ -71,6 +75,7 @@ class StackOptions:
     env_overrides: Mapping[str, str] = field(default_factory=dict)
     runner_startup_timeout: float = 60.0
     console: bool = False
+    cache: bool = False
 
 
 def sample_settings() -> dict[str, str]:
@@ -113,6 +118,8 @@ def gateway_env(stack: LocalStack, overrides: Mapping[str, str] | None = None) -
         "SENDBIRD_BOT_USER_ID": BOT_USER_ID,
         "INTENT_ENDPOINT": intent.base_url,
     })
+    if "redis" in stack:
+        env.update({"INTENT_CACHE_URL": stack["redis"].url, "INTENT_CACHE_HASH_KEY": LOCAL_CACHE_HASH_KEY})
     env.update(overrides or {})
     return env
 
@@ -219,6 +226,8 @@ def build_stack(options: StackOptions | None = None) -> LocalStack:
                   "intent_proxy")
         stack.add(ChaosProxy(stack["cosmos"].endpoint.rstrip("/"), 0, tls=True, name="chaos-cosmos",
                              seed=o.chaos_seed + 1, log_dir=d), "cosmos_proxy")
+    if o.cache:
+        stack.add(RedisServer(0, log_dir=d), "redis")
     if o.telemetry:
         port = 0 if o.free_ports else (o.ports or {}).get("telemetry", TelemetrySinkService.default_port)
         stack.add(TelemetrySinkService(port, log_dir=d), "telemetry")

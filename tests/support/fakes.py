@@ -10,6 +10,7 @@ import copy
 import itertools
 import re
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -21,6 +22,7 @@ from shared.errors import PermanentError, RateLimited, TransientError
 from shared.models import IntentPrediction, PoisonRecord, now_ms, poison_record_queue
 from shared.ports import (AuditLog, BlobPort, CatalogStore, IntentPort, QueuedMessage, QueuePort, ReviewStore,
                           SendBirdPort, StateAdmin, StateStore)
+from shared.ports import ModelVersions, PredictionCache
 from shared.review import ReviewItem
 from shared.state import UserState
 
@@ -376,6 +378,53 @@ class InMemoryBlobs:
             return sorted(n for n in self.blobs.get(container, {}) if n.startswith(prefix))
 
 
+class InMemoryPredictionCache:
+    """:class:`~shared.ports.PredictionCache` in a dict; entries expire by ``clock`` (monotonic seconds).
+    ``fail_with`` (a :class:`TransientError`) makes every call raise it, as the Redis adapter does when Redis is down."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.values: dict[str, tuple[str, float]] = {}
+        self.fail_with: TransientError | None = None
+        self.gets = self.sets = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            self.gets += 1
+            if self.fail_with is not None:
+                raise self.fail_with
+            entry = self.values.get(key)
+            if entry is None or entry[1] <= self.clock():
+                self.values.pop(key, None)
+                return None
+            return entry[0]
+
+    def set(self, key: str, value: str, ttl_seconds: int) -> None:
+        with self._lock:
+            self.sets += 1
+            if self.fail_with is not None:
+                raise self.fail_with
+            self.values[key] = (value, self.clock() + max(1, int(ttl_seconds)))
+
+
+class FixedModelVersions:
+    """:class:`~shared.ports.ModelVersions` answering ``version`` (None: unknown) until a test or an observed answer
+    changes it; ``observed`` lists what :meth:`observe` was given."""
+
+    def __init__(self, version: str | None = "model-v1") -> None:
+        self.version = version
+        self.observed: list[str | None] = []
+
+    def current(self) -> str | None:
+        return self.version
+
+    def observe(self, version: str | None) -> None:
+        self.observed.append(version)
+        if version:
+            self.version = version
+
+
 # The type checker proves each fake implements its port (mypy runs over tests/support in `make test`).
 _state: StateStore = InMemoryStateStore()
 _queues: QueuePort = RecordingQueueSender()
@@ -385,6 +434,8 @@ _state_admin: StateAdmin = InMemoryStateStore()
 _review: ReviewStore = InMemoryReviewStore()
 _catalog: CatalogStore = InMemoryCatalogStore()
 _audit: AuditLog = InMemoryAuditLog()
+_prediction_cache: PredictionCache = InMemoryPredictionCache()
+_versions: ModelVersions = FixedModelVersions()
 _blobs: BlobPort = InMemoryBlobs()
 
 __all__ = ["InMemoryStateStore", "RecordingQueueSender", "ScriptedIntentClient", "FakeSendBird", "clu_prediction",

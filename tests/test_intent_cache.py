@@ -1,0 +1,374 @@
+"""The prediction cache (shared/intent_cache.py, shared/clients/prediction_cache.py): keys, values, TTL, model
+versions, and a cache that is down or hung never failing or delaying a message beyond its timeout."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+from pytest_httpserver import HTTPServer
+
+from shared import intent_cache as ic
+from shared.bootstrap import intent_port
+from shared.clients.clu import IntentClient
+from shared.clients.prediction_cache import DeploymentVersionProbe, EntraIdCredentialProvider, RedisPredictionCache
+from shared.errors import TransientError
+from shared.models import Entity, IntentPrediction, IntentScore
+from shared.settings import SettingsError, load_settings
+from tests.support.fakes import FixedModelVersions, InMemoryPredictionCache
+from tests.support.samples import sample_values
+
+SECRET = "test-cache-hash-key-0123456789"
+
+
+def cache_settings(**values: str):
+    return load_settings({**sample_values(), "INTENT_CACHE_URL": "redis://127.0.0.1:6399/0",
+                          "INTENT_CACHE_HASH_KEY": SECRET, **values}).settings
+
+
+class VersionedIntent:
+    """An intent service answering ``top`` from model ``version``, counting calls; ``entities`` per text."""
+
+    def __init__(self, version: str | None = "model-v1", top: str = "Greeting"):
+        self.version, self.top = version, top
+        self.entities: dict[str, list[Entity]] = {}
+        self.calls: list[str] = []
+
+    def analyze(self, text: str, language: str, participant_id: str, item_id: str,
+                request_id: str | None = None) -> IntentPrediction:
+        self.calls.append(text)
+        return IntentPrediction(query=text, top_intent=self.top, model_version=self.version,
+                                intents=[IntentScore(category=self.top, confidence_score=0.91),
+                                         IntentScore(category="None", confidence_score=0.09)],
+                                entities=self.entities.get(text, []))
+
+
+class Metrics:
+    def __init__(self):
+        self.outcomes: list[str] = []
+
+    def metric(self, name, value, **dims):
+        assert name == "intent_cache_lookups"
+        self.outcomes.append(dims["outcome"])
+
+
+@pytest.fixture
+def parts():
+    from shared.telemetry import NullTelemetry
+
+    class Telemetry(NullTelemetry):
+        def __init__(self):
+            super().__init__()
+            self.metrics = Metrics()
+
+        def metric(self, name, value, **dims):
+            self.metrics.metric(name, value, **dims)
+
+    now = [1000.0]
+    cache = InMemoryPredictionCache(clock=lambda: now[0])
+    inner, versions, telemetry = VersionedIntent(), FixedModelVersions("model-v1"), Telemetry()
+    cached = ic.CachedIntent(inner, cache, versions, cache_settings(), telemetry)
+    return cached, inner, cache, versions, telemetry.metrics.outcomes, now
+
+
+def ask(cached, text="Hello there", language="en"):
+    return cached.analyze(text, language, participant_id="u1", item_id="1", request_id="c1")
+
+
+# ------------------------------------------------------------------------------------------------ key and value
+def key(**over):
+    fields = dict(endpoint="127.0.0.1", project="retail-bot", deployment="production", model_version="model-v1",
+                  language="en", text="Where are my Sneakers?")
+    fields.update(over)
+    return ic.cache_key(SECRET, **fields)
+
+
+def test_the_key_is_a_keyed_hash_of_every_part_and_never_the_text():
+    k = key()
+    assert k.startswith("intent:v1:") and len(k) == len("intent:v1:") + 64
+    assert "sneakers" not in k.lower()
+    for change in ({"endpoint": "other"}, {"project": "p2"}, {"deployment": "staging"},
+                   {"model_version": "model-v2"}, {"language": "ko"}, {"text": "Where are my boots?"},
+                   {"text": "where is order 1234"}):
+        assert key(**change) != k, change
+    assert key(text="where is order 1234") != key(text="where is order 1235")  # digits are kept
+    assert ic.cache_key("another-secret-0123456", endpoint="127.0.0.1", project="retail-bot",
+                        deployment="production", model_version="model-v1", language="en",
+                        text="Where are my Sneakers?") != k
+
+
+def test_the_key_ignores_only_what_the_model_ignores():
+    assert key(text="  WHERE are   my\nsneakers? ") == key()
+    assert key(text="Ｗｈｅｒｅ are my sneakers?") == key()  # full-width letters: NFKC
+    assert key(text="Where are my sneakers") != key()      # punctuation is seen by the model
+    assert ic.normalise("  운동화   보여주세요 ") == "운동화 보여주세요"
+
+
+def test_the_value_has_no_query_and_round_trips():
+    p = VersionedIntent().analyze("Show me shoes", "en", "u", "1")
+    raw = ic.encode(p)
+    assert "Show me shoes" not in raw
+    back = ic.decode(raw, "show me SHOES")
+    assert back is not None and back.query == "show me SHOES"
+    assert back.model_dump(exclude={"query"}) == p.model_dump(exclude={"query"})
+    assert ic.decode("{not json", "x") is None and ic.decode('{"v": 1}', "x") is None
+
+
+def test_only_predictions_with_list_entities_are_cacheable():
+    p = VersionedIntent().analyze("x", "en", "u", "1")
+    category = Entity(category="ProductCategory", text="shoes", offset=8, length=5, key="shoes")
+    order = Entity(category="OrderNumber", text="20261119-0042", offset=18, length=13)
+    assert ic.cacheable(p) and ic.cacheable(p.model_copy(update={"entities": [category]}))
+    assert not ic.cacheable(p.model_copy(update={"entities": [category, order]}))
+    assert not ic.cacheable(p.model_copy(update={"model_version": None}))
+
+
+# ------------------------------------------------------------------------------------------------ the wrapper
+def test_a_repeated_utterance_is_answered_from_the_cache(parts):
+    cached, inner, cache, _versions, outcomes, _now = parts
+    first = ask(cached, "Hello there")
+    second = ask(cached, "  hello   THERE ")
+    assert inner.calls == ["Hello there"]
+    assert second.query == "  hello   THERE " and second.top_intent == first.top_intent
+    assert second.intents == first.intents and second.model_version == "model-v1"
+    assert outcomes == ["miss", "hit"]
+    assert [k for k in cache.values] == [ic.cache_key(SECRET, endpoint="127.0.0.1", project="retail-bot",
+                                                      deployment="production", model_version="model-v1",
+                                                      language="en", text="Hello there")]
+
+
+def test_entries_expire_after_the_ttl(parts):
+    cached, inner, cache, _versions, outcomes, now = parts
+    ask(cached)
+    (_value, expires), = cache.values.values()
+    assert expires == now[0] + 3600  # INTENT_CACHE_TTL_SECONDS of the sample settings
+    now[0] += 3599
+    ask(cached)
+    now[0] += 2
+    ask(cached)
+    assert outcomes == ["miss", "hit", "miss"] and len(inner.calls) == 2
+
+
+def test_a_prediction_with_an_order_number_is_not_stored(parts):
+    cached, inner, cache, _versions, outcomes, _now = parts
+    inner.entities["where is 20261119-0042"] = [Entity(category="OrderNumber", text="20261119-0042", offset=9,
+                                                       length=13)]
+    ask(cached, "where is 20261119-0042")
+    ask(cached, "where is 20261119-0042")
+    assert len(inner.calls) == 2 and cache.values == {} and outcomes == ["miss", "miss"]
+
+
+def test_a_model_swap_is_never_answered_from_the_cache(parts):
+    cached, inner, cache, versions, outcomes, _now = parts
+    ask(cached)
+    versions.version = inner.version = "model-v2"   # the service now answers with another model
+    inner.top = "Help"
+    swapped = ask(cached)
+    assert swapped.top_intent == "Help" and swapped.model_version == "model-v2"
+    assert ask(cached).top_intent == "Help"
+    assert outcomes == ["miss", "miss", "hit"] and len(inner.calls) == 2
+
+
+def test_an_answer_from_a_newer_model_is_stored_under_its_version_and_becomes_current(parts):
+    cached, inner, cache, versions, outcomes, _now = parts
+    inner.version = "model-v2"   # swapped after the version look-up: the answer says so
+    ask(cached)
+    assert versions.version == "model-v2" and versions.observed == ["model-v2"]
+    assert ask(cached).model_version == "model-v2"
+    assert outcomes == ["miss", "hit"] and len(inner.calls) == 1
+
+
+def test_an_entry_naming_another_version_is_not_served(parts):
+    cached, inner, cache, versions, outcomes, _now = parts
+    ask(cached)
+    (k, (value, expires)), = cache.values.items()
+    cache.values[k] = (value.replace('"model-v1"', '"model-v0"'), expires)
+    assert ask(cached).model_version == "model-v1" and len(inner.calls) == 2 and outcomes == ["miss", "miss"]
+
+
+def test_an_unknown_model_version_bypasses_the_cache(parts):
+    cached, inner, cache, versions, outcomes, _now = parts
+    versions.version = None
+    inner.version = None  # Azure CLU reports no version
+    ask(cached)
+    ask(cached)
+    assert len(inner.calls) == 2 and cache.gets == 0 and cache.values == {} and outcomes == ["bypass", "bypass"]
+
+
+def test_a_cache_that_is_down_is_a_miss_and_nothing_is_written(parts):
+    cached, inner, cache, versions, outcomes, _now = parts
+    cache.fail_with = TransientError("redis down")
+    assert ask(cached).top_intent == "Greeting"
+    assert len(inner.calls) == 1 and cache.sets == 0 and outcomes == ["error"]
+
+
+def test_errors_of_the_intent_service_propagate(parts):
+    cached, inner, _cache, _versions, outcomes, _now = parts
+
+    def fail(*a, **k):
+        raise TransientError("intent service down")
+    inner.analyze = fail
+    with pytest.raises(TransientError, match="intent service down"):
+        ask(cached)
+
+
+# ------------------------------------------------------------------------------------------------ real adapter
+class SilentServer:
+    """Accepts TCP connections and never answers (a hung Redis); counts connections."""
+
+    def __init__(self):
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.accepted: list[socket.socket] = []
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted.append(conn)
+
+    def close(self):
+        self.sock.close()
+        for c in self.accepted:
+            c.close()
+
+
+@pytest.fixture
+def silent_redis():
+    server = SilentServer()
+    yield server
+    server.close()
+
+
+def test_a_hung_redis_delays_a_message_by_one_timeout_then_the_circuit_skips_it(silent_redis):
+    adapter = RedisPredictionCache(f"redis://127.0.0.1:{silent_redis.port}/0", timeout_seconds=0.05,
+                                   breaker_failures=3, breaker_reset_seconds=60)
+    inner = VersionedIntent()
+    cached = ic.CachedIntent(inner, adapter, FixedModelVersions("model-v1"), cache_settings())
+    took = []
+    for _ in range(5):
+        t0 = time.perf_counter()
+        assert ask(cached).top_intent == "Greeting"
+        took.append(time.perf_counter() - t0)
+    assert len(inner.calls) == 5
+    assert all(t < 0.5 for t in took), took              # one 50 ms timeout each, far below any message budget
+    assert all(t >= 0.04 for t in took[:3]), took         # they did wait for Redis (then gave up)
+    assert adapter.breaker.opened                          # 3 failures opened the circuit:
+    assert len(silent_redis.accepted) <= 3                 # the last two messages did not touch the network
+    with pytest.raises(TransientError, match="circuit open"):
+        adapter.get("k")
+    adapter.close()
+
+
+def test_a_redis_that_is_down_gives_the_prediction_of_the_service():
+    with socket.create_server(("127.0.0.1", 0)) as s:
+        port = s.getsockname()[1]   # a port nobody listens on once closed
+    adapter = RedisPredictionCache(f"redis://127.0.0.1:{port}/0", timeout_seconds=0.05)
+    inner = VersionedIntent()
+    cached = ic.CachedIntent(inner, adapter, FixedModelVersions("model-v1"), cache_settings())
+    assert ask(cached).top_intent == "Greeting" and len(inner.calls) == 1
+    with pytest.raises(TransientError):
+        adapter.set("k", "v", 10)
+
+
+# ------------------------------------------------------------------------------------------------ model versions
+def probe_settings(httpserver: HTTPServer):
+    return cache_settings(INTENT_ENDPOINT=httpserver.url_for("/"))
+
+
+def test_the_version_comes_from_the_deployments_list_and_is_reused_for_its_ttl(httpserver: HTTPServer):
+    deployments = {"deployments": [
+        {"projectName": "retail-bot", "deploymentName": "staging", "modelVersion": "m-staging"},
+        {"projectName": "retail-bot", "deploymentName": "production", "modelVersion": "m-prod"}]}
+    httpserver.expect_request("/model", method="GET").respond_with_json(deployments)
+    now = [0.0]
+    probe = DeploymentVersionProbe(probe_settings(httpserver), ttl_seconds=1.0, clock=lambda: now[0])
+    assert probe.current() == "m-prod"
+    now[0] = 0.9
+    assert probe.current() == "m-prod" and probe.lookups == 1
+    probe.observe("m-next")                 # a prediction answered by a newer model
+    assert probe.current() == "m-next" and probe.lookups == 1
+    now[0] = 2.0
+    assert probe.current() == "m-prod" and probe.lookups == 2
+
+
+def test_a_single_model_service_gives_its_version_header(httpserver: HTTPServer):
+    httpserver.expect_request("/model").respond_with_json({"version": "x"}, headers={"x-model-version": "m-1"})
+    assert DeploymentVersionProbe(probe_settings(httpserver), ttl_seconds=0).current() == "m-1"
+
+
+@pytest.mark.parametrize("respond", [
+    lambda r: r.respond_with_data("nope", status=404),           # Azure CLU has no /model
+    lambda r: r.respond_with_json({"deployments": []}),          # deployment missing
+    lambda r: r.respond_with_data("not json", status=200),
+])
+def test_an_unknown_version_is_none(httpserver: HTTPServer, respond):
+    respond(httpserver.expect_request("/model"))
+    assert DeploymentVersionProbe(probe_settings(httpserver), ttl_seconds=0).current() is None
+
+
+def test_with_ttl_zero_the_version_is_asked_for_every_message(httpserver: HTTPServer):
+    httpserver.expect_request("/model").respond_with_json({}, headers={"x-model-version": "m-1"})
+    probe = DeploymentVersionProbe(probe_settings(httpserver), ttl_seconds=0)
+    for _ in range(3):
+        probe.current()
+    assert probe.lookups == 3
+
+
+# ------------------------------------------------------------------------------------------------ settings, root
+@pytest.mark.parametrize("values, fragment", [
+    ({"INTENT_CACHE_URL": "http://127.0.0.1:6379"}, "redis:// or rediss://"),
+    ({"INTENT_CACHE_URL": "redis://cache.example.net:6380"}, "rediss:// (TLS)"),
+    ({"INTENT_CACHE_URL": "rediss://cache.example.net:10000"}, "INTENT_CACHE_PRINCIPAL_ID"),
+    ({"INTENT_CACHE_HASH_KEY": "short"}, "INTENT_CACHE_HASH_KEY"),
+    ({"INTENT_CACHE_TIMEOUT_MS": "5000"}, "INTENT_CACHE_TIMEOUT_MS"),
+])
+def test_bad_cache_settings_are_refused_at_start_up(values, fragment):
+    with pytest.raises(SettingsError, match=fragment.replace("(", r"\(").replace(")", r"\)")):
+        cache_settings(**values)
+
+
+def test_azure_settings_with_entra_id_are_accepted():
+    s = cache_settings(INTENT_CACHE_URL="rediss://cache.example.net:10000",
+                       INTENT_CACHE_PRINCIPAL_ID="00000000-0000-0000-0000-000000000001")
+    assert s.intent_cache_principal_id.endswith("1")
+
+
+def test_the_composition_root_wraps_the_client_only_when_the_cache_is_configured():
+    plain = load_settings(sample_values()).settings
+    assert isinstance(intent_port(plain, _null()), IntentClient)
+    wrapped = intent_port(cache_settings(), _null())
+    assert isinstance(wrapped, ic.CachedIntent) and isinstance(wrapped.inner, IntentClient)
+
+
+def _null():
+    from shared.telemetry import DISABLED
+    return DISABLED
+
+
+def test_entra_id_tokens_are_reused_until_five_minutes_before_they_expire():
+    class Token:
+        def __init__(self, n):
+            self.token, self.expires_on = f"t{n}", 3600
+
+    class Credential:
+        calls = 0
+
+        def get_token(self, scope):
+            assert scope == "https://redis.azure.com/.default"
+            Credential.calls += 1
+            return Token(Credential.calls)
+
+    now = [0.0]
+    provider = EntraIdCredentialProvider("principal-oid", Credential(), clock=lambda: now[0])
+    assert provider.get_credentials() == ("principal-oid", "t1")
+    now[0] = 3299
+    assert provider.get_credentials() == ("principal-oid", "t1")
+    now[0] = 3300
+    assert provider.get_credentials() == ("principal-oid", "t2")
