@@ -14,10 +14,13 @@ import sys
 import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Mapping, Optional
 
 
 from .config import ConfigError
+
+if TYPE_CHECKING:  # pragma: no cover - types only
+    from .timers import TimerTriggerSpec
 
 
 class FunctionLoadError(ConfigError):
@@ -77,6 +80,7 @@ class FunctionSpec:
     is_async: bool
     http: Optional[HttpTriggerSpec] = None
     queue: Optional[QueueTriggerSpec] = None
+    timer: Optional["TimerTriggerSpec"] = None  # timers.py
     outputs: List[OutputSpec] = field(default_factory=list)
     wants_context: bool = False
     directory: str = ""
@@ -87,8 +91,15 @@ class FunctionSpec:
         return any(o.name == "$return" for o in self.outputs)
 
     @property
+    def trigger_param(self) -> str:
+        """The parameter the trigger value is passed as."""
+        trigger = self.http or self.queue or self.timer
+        assert trigger is not None, f"{self.name}: no trigger"
+        return trigger.param
+
+    @property
     def trigger_type(self) -> str:
-        return "httpTrigger" if self.http else "queueTrigger"
+        return "httpTrigger" if self.http else "timerTrigger" if self.timer else "queueTrigger"
 
     def describe(self) -> Dict[str, Any]:
         d: Dict[str, Any] = {"name": self.name, "trigger": self.trigger_type}
@@ -96,6 +107,9 @@ class FunctionSpec:
             d.update(route=self.http.route, methods=self.http.methods, authLevel=self.http.auth_level)
         if self.queue:
             d.update(queueName=self.queue.target.queue_name, connection=self.queue.target.connection_name)
+        if self.timer:
+            d.update(schedule=self.timer.schedule, runOnStartup=self.timer.run_on_startup,
+                     useMonitor=self.timer.use_monitor)
         d["outputs"] = [
             {"name": o.name, "type": o.kind, **({"queueName": o.target.queue_name} if o.target else {})}
             for o in self.outputs
@@ -288,9 +302,13 @@ def build_specs(app: Any, env: Mapping[str, str], app_root: str) -> List[Functio
             validate_queue_name(qname, what=f"{what} trigger")
             cname, cstr = resolve_connection(getattr(trigger, "connection", None), env, what=f"{what} trigger")
             spec.queue = QueueTriggerSpec(param=trigger.name, target=QueueTarget(cname, cstr, qname))
+        elif ttype == "timerTrigger":
+            from .timers import timer_spec  # timers.py imports this module
+            spec.timer = timer_spec(trigger, env, what=what)
         else:
             raise FunctionLoadError(
-                f"{what}: trigger type '{ttype}' is not supported by localrunner (supported: httpTrigger, queueTrigger)"
+                f"{what}: trigger type '{ttype}' is not supported by localrunner (supported: httpTrigger, queueTrigger, "
+                "timerTrigger)"
             )
         binding_params[trigger.name] = ttype
 

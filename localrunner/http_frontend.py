@@ -11,7 +11,7 @@ import logging
 import re
 import threading
 import traceback
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, List, Optional, Tuple
 
 import azure.functions as func
 from azure.functions import _abc as azf_abc
@@ -168,6 +168,8 @@ class HttpFrontend:
         self._inflight = 0
         self._cond = threading.Condition()
         self.draining = False
+        #: ``POST /admin/functions/{name}`` (set by the runner: timers.AdminInvoker): name, body -> status, JSON
+        self.admin_invoke: Optional[Callable[[str, bytes], Tuple[int, Optional[Dict[str, Any]]]]] = None
 
     # -- bookkeeping used by graceful stop --------------------------------------
     def wait_idle(self, deadline: float) -> bool:
@@ -195,6 +197,8 @@ class HttpFrontend:
             return _json_response(self._stats())
         if low == "/admin/functions":
             return _json_response(self._status().get("functions", []))
+        if low.startswith("/admin/functions/") and request.method.upper() == "POST":
+            return self._admin_invoke(request, path.rstrip("/")[len("/admin/functions/"):])
         if low == "":
             return Response("Your Functions app (localrunner) is up and running.", content_type="text/plain")
         for route in self.routes:
@@ -206,6 +210,22 @@ class HttpFrontend:
                 continue  # the host's route constraint: another function may match, else 404
             return self._invoke(route, request, params)
         return Response(status=404)
+
+    def _admin_invoke(self, request: Request, name: str) -> Response:
+        """The host's admin API for non-HTTP functions (needs the master key on Azure; here the function key
+        when one is set)."""
+        if self.draining:
+            return _json_response({"error": "host is shutting down"}, status=503)
+        if self.function_key is not None and not self._key_matches(request):
+            return Response(status=401)
+        if self.admin_invoke is None:
+            return Response(status=404)
+        status, body = self.admin_invoke(name, request.get_data(cache=False) or b"")
+        return _json_response(body, status=status) if body is not None else Response(status=status)
+
+    def _key_matches(self, request: Request) -> bool:
+        supplied = request.headers.get("x-functions-key") or request.args.get("code")
+        return bool(supplied) and hmac.compare_digest(str(supplied).encode(), str(self.function_key).encode())
 
     def _invoke(self, route: CompiledRoute, request: Request, route_params: Dict[str, str]) -> Response:
         spec = route.spec

@@ -464,12 +464,7 @@ class Invoker:
         invocation_id = str(uuid.uuid4())
         outs: Dict[str, Out] = {}
         kwargs: Dict[str, Any] = {}
-        if spec.http is not None:
-            trigger_param = spec.http.param
-        else:
-            assert spec.queue is not None, f"{spec.name}: neither an HTTP nor a queue trigger"
-            trigger_param = spec.queue.param
-        kwargs[trigger_param] = trigger_value
+        kwargs[spec.trigger_param] = trigger_value
         for o in spec.outputs:
             if o.name != "$return":
                 outs[o.name] = Out()

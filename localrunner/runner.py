@@ -14,8 +14,9 @@ from werkzeug.serving import ThreadedWSGIServer
 from .app_loader import FunctionSpec, build_specs, find_function_app, import_app_module
 from .config import ConfigError, HostConfig, load_host_json, load_local_settings
 from .http_frontend import HttpFrontend, build_server
-from .invocation import ExecutionEngine, Invoker, Stats
+from .invocation import ExecutionEngine, InvocationResult, Invoker, Stats
 from .queues import QueueListener, QueueService
+from .timers import AdminInvoker, TimerListener, start_timers, stop_timers
 from .workers import MAX_WORKER_PROCESSES, ProcessEngine, WorkerStartError
 
 log = logging.getLogger("localrunner")
@@ -72,6 +73,8 @@ class Runner:
         self.specs: List[FunctionSpec] = []
         self.stats_obj = Stats()
         self.listeners: List[QueueListener] = []
+        self.timers: List[TimerListener] = []
+        self._admin: Optional[AdminInvoker] = None
         self.app_module: Optional[types.ModuleType] = None
         self._env_saved: Dict[str, Optional[str]] = {}
         self._sys_path_added = False
@@ -169,9 +172,9 @@ class Runner:
             self._frontend.draining = True
         for listener in self.listeners:
             listener.stop_polling()
+        drained = self._stop_timers(deadline)
         for listener in self.listeners:
             listener.join_poller(max(0.1, deadline - time.monotonic()))
-        drained = True
         for listener in self.listeners:
             drained = listener.wait_idle(deadline) and drained
         if self._frontend is not None:
@@ -299,11 +302,34 @@ class Runner:
                         chaos * 100, chaos, lease)
         for listener in self.listeners:
             listener.start()
+        self._start_timers(invoker)
         for s in self.specs:
             if s.http:
                 log.info("  %s: [%s] %s", s.name, ",".join(s.http.methods or ["ALL"]), self.url(s.http.route))
 
+    # -- timer triggers (timers.py) ---------------------------------------------------
+    def _start_timers(self, invoker: Invoker) -> None:
+        """Timer listeners, and the admin API that invokes a timer function now (``POST /admin/functions/{name}``)."""
+        self.timers = start_timers(self.specs, invoker)
+        self._admin = AdminInvoker(self.timers, self.specs)
+        if self._frontend is not None:
+            self._frontend.admin_invoke = self._admin
+
+    def _stop_timers(self, deadline: float) -> bool:
+        drained = stop_timers(self.timers, deadline)
+        return (self._admin.wait_idle(deadline) if self._admin is not None else True) and drained
+
+    def trigger(self, name: str) -> InvocationResult:
+        """Invoke timer function ``name`` now and wait for it (tests; the admin API does the same in the
+        background). Raises ``KeyError`` when ``name`` is not a timer function of the app."""
+        for t in self.timers:
+            if t.name.lower() == name.lower():
+                return t.invoke_now()
+        raise KeyError(f"no timer function {name!r}")
+
     def _teardown(self, drained: bool) -> None:
+        for timer in self.timers:
+            timer.stop()
         for listener in self.listeners:
             try:
                 listener.stop_polling()

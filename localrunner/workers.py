@@ -146,8 +146,7 @@ def worker_main(conn: Connection, app_root: str, module: str, thread_count: int,
         spec = specs[name]
         outs: Dict[str, Out] = {o.name: Out() for o in spec.outputs if o.name != "$return"}
         kwargs: Dict[str, Any] = dict(outs)
-        assert spec.http is not None or spec.queue is not None, f"{name}: neither an HTTP nor a queue trigger"
-        kwargs[spec.http.param if spec.http is not None else spec.queue.param] = _wire_to_trigger(trigger)  # type: ignore[union-attr]
+        kwargs[spec.trigger_param] = _wire_to_trigger(trigger)
         if spec.wants_context:
             kwargs["context"] = Context(invocation_id, spec.name, spec.directory, TraceContext(traceparent),
                                         RetryContext())
