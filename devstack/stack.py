@@ -54,6 +54,7 @@ __all__ = [
     "node_binary",
     "Service",
     "Azurite",
+    "AzuriteBlob",
     "CosmosStandIn",
     "SendBirdStandIn",
     "IntentService",
@@ -70,6 +71,7 @@ LOCALHOST = "127.0.0.1"
 
 DEFAULT_PORTS = {
     "azurite": 10001,
+    "azurite_blob": 10000,
     "cosmos": 8081,
     "sendbird": 8090,
     "intent": 5088,
@@ -498,6 +500,39 @@ class Azurite(_NodeService):
             f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT_NAME};"
             f"AccountKey={AZURITE_ACCOUNT_KEY};QueueEndpoint={self.queue_endpoint};"
         )
+
+
+class AzuriteBlob(Azurite):
+    """Azurite blob service (``azurite-blob``), in memory by default: the daily review exports of the local stack
+    (:mod:`shared.review_export`). A process of its own beside the queue service (one port per service)."""
+
+    name = "azurite-blob"
+    default_port = DEFAULT_PORTS["azurite_blob"]
+
+    def __init__(self, blob_port: int | None = DEFAULT_PORTS["azurite_blob"], in_memory: bool = True, *,
+                 log_dir: str | os.PathLike | None = None, startup_timeout: float = 30.0) -> None:
+        super().__init__(blob_port, in_memory, log_dir=log_dir, startup_timeout=startup_timeout)
+
+    def command(self) -> list[str]:
+        cmd = [node_binary(), str(NODE_MODULES / ".bin" / "azurite-blob"), "--skipApiVersionCheck",
+               "--disableTelemetry", "--blobHost", self.host, "--blobPort", str(self.port)]
+        if self.in_memory:
+            cmd.append("--inMemoryPersistence")
+        else:
+            location = self.location or (REPO_ROOT / ".stack" / f"azurite-blob-{self.port}")
+            location.mkdir(parents=True, exist_ok=True)
+            cmd += ["--location", str(location)]
+        return cmd + (["--silent"] if self.silent else []) + (["--debug", str(self.debug_log)] if self.debug_log
+                                                              else [])
+
+    @property
+    def blob_endpoint(self) -> str:
+        return f"http://{self.host}:{self.port}/{AZURITE_ACCOUNT_NAME}"
+
+    @property
+    def connection_string(self) -> str:
+        return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT_NAME};"
+                f"AccountKey={AZURITE_ACCOUNT_KEY};BlobEndpoint={self.blob_endpoint};")
 
 
 class CosmosStandIn(_NodeService):

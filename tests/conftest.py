@@ -82,6 +82,11 @@ def azurite(local_stack):
 
 
 @pytest.fixture(scope="session")
+def azurite_blob(local_stack):
+    return local_stack["azurite_blob"]
+
+
+@pytest.fixture(scope="session")
 def cosmos(local_stack):
     return local_stack["cosmos"]
 

@@ -1,4 +1,4 @@
-"""Contracts of the queue, intent and SendBird adapters: each fake and its real adapter pass the same tests.
+"""Contracts of the queue, intent, SendBird and blob adapters: each fake and its real adapter pass the same tests.
 
 Real adapters run against real local servers: Azurite, the project's intent
 service, the SendBird stand-in; error mapping against pytest-httpserver.
@@ -13,6 +13,7 @@ import uuid
 import pytest
 from pytest_httpserver import HTTPServer
 
+from shared.clients.blobs import BlobStore
 from shared.clients.clu import IntentClient
 from shared.clients.queues import QueueSender
 from shared.clients.sendbird import SendBirdClient
@@ -20,7 +21,8 @@ from shared.errors import PermanentError, RateLimited, TransientError
 from shared.models import PoisonRecord, poison_record_queue
 from shared.settings import load_settings
 from tests.support.samples import sample_values
-from tests.support.fakes import FakeSendBird, RecordingQueueSender, ScriptedIntentClient, clu_prediction
+from tests.support.fakes import (FakeSendBird, InMemoryBlobs, RecordingQueueSender, ScriptedIntentClient,
+                                 clu_prediction)
 
 
 def settings_with(**values):
@@ -313,3 +315,55 @@ def test_received_messages_are_hidden_then_deleted_or_released(queue_view):
 def test_a_missing_queue_reads_as_empty(queue_view):
     q = qname()
     assert queue_view.sender.peek(q) == [] and queue_view.sender.receive(q) == [] and queue_view.sender.depth(q) == 0
+
+
+# ------------------------------------------------------------------ blobs (the daily review exports)
+@pytest.fixture(params=["fake", "azurite"])
+def blobs(request):
+    if request.param == "fake":
+        return InMemoryBlobs()
+    return BlobStore(request.getfixturevalue("azurite_blob").connection_string)
+
+
+def container() -> str:
+    return f"contract-{uuid.uuid4().hex[:10]}"
+
+
+def test_a_blob_reads_back_byte_for_byte_and_a_put_overwrites(blobs):
+    c = container()  # created by the first put
+    data = '{"text": "배송 조회 😀"}\n'.encode() + bytes(range(256))
+    blobs.put(c, "2026/12/02.jsonl", data, "application/x-ndjson; charset=utf-8")
+    assert blobs.get(c, "2026/12/02.jsonl") == data
+    blobs.put(c, "2026/12/02.jsonl", b"")
+    assert blobs.get(c, "2026/12/02.jsonl") == b""
+
+
+def test_missing_blobs_and_containers_read_as_none_and_empty(blobs):
+    c = container()
+    assert blobs.get(c, "nothing.jsonl") is None and blobs.names(c) == []
+    blobs.put(c, "a.jsonl", b"x")
+    assert blobs.get(c, "b.jsonl") is None
+
+
+def test_names_are_sorted_and_filtered_by_prefix(blobs):
+    c = container()
+    for name in ["2026/12/02.jsonl", "2026/11/30.jsonl", "_state/last-exported-day.json", "2026/12/01.jsonl"]:
+        blobs.put(c, name, b"{}")
+    assert blobs.names(c) == ["2026/11/30.jsonl", "2026/12/01.jsonl", "2026/12/02.jsonl",
+                              "_state/last-exported-day.json"]
+    assert blobs.names(c, "2026/12/") == ["2026/12/01.jsonl", "2026/12/02.jsonl"]
+
+
+def test_an_invalid_container_name_is_permanent(blobs):
+    with pytest.raises(PermanentError):
+        blobs.put("Not_A_Container", "a.jsonl", b"x")
+
+
+def test_unreachable_blob_storage_is_transient():
+    from devstack.stack import AZURITE_ACCOUNT_KEY, free_port
+    cs = (f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_ACCOUNT_KEY};"
+          f"BlobEndpoint=http://127.0.0.1:{free_port()}/devstoreaccount1;")
+    store = BlobStore(cs, retries=0)
+    with pytest.raises(TransientError) as err:
+        store.put("exports", "a.jsonl", b"x")
+    assert AZURITE_ACCOUNT_KEY not in str(err.value)  # errors name the blob, never the key

@@ -76,6 +76,16 @@ def test_review_list_by_status_newest_first_and_by_user(reviews):
     assert reviews.delete("r1") and not reviews.delete("r1") and reviews.get("r1") is None
 
 
+def test_review_items_last_seen_in_a_window_oldest_first(reviews):
+    for n, (seen, status) in enumerate([(1_000, "open"), (999, "open"), (2_000, "open"), (1_500, "dismissed"),
+                                        (1_500, "open"), (1_999, "open")]):
+        reviews.update(f"r{n}", lambda _, n=n, seen=seen, status=status: item(f"r{n}", last_seen_ms=seen,
+                                                                               status=status))
+    assert [i.id for i in reviews.seen_between(1_000, 2_000)] == ["r0", "r3", "r4", "r5"]  # [start, end), ties by id
+    assert [i.id for i in reviews.seen_between(1_000, 2_000, "open")] == ["r0", "r4", "r5"]
+    assert reviews.seen_between(5_000, 6_000) == []
+
+
 def test_review_concurrent_updates_lose_nothing(reviews):
     reviews.update("hot", lambda _: item("hot", count=0))
     errors: list[Exception] = []

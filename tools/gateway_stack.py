@@ -1,5 +1,5 @@
-"""The one builder of the gateway's local stack: Azurite, Cosmos DB stand-in, SendBird stand-in, intent service,
-optionally chaos proxies, a telemetry sink, the functions runner and the bot team's console.
+"""The one builder of the gateway's local stack: Azurite (queues and blobs), Cosmos DB stand-in, SendBird stand-in,
+intent service, optionally chaos proxies, a telemetry sink, the functions runner and the bot team's console.
 
 The demo (``make demo``/``make run``), the tests (``tests/conftest.py``), the fault-injection suite (``faults/``)
 and the benchmark (``bench/``) all build their stack here, with :class:`StackOptions`, so that they run the real
@@ -18,8 +18,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from devstack.stack import (DEFAULT_PORTS, Azurite, ChaosProxy, CosmosStandIn, FunctionsRunner, IntentService,
-                            LocalStack, RedisServer, SendBirdStandIn, Service, _http_status)
+from devstack.stack import (DEFAULT_PORTS, Azurite, AzuriteBlob, ChaosProxy, CosmosStandIn, FunctionsRunner,
+                            IntentService, LocalStack, RedisServer, SendBirdStandIn, Service, _http_status)
 from devstack.telemetry_sink import TelemetrySinkService
 from intent_service.cli import DEFAULT_RETAIL_MODEL
 from shared.clients.clu import IntentClient
@@ -111,7 +111,9 @@ def gateway_env(stack: LocalStack, overrides: Mapping[str, str] | None = None) -
     intent = stack["intent_proxy"] if "intent_proxy" in stack else stack["intent"]
     cosmos = stack["cosmos_proxy"] if "cosmos_proxy" in stack else stack["cosmos"]
     env.update({
-        "AzureWebJobsStorage": stack["azurite"].connection_string,
+        "AzureWebJobsStorage": storage_connection_string(stack),
+        # the daily review export also writes today so far, so a manual run shows what the stack just captured
+        "REVIEW_EXPORT_INCLUDE_TODAY": "true",
         "COSMOS_ENDPOINT": cosmos.endpoint,
         "SENDBIRD_API_BASE_URL": stack["sendbird"].base_url,
         "SENDBIRD_API_TOKEN": LOCAL_API_TOKEN,
@@ -122,6 +124,15 @@ def gateway_env(stack: LocalStack, overrides: Mapping[str, str] | None = None) -
         env.update({"INTENT_CACHE_URL": stack["redis"].url, "INTENT_CACHE_HASH_KEY": LOCAL_CACHE_HASH_KEY})
     env.update(overrides or {})
     return env
+
+
+def storage_connection_string(stack: LocalStack) -> str:
+    """``AzureWebJobsStorage`` of the stack: Azurite's queue endpoint, plus its blob endpoint when the stack runs
+    the blob service (the daily review exports)."""
+    cs = stack["azurite"].connection_string
+    if "azurite_blob" in stack:
+        cs += f"BlobEndpoint={stack['azurite_blob'].blob_endpoint};"
+    return cs
 
 
 class AuthoringIntentService(IntentService):
@@ -214,6 +225,7 @@ def build_stack(options: StackOptions | None = None) -> LocalStack:
     d = o.log_dir
     stack = LocalStack()
     stack.add(Azurite(ports["azurite"], log_dir=d), "azurite")
+    stack.add(AzuriteBlob(ports["azurite_blob"], log_dir=d), "azurite_blob")
     stack.add(CosmosStandIn(ports["cosmos"], log_dir=d), "cosmos")
     stack.add(SendBirdStandIn(ports["sendbird"], LOCAL_API_TOKEN, BOT_USER_ID, log_dir=d), "sendbird")
     if o.console:

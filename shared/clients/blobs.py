@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
-from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings
+from azure.storage.blob import BlobServiceClient, ContainerClient, ContentSettings, ExponentialRetry
 
 from shared.clients.errors import azure_error
 
@@ -25,23 +25,29 @@ log = logging.getLogger(__name__)
 #: Seconds to wait for a connection and for each read from Storage (the SDK's defaults are 20 s / 60 s).
 CONNECTION_TIMEOUT_SECONDS = 10
 READ_TIMEOUT_SECONDS = 60
+#: Retries of a failed request (connection errors, 408/429/5xx), a few seconds apart (the SDK's default back-off
+#: starts at 15 s and grows threefold: a console download would hang for minutes while Storage is down).
+RETRIES = 2
 
 
 class BlobStore:
     """Reads and writes block blobs. Create once per worker (the SDK client keeps its connections)."""
 
-    def __init__(self, connection_string: str, *, account_name: str = "", client_id: str = ""):
+    def __init__(self, connection_string: str, *, account_name: str = "", client_id: str = "",
+                 retries: int = RETRIES):
         """Connect with ``connection_string``, or when it is empty with a managed identity to
         ``https://{account_name}.blob.core.windows.net``. Raises ``ValueError`` when neither is given."""
+        retry = ExponentialRetry(initial_backoff=1, increment_base=2, retry_total=retries, random_jitter_range=1)
         if connection_string:
             self._service = BlobServiceClient.from_connection_string(
-                connection_string, connection_timeout=CONNECTION_TIMEOUT_SECONDS, read_timeout=READ_TIMEOUT_SECONDS)
+                connection_string, connection_timeout=CONNECTION_TIMEOUT_SECONDS, read_timeout=READ_TIMEOUT_SECONDS,
+                retry_policy=retry)
         elif account_name:
             from azure.identity import DefaultAzureCredential
             self._service = BlobServiceClient(
                 f"https://{account_name}.blob.core.windows.net",
                 credential=DefaultAzureCredential(managed_identity_client_id=client_id or None),
-                connection_timeout=CONNECTION_TIMEOUT_SECONDS, read_timeout=READ_TIMEOUT_SECONDS)
+                connection_timeout=CONNECTION_TIMEOUT_SECONDS, read_timeout=READ_TIMEOUT_SECONDS, retry_policy=retry)
         else:
             raise ValueError("a Storage connection string or an account name is required")
         self._containers: dict[str, ContainerClient] = {}
