@@ -44,10 +44,12 @@ UTTERANCES = [
 
 
 # --------------------------------------------------------------------------- stack
-def infra_stack(intent_latency_ms: float, log_dir: str | os.PathLike | None = None) -> LocalStack:
+def infra_stack(intent_latency_ms: float, log_dir: str | os.PathLike | None = None, *,
+                cache: bool = False) -> LocalStack:
     """Azurite, Cosmos stand-in, SendBird stand-in and the intent service with an added latency (free ports),
-    from the project's one stack builder; the runner is added per mode by :func:`runner_for`."""
-    return build_stack(StackOptions(free_ports=True, log_dir=log_dir, app_root=None,
+    from the project's one stack builder; the runner is added per mode by :func:`runner_for`. ``cache``: a
+    redis-server too, and the runners' prediction cache pointed at it (``INTENT_CACHE_URL``)."""
+    return build_stack(StackOptions(free_ports=True, log_dir=log_dir, app_root=None, cache=cache,
                                     intent_env={"INTENT_ADDED_LATENCY_MS": str(intent_latency_ms)}))
 
 
@@ -232,6 +234,36 @@ class RunFigures:
     figures: dict = field(default_factory=dict)
 
 
+def cache_figures(replies: dict[str, list[dict]]) -> dict[str, Any]:
+    """The prediction cache's effect, from each reply's intent-stage hop (``chat-inbound``): a hop that called
+    Redis looked the utterance up; one that called Redis and not the intent service was answered from the cache.
+    ``intent_calls`` counts hops that called the intent service (with or without a cache)."""
+    lookups = hits = intent_calls = messages = 0
+    for msgs in replies.values():
+        timings = json.loads(msgs[0].get("data") or "{}").get("timings", {})
+        for hop in timings.get("hops", []):
+            if hop.get("stage") != "chat-inbound":
+                continue
+            deps = hop.get("dependency_ms", {})
+            messages += 1
+            intent_calls += "intent" in deps
+            lookups += "redis" in deps
+            hits += "redis" in deps and "intent" not in deps
+    return {"messages": messages, "lookups": lookups, "hits": hits, "intent_calls": intent_calls,
+            "hit_rate": round(hits / lookups, 3) if lookups else None,
+            "intent_calls_saved": round(hits / messages, 3) if messages else None}
+
+
+def flush_cache(stack: LocalStack) -> None:
+    """Empty the stack's prediction cache (a measured run starts cold: its first occurrences are misses)."""
+    import redis
+
+    if "redis" in stack:
+        client = redis.Redis.from_url(stack["redis"].url)
+        client.flushdb()
+        client.close()
+
+
 def compute_figures(plan: list[Sent], replies: dict[str, list[dict]], counters: dict, sampler: ProcSampler,
                     runner_pid: int, stats: dict | None) -> dict[str, Any]:
     sent = [s for s in plan if s.attempts]
@@ -288,6 +320,7 @@ def compute_figures(plan: list[Sent], replies: dict[str, list[dict]], counters: 
         "e2e_ms": summary(e2e),
         "gateway_overhead_ms": summary(overhead),
         "intent_ms": summary(intent_ms), "cosmos_ms": summary(cosmos_ms), "sendbird_dep_ms": summary(sendbird_ms),
+        "prediction_cache": cache_figures({k: v for k, v in replies.items() if v}),
         "queue_wait_ms": {k: summary(v) for k, v in waits.items()},
         "stage_duration_ms": {k: summary(v) for k, v in durations.items()},
         "throughput_msgs_s": round(got / span_s, 2) if span_s else 0.0,

@@ -51,6 +51,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help="py-spy the chain runner during each chain run; top functions go into the JSON")
     p.add_argument("--smoke", action="store_true", help="quick check: 2 msg/s for 2 s, both modes, intent +0 ms")
+    p.add_argument("--cache", action="store_true",
+                   help="prediction cache on: a redis-server in the stack and INTENT_CACHE_URL for the runners")
     p.add_argument("--log-dir", default=None)
     a = p.parse_args(argv)
     if a.smoke:
@@ -112,7 +114,7 @@ def run(a: argparse.Namespace) -> dict:
     t_all = time.monotonic()
     for latency in a.intent_latency_ms:
         rates = a.slow_rates if latency >= SLOW_MS else a.rates
-        stack = harness.infra_stack(latency, a.log_dir)
+        stack = harness.infra_stack(latency, a.log_dir, cache=a.cache)
         with stack:
             texts = harness.usable_utterances(stack["intent"].base_url)
             for mode in modes:
@@ -123,6 +125,8 @@ def run(a: argparse.Namespace) -> dict:
                                      users=5, texts=texts, tag=f"warm{mode}{int(latency)}", drain_timeout=20)
                     for rate in rates:
                         tag = f"{mode[0]}{int(latency)}r{int(rate)}t{int(time.time()) % 100000}"
+                        if a.cache:
+                            harness.flush_cache(stack)
                         prof = None
                         if a.profile and mode == "chain":
                             raw = RESULTS / f"profile-{mode}-{int(latency)}ms-{int(rate)}rps.txt"
@@ -138,7 +142,8 @@ def run(a: argparse.Namespace) -> dict:
                             if raw.exists():
                                 fig["profile"] = {"raw_file": raw.name, **top_functions(raw)}
                         results.append(fig)
-                        print(_row(fig), flush=True)
+                        fig["cache"] = a.cache
+                        print(_row(fig) + _cache_note(fig), flush=True)
     return {"meta": {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.platform(),
                      "cpus": __import__("os").cpu_count(), "python": platform.python_version(),
                      "args": {k: v for k, v in vars(a).items()},
@@ -163,6 +168,14 @@ def _row(f: dict) -> str:
             f"{f['runner_cpu_pct']:>5.0f} {f['runner_cpu_ms_per_msg'] or 0:>6.1f} {f['runner_peak_rss_mb']:>6.0f}")
 
 
+def _cache_note(f: dict) -> str:
+    """`` | cache hit x% saved y%`` when the run looked utterances up in the prediction cache, else empty."""
+    c = f.get("prediction_cache") or {}
+    if not c.get("lookups"):
+        return ""
+    return f" | cache hit {100 * c['hit_rate']:.0f}% saved {100 * c['intent_calls_saved']:.0f}% of intent calls"
+
+
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     import signal
@@ -177,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
     print(f"\n{HEADER}")
     for f in data["runs"]:
-        print(_row(f))
+        print(_row(f) + _cache_note(f))
     print(f"\nthru = replies/s sustained; >5s = webhooks SendBird would have re-sent; dup = visible duplicate replies; "
           f"cpu% = runner CPU (100 = one core); ms/msg = runner CPU per reply\nwrote {out} "
           f"({data['meta']['total_s']} s)")
