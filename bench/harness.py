@@ -14,6 +14,7 @@ import math
 import os
 import queue
 import random
+import tempfile
 import threading
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ import psutil
 import requests
 
 from devstack.stack import FunctionsRunner, LocalStack
+from shared.clients.cosmos import load_counts
 from tools import webhooks
 from tools.gateway_stack import (BOT_USER_ID, LOCAL_API_TOKEN, ROOT, StackOptions, build_stack, gateway_env,
                                 intent_client, top_intent)
@@ -53,9 +55,26 @@ def infra_stack(intent_latency_ms: float, log_dir: str | os.PathLike | None = No
                                     intent_env={"INTENT_ADDED_LATENCY_MS": str(intent_latency_ms)}))
 
 
-def runner_for(stack: LocalStack, mode: str, log_dir: str | os.PathLike | None = None) -> FunctionsRunner:
-    """The functions runner hosting the chain (the repo's function_app.py) or the monolith app, not started."""
-    return FunctionsRunner(APP_ROOTS[mode], 0, gateway_env(stack), log_dir=log_dir)
+def runner_for(stack: LocalStack, mode: str, log_dir: str | os.PathLike | None = None, *,
+               workers: int | None = None, env: dict[str, str] | None = None) -> FunctionsRunner:
+    """The functions runner hosting the chain (the repo's function_app.py) or the monolith app, not started.
+    ``workers``: ``FUNCTIONS_WORKER_PROCESS_COUNT`` (None: the worker runs in the runner's process);
+    ``env``: more app settings."""
+    overrides = dict(env or {})
+    # each process of the runner writes its Cosmos DB operation counters here (run_once reads them)
+    overrides.setdefault("COSMOS_OP_COUNTS_DIR", tempfile.mkdtemp(prefix="cosmos-ops-"))
+    if workers is not None:
+        overrides["FUNCTIONS_WORKER_PROCESS_COUNT"] = str(workers)
+    return FunctionsRunner(APP_ROOTS[mode], 0, gateway_env(stack, overrides), log_dir=log_dir)
+
+
+def worker_pids(runner: FunctionsRunner) -> list[int]:
+    """The language worker processes of a runner started with ``FUNCTIONS_WORKER_PROCESS_COUNT`` (else [])."""
+    try:
+        stats = requests.get(runner.base_url + "/admin/localrunner/stats", timeout=5).json()
+    except (requests.RequestException, ValueError):
+        return []
+    return [w["pid"] for w in stats.get("worker_processes", []) if w.get("pid")]
 
 
 def usable_utterances(intent_base_url: str) -> list[str]:
@@ -81,9 +100,11 @@ class Sent:
     accepted: bool = False
 
 
-def drive(base_url: str, *, rate: float, duration: float, users: int, texts: list[str], tag: str,
+def drive(base_url: str | list[str], *, rate: float, duration: float, users: int, texts: list[str], tag: str,
           webhook_retries: int = 3, timeout_s: float = SENDBIRD_TIMEOUT_S) -> list[Sent]:
-    """Send ``rate * duration`` signed webhooks open-loop; returns one :class:`Sent` per webhook."""
+    """Send ``rate * duration`` signed webhooks open-loop; returns one :class:`Sent` per webhook. Several
+    ``base_url``s (instances behind the platform's front end): webhook ``i`` goes to ``base_url[i % n]``."""
+    urls = [base_url] if isinstance(base_url, str) else list(base_url)
     count = max(1, int(round(rate * duration)))
     rng = random.Random(42)
     base_id = int(time.time() * 1000) * 1000
@@ -110,7 +131,8 @@ def drive(base_url: str, *, rate: float, duration: float, users: int, texts: lis
                     break
                 s.attempts += 1
                 try:
-                    res = webhooks.post(session, base_url, body, LOCAL_API_TOKEN, timeout=timeout_s)
+                    res = webhooks.post(session, urls[(item + attempt) % len(urls)], body, LOCAL_API_TOKEN,
+                                        timeout=timeout_s)
                 except requests.Timeout:
                     s.timeouts += 1
                     if attempt == 0:
@@ -189,11 +211,18 @@ class ProcSampler:
         self._thread.start()
         return self
 
+    def _cpu_or_last(self, key: str) -> float:
+        """CPU seconds of ``key`` since the start; a process that ended (e.g. a restarted worker) counts 0."""
+        try:
+            return self._cpu(self.procs[key]) - self._cpu0[key]
+        except psutil.Error:
+            return 0.0
+
     def __exit__(self, *exc: Any) -> None:
         self._stop.set()
         self._thread.join()
         self.wall_s = time.monotonic() - self._t0
-        self.cpu_s = {k: self._cpu(p) - self._cpu0[k] for k, p in self.procs.items()}
+        self.cpu_s = {k: self._cpu_or_last(k) for k in self.procs}
         self.cpu_s["bench_client"] = self._cpu(psutil.Process()) - self._self0
 
 
@@ -301,7 +330,9 @@ def compute_figures(plan: list[Sent], replies: dict[str, list[dict]], counters: 
     first_sent = min((s.sent_at_ms for s in sent), default=0)
     last_sent = max((s.sent_at_ms for s in sent), default=0)
     span_s = max(1e-3, (last_reply_ms - first_sent) / 1000) if got else None
-    runner_cpu = sampler.cpu_s.get("runner", 0.0)
+    host_cpu = sum(v for k, v in sampler.cpu_s.items() if k.startswith("runner"))
+    worker_cpu = sum(v for k, v in sampler.cpu_s.items() if k.startswith("worker"))
+    runner_cpu = host_cpu + worker_cpu
     return {
         "webhooks": len(plan), "sent": len(sent), "accepted": len(accepted),
         "offered_rate": round(len(sent) / max(1e-3, (last_sent - first_sent) / 1000), 1) if len(sent) > 1 else None,
@@ -328,24 +359,37 @@ def compute_figures(plan: list[Sent], replies: dict[str, list[dict]], counters: 
         "cpu_s": {k: round(v, 2) for k, v in sampler.cpu_s.items()},
         "runner_cpu_pct": round(100 * runner_cpu / max(1e-3, sampler.wall_s), 1),
         "runner_cpu_ms_per_msg": round(1000 * runner_cpu / got, 2) if got else None,
+        # with worker processes: the host's part (HTTP, queue I/O, polling, leases: .NET on Azure) and the
+        # workers' part (the functions: what runs in Python on Azure); without, all of it is "host"
+        "host_cpu_ms_per_msg": round(1000 * host_cpu / got, 2) if got else None,
+        "worker_cpu_ms_per_msg": round(1000 * worker_cpu / got, 2) if got and worker_cpu else None,
+        "worker_cpu_pct": round(100 * worker_cpu / max(1e-3, sampler.wall_s), 1),
         "stack_cpu_ms_per_msg": round(1000 * sum(v for k, v in sampler.cpu_s.items() if k != "bench_client") / got, 2)
         if got else None,
-        "runner_peak_rss_mb": round(sampler.peak_rss.get("runner", 0) / 2**20, 1),
+        "runner_peak_rss_mb": round(sum(v for k, v in sampler.peak_rss.items()
+                                        if k.startswith(("runner", "worker"))) / 2**20, 1),
         "runner_vmhwm_mb": round((vm_hwm_bytes(runner_pid) or 0) / 2**20, 1),
         "runner_stats": stats,
     }
 
 
-def run_once(stack: LocalStack, runner: FunctionsRunner, *, mode: str, intent_latency_ms: float, rate: float,
-             duration: float, users: int, texts: list[str], tag: str, webhook_retries: int = 3,
-             drain_timeout: float | None = None) -> dict[str, Any]:
-    """One measured run against an already started stack + runner; returns its figures."""
+def run_once(stack: LocalStack, runner: FunctionsRunner | list[FunctionsRunner], *, mode: str,
+             intent_latency_ms: float, rate: float, duration: float, users: int, texts: list[str], tag: str,
+             webhook_retries: int = 3, drain_timeout: float | None = None) -> dict[str, Any]:
+    """One measured run against an already started stack + runner(s) (several: instances sharing the queues and
+    the state, webhooks spread over them); returns its figures."""
+    runners = [runner] if isinstance(runner, FunctionsRunner) else list(runner)
+    runner = runners[0]
     control = stack["sendbird"].control
     control.reset()
-    pids = {"runner": runner.pid, **{k: stack[k].pid for k in ("azurite", "cosmos", "sendbird", "intent")}}
+    pids = {**{k: stack[k].pid for k in ("azurite", "cosmos", "sendbird", "intent")}}
+    for i, r in enumerate(runners):
+        pids[f"runner{i or ''}"] = r.pid
+        pids.update({f"worker{i}-{j}": pid for j, pid in enumerate(worker_pids(r))})
+    db_before = cosmos_counts(runners)
     with ProcSampler(pids) as sampler:
-        plan = drive(runner.base_url, rate=rate, duration=duration, users=users, texts=texts, tag=tag,
-                     webhook_retries=webhook_retries)
+        plan = drive([r.base_url for r in runners], rate=rate, duration=duration, users=users, texts=texts,
+                     tag=tag, webhook_retries=webhook_retries)
         expected = {f"reply-{s.message_id}" for s in plan if s.accepted}
         if drain_timeout is None:
             drain_timeout = 15 + 3 * intent_latency_ms / 1000 * max(1.0, rate * duration / 50)
@@ -356,8 +400,50 @@ def run_once(stack: LocalStack, runner: FunctionsRunner, *, mode: str, intent_la
         stats = None
     figures = compute_figures(plan, replies, control.counters(), sampler, runner.pid, _compact_stats(stats))
     figures["loadavg_1min_after"] = round(os.getloadavg()[0], 2)  # other jobs on the machine skew the figures
+    figures["cosmos"] = cosmos_per_message(db_before, settled_cosmos_counts(runners), figures.get("replies") or 0)
     return {"mode": mode, "intent_latency_ms": intent_latency_ms, "rate": rate, "duration_s": duration,
-            "users": users, **figures}
+            "users": users, "instances": len(runners), "worker_processes": len(worker_pids(runner)) or None,
+            **figures}
+
+
+def cosmos_counts(runners: list[FunctionsRunner]) -> dict[str, dict[str, int]]:
+    """Cosmos DB operations the runners' processes counted at their client so far (container -> counts, plus
+    ``all``; :class:`shared.clients.cosmos.CosmosCounters`)."""
+    total: dict[str, dict[str, int]] = {"all": {}}
+    for r in runners:
+        where = r.env_overrides.get("COSMOS_OP_COUNTS_DIR")
+        for container, counts in (load_counts(Path(where)) if where else {}).items():
+            for scope in (container, "all"):
+                into = total.setdefault(scope, {})
+                for k, v in counts.items():
+                    into[k] = into.get(k, 0) + v
+    return total
+
+
+def settled_cosmos_counts(runners: list[FunctionsRunner], timeout: float = 5.0) -> dict[str, dict[str, int]]:
+    """:func:`cosmos_counts` once two reads 1 s apart agree (the last "sent" marks are written after the replies
+    the stand-in recorded; each process writes its counters every 0.5 s), or after ``timeout`` seconds."""
+    last, deadline = cosmos_counts(runners), time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        time.sleep(1.0)
+        now = cosmos_counts(runners)
+        if now == last:
+            break
+        last = now
+    return last
+
+
+def cosmos_per_message(before: dict[str, dict[str, int]], after: dict[str, dict[str, int]],
+                       replies: int) -> dict[str, dict[str, float]]:
+    """Per reply: operations, writes, reads and body bytes (written = request bodies of the writes) on the user
+    state container and on every container (``all``: also the response catalog's refresh and the review inbox)."""
+    out: dict[str, dict[str, float]] = {}
+    for scope in ("user_state", "all"):
+        a, b = after.get(scope, {}), before.get(scope, {})
+        delta = {k: a.get(k, 0) - b.get(k, 0) for k in a}
+        out[scope] = {k: round(v / replies, 2) if replies else 0.0 for k, v in sorted(delta.items())}
+        out[scope]["total_operations"] = delta.get("operations", 0)
+    return out
 
 
 def _compact_stats(stats: dict | None) -> dict | None:

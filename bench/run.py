@@ -14,6 +14,7 @@ Prints a table; writes ``bench/results/<name>.json`` (all figures) and PNG plots
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import subprocess
@@ -51,10 +52,20 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--profile", action="store_true",
                    help="py-spy the chain runner during each chain run; top functions go into the JSON")
     p.add_argument("--smoke", action="store_true", help="quick check: 2 msg/s for 2 s, both modes, intent +0 ms")
+    p.add_argument("--workers", type=int, default=None,
+                   help="FUNCTIONS_WORKER_PROCESS_COUNT of each runner (default: unset, the worker runs in the "
+                        "runner's process)")
+    p.add_argument("--instances", type=int, default=1,
+                   help="runner instances on the same queues and state (chain only; webhooks spread over them)")
+    p.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                   help="app setting for the runners, repeatable (e.g. AzureFunctionsJobHost__extensions__queues__"
+                        "batchSize=32)")
     p.add_argument("--cache", action="store_true",
                    help="prediction cache on: a redis-server in the stack and INTENT_CACHE_URL for the runners")
     p.add_argument("--log-dir", default=None)
     a = p.parse_args(argv)
+    if any("=" not in e for e in a.env):
+        p.error("--env takes NAME=VALUE")
     if a.smoke:
         a.rates, a.slow_rates, a.duration, a.users, a.intent_latency_ms = [2], [2], 2, 4, [0]
         a.name = a.name or "smoke"
@@ -117,11 +128,16 @@ def run(a: argparse.Namespace) -> dict:
         stack = harness.infra_stack(latency, a.log_dir, cache=a.cache)
         with stack:
             texts = harness.usable_utterances(stack["intent"].base_url)
+            env = dict(e.split("=", 1) for e in a.env)
             for mode in modes:
-                runner = harness.runner_for(stack, mode, a.log_dir)
-                with runner:
+                n = a.instances if mode == "chain" else 1
+                runners = [harness.runner_for(stack, mode, a.log_dir, workers=a.workers, env=env) for _ in range(n)]
+                with contextlib.ExitStack() as running:
+                    for r in runners:
+                        running.enter_context(r)
+                    runner = runners[0]
                     # warm-up: clients, connections, Cosmos database/container, first imports
-                    harness.run_once(stack, runner, mode=mode, intent_latency_ms=latency, rate=5, duration=1,
+                    harness.run_once(stack, runners, mode=mode, intent_latency_ms=latency, rate=5, duration=1,
                                      users=5, texts=texts, tag=f"warm{mode}{int(latency)}", drain_timeout=20)
                     for rate in rates:
                         tag = f"{mode[0]}{int(latency)}r{int(rate)}t{int(time.time()) % 100000}"
@@ -131,7 +147,7 @@ def run(a: argparse.Namespace) -> dict:
                         if a.profile and mode == "chain":
                             raw = RESULTS / f"profile-{mode}-{int(latency)}ms-{int(rate)}rps.txt"
                             prof = _profile_start(runner.pid, raw, a.duration + 2)
-                        fig = harness.run_once(stack, runner, mode=mode, intent_latency_ms=latency, rate=rate,
+                        fig = harness.run_once(stack, runners, mode=mode, intent_latency_ms=latency, rate=rate,
                                                duration=a.duration, users=a.users, texts=texts, tag=tag,
                                                webhook_retries=a.webhook_retries)
                         if prof is not None:
@@ -151,9 +167,9 @@ def run(a: argparse.Namespace) -> dict:
             "runs": results}
 
 
-HEADER = (f"{'mode':8} {'intent':>6} {'rate':>5} {'thru':>6} | {'intake p50/p95/p99 ms':>23} | "
+HEADER = (f"{'mode':8} {'i x w':>5} {'intent':>6} {'rate':>5} {'thru':>6} | {'intake p50/p95/p99 ms':>23} | "
           f"{'e2e p50/p95/p99 ms':>21} | {'overhead p50/p99':>16} | {'>5s':>4} {'lost':>4} {'dup':>4} | "
-          f"{'cpu%':>5} {'ms/msg':>6} {'rss MB':>6}")
+          f"{'cpu%':>5} {'ms/msg':>6} {'host':>5} {'wrk':>5} {'rss MB':>6} | {'db ops/wr/B wr':>15}")
 
 
 def _row(f: dict) -> str:
@@ -161,11 +177,21 @@ def _row(f: dict) -> str:
         return "/".join("-" if s.get(k) is None else f"{s[k]:.0f}" for k in ("p50", "p95", "p99"))
 
     ov = f["gateway_overhead_ms"]
-    return (f"{f['mode']:8} {f['intent_latency_ms']:>6.0f} {f['rate']:>5.0f} {f['throughput_msgs_s']:>6.1f} | "
+    shape = f"{f.get('instances', 1)}x{f.get('worker_processes') or '-'}"
+    return (f"{f['mode']:8} {shape:>5} {f['intent_latency_ms']:>6.0f} {f['rate']:>5.0f} "
+            f"{f['throughput_msgs_s']:>6.1f} | "
             f"{three(f['intake_ms']):>23} | {three(f['e2e_ms']):>21} | "
             f"{('-' if ov['p50'] is None else f'{ov[chr(112)+chr(53)+chr(48)]:.0f}/{ov[chr(112)+chr(57)+chr(57)]:.0f}'):>16} | "
             f"{f['webhooks_over_5s']:>4} {f['lost']:>4} {f['duplicate_replies_visible']:>4} | "
-            f"{f['runner_cpu_pct']:>5.0f} {f['runner_cpu_ms_per_msg'] or 0:>6.1f} {f['runner_peak_rss_mb']:>6.0f}")
+            f"{f['runner_cpu_pct']:>5.0f} {f['runner_cpu_ms_per_msg'] or 0:>6.1f} "
+            f"{f.get('host_cpu_ms_per_msg') or 0:>5.1f} {f.get('worker_cpu_ms_per_msg') or 0:>5.1f} "
+            f"{f['runner_peak_rss_mb']:>6.0f} | {_cosmos(f):>15}")
+
+
+def _cosmos(f: dict) -> str:
+    """Cosmos DB operations / writes / bytes written per reply on the user-state container (counted at the client)."""
+    c = (f.get("cosmos") or {}).get("user_state") or {}
+    return f"{c.get('operations', 0):.2f}/{c.get('writes', 0):.2f}/{c.get('written_bytes', 0):.0f}" if c else "-"
 
 
 def _cache_note(f: dict) -> str:
@@ -192,7 +218,10 @@ def main(argv: list[str] | None = None) -> int:
     for f in data["runs"]:
         print(_row(f) + _cache_note(f))
     print(f"\nthru = replies/s sustained; >5s = webhooks SendBird would have re-sent; dup = visible duplicate replies; "
-          f"cpu% = runner CPU (100 = one core); ms/msg = runner CPU per reply\nwrote {out} "
+          f"cpu% = runner CPU (100 = one core); ms/msg = runner CPU per reply (host + worker processes), host / "
+          f"wrk = the host's and the worker processes' part\ndb ops/wr/B wr = Cosmos DB operations / writes / bytes written per "
+          f"reply on the user-state container, counted at the client\ni x w = instances x worker processes (- = in the "
+          f"runner's process)\nwrote {out} "
           f"({data['meta']['total_s']} s)")
     if not a.no_plots:
         from bench import plots

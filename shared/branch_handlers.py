@@ -25,7 +25,7 @@ from shared.models import InboundMessage, ReplyMessage, RoutedMessage, now_ms
 from shared.ports import QueuePort, StateStore, TelemetryPort
 from shared.routes import FALLBACK, ROUTES, UNSUPPORTED, RouteSpec
 from shared.settings import Settings
-from shared.state import APOLOGY_KEY, Turn, UserState, apology_dedup_id, reply_dedup_id
+from shared.state import APOLOGY_KEY, SendClaim, Turn, UserState, apology_dedup_id, reply_dedup_id
 from shared.telemetry import DISABLED
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,7 @@ class _Decision:
     reply: ReplyMessage | None = None
     held_back_by: list[int] = field(default_factory=list)
     answered_with: str | None = None
+    claimed: bool = False
 
 
 def decide(msg: RoutedMessage, state: UserState, *, catalog: ResponseCatalog, settings: Settings,
@@ -141,7 +142,7 @@ def decide(msg: RoutedMessage, state: UserState, *, catalog: ResponseCatalog, se
         return _Decision()
     if (turn.apologized or turn.status == "failed") and not msg.replayed:
         return _Decision()  # the user was told it failed; only an explicit replay answers it now
-    answered_with = None
+    answered_with, claimed = None, False
     if not turn.answered:
         waiting_for = state.pending_before(turn)
         if waiting_for and now - msg.received_at_ms < settings.order_max_wait_seconds * 1000:
@@ -150,10 +151,22 @@ def decide(msg: RoutedMessage, state: UserState, *, catalog: ResponseCatalog, se
             turn.status = "silent"  # handed off by an earlier message after this one was routed
             return _Decision()
         answered_with = _run_handler(msg, state, turn, Context(settings, catalog, now))
+        claimed = _claim_for_sender(turn, msg.message_id, settings, now)
     reply = ReplyMessage.following(msg, text=turn.reply_text, language=msg.language, route=msg.route,
                                    top_intent=msg.top_intent, confidence_score=msg.confidence_score,
                                    reply_key=turn.reply_key, dedup_id=reply_dedup_id(msg.message_id), seq=turn.seq)
-    return _Decision(reply=reply, answered_with=answered_with)
+    return _Decision(reply=reply, answered_with=answered_with, claimed=claimed)
+
+
+def _claim_for_sender(turn: Turn, message_id: int, settings: Settings, now: int) -> bool:
+    """Take the reply sender's send claim on ``turn`` in the handler's own write (the claim of
+    :func:`shared.reply_sender.claim`, ``since_ms`` = now), unless another live claim is there (an apology being
+    sent: the reply sender then decides as before). True when taken."""
+    live = turn.sending is not None and now - turn.sending.since_ms < settings.reply_send_lease_seconds * 1000
+    if live:
+        return False
+    turn.sending = SendClaim(dedup_id=reply_dedup_id(message_id), since_ms=now)
+    return True
 
 
 def _run_handler(msg: RoutedMessage, state: UserState, turn: Turn, ctx: Context) -> str:
@@ -194,15 +207,18 @@ def handle(msg: RoutedMessage, deps: BranchDeps, *, clock: Callable[[], int] = n
     Errors: :class:`~shared.errors.TransientError` from the state store (after ETag retries);
     :class:`~shared.errors.PermanentError` for an unknown route or a catalog text missing (poisoned at once).
     """
-    decision = deps.state_store.update(msg.user_id, msg.channel_url, lambda s: decide(
-        msg, s, catalog=deps.catalog, settings=deps.settings, now=clock()))
+    decision, version = deps.state_store.update_versioned(msg.user_id, msg.channel_url, lambda s: decide(
+        msg, s, catalog=deps.catalog, settings=deps.settings, now=clock()),
+        base=msg.state_version, keep_turn=msg.message_id)
     if decision.answered_with == "handoff.connecting":
         deps.telemetry.metric("handoff_count", 1)
     if decision.held_back_by:
         log.info("message_id=%s (seq %d) waits for earlier message(s) seq %s", msg.message_id, msg.seq,
                  decision.held_back_by)
-        later = msg.model_copy(update={"order_waits": msg.order_waits + 1})
+        later = msg.model_copy(update={"order_waits": msg.order_waits + 1, "state_version": None})
         deps.queues.send(ROUTES.get(msg.route).queue, later.to_queue_text(), delay_seconds=ORDER_RETRY_DELAY_SECONDS)
+    if decision.reply is not None and decision.claimed:
+        return decision.reply.model_copy(update={"state_version": version})
     return decision.reply
 
 

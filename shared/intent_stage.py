@@ -7,7 +7,9 @@ when the message must not be routed: the conversation is handed off to a human
 plus, for a message the bot did not understand well, a :class:`~shared.models.ReviewCapture`
 for the review inbox (:func:`run`; :mod:`shared.review` decides, with no I/O).
 Admission (duplicate check + per-user sequence number) is one ETag-guarded
-state update, so two deliveries racing each other cannot both be admitted.
+state update (one read, one write), so two deliveries racing each other cannot both be admitted. The routed
+message carries the document's version after it (:class:`~shared.state.StateVersion`): the handler writes on it
+without reading (:func:`shared.branch_handlers.handle`).
 A message longer than the intent service accepts is classified on an excerpt
 (:mod:`shared.utterance`); the routed message keeps the full text.
 Errors: :class:`~shared.errors.TransientError` / :class:`~shared.errors.PermanentError`
@@ -124,7 +126,8 @@ def run(msg: InboundMessage, deps: IntentStageDeps, *, clock: Callable[[], int] 
     metrics ``intent_confidence``, ``fallback_count``, ``intent_service_errors``.
     """
     s = deps.settings
-    admission = deps.state_store.update(msg.user_id, msg.channel_url, lambda state: admit(msg, state, s, clock()))
+    admission, version = deps.state_store.update_versioned(
+        msg.user_id, msg.channel_url, lambda state: admit(msg, state, s, clock()), keep_turn=msg.message_id)
     if admission.verdict != "admitted":
         log.info("message_id=%s not routed: %s (correlation_id=%s)", msg.message_id,
                  "duplicate delivery" if admission.verdict == "duplicate" else "conversation handed off",
@@ -133,7 +136,8 @@ def run(msg: InboundMessage, deps: IntentStageDeps, *, clock: Callable[[], int] 
         return StageResult(None)
     if msg.message_type == "FILE":
         return StageResult(RoutedMessage.following(msg, route=UNSUPPORTED, top_intent=None, seq=admission.seq,
-                                                   language=admission.language or s.default_language))
+                                                   language=admission.language or s.default_language,
+                                                   state_version=version))
     language = detect_language(msg.text) or admission.language or s.default_language
     prediction, intent_ms = _predict(msg, language, deps)
     route, slot_filled = choose_route(prediction, admission.pending_slot, s.intent_confidence_threshold)
@@ -142,6 +146,7 @@ def run(msg: InboundMessage, deps: IntentStageDeps, *, clock: Callable[[], int] 
         msg, route=route, text=msg.text, language=language, top_intent=prediction.top_intent,
         confidence_score=prediction.confidence_score, intents=prediction.intents[:MAX_INTENTS],
         entities=prediction.entities[:MAX_ENTITIES], slot_filled=slot_filled, seq=admission.seq,
+        state_version=version,
     )
     return StageResult(routed, capture_for(routed, prediction.model_version, s))
 

@@ -26,6 +26,7 @@ from typing import Any, ClassVar, Literal, Type, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import PermanentError
+from shared.state import StateVersion
 
 # ---------------------------------------------------------------------------
 # Queue names (lowercase letters, digits, single hyphens; 3-63 chars)
@@ -208,6 +209,8 @@ class RoutedMessage(QueueMessageBase):
     slot_filled: str | None = Field(default=None, description="the pending slot this message filled, if any")
     seq: int = Field(default=0, ge=0, description="the user's per-user message sequence number")
     order_waits: int = Field(default=0, ge=0, description="times re-queued to wait for an earlier message")
+    state_version: StateVersion | None = Field(default=None, description="the user's document as the intent "
+                                               "stage's admission left it (the handler writes on it without a read)")
 
     def entity(self, category: str) -> Entity | None:
         """The first entity of ``category``, or None."""
@@ -231,6 +234,8 @@ class ReplyMessage(QueueMessageBase):
     dedup_id: str = Field(min_length=1, max_length=128, description="SendBird dedup_id for this reply")
     seq: int = Field(default=0, ge=0, description="the user's per-user message sequence number")
     reschedules: int = Field(default=0, ge=0, description="times rescheduled after a SendBird 429")
+    state_version: StateVersion | None = Field(default=None, description="the user's document as the handler's "
+                                               "write (answer + send claim) left it: the reply sender's fast path")
 
 
 class ReviewCapture(QueueMessageBase):

@@ -41,7 +41,7 @@ if TYPE_CHECKING:  # pragma: no cover - types only
     from shared.audit import AuditEntry
     from shared.catalog import CatalogVersion
     from shared.review import ReviewItem
-    from shared.state import UserState
+    from shared.state import StateVersion, UserState
     from shared.telemetry import Redactor, Span
 
 T = TypeVar("T")
@@ -64,6 +64,24 @@ class StateStore(Protocol):
         When it changes nothing, nothing is written. Raises :class:`~shared.errors.TransientError` after too many
         conflicts. An exception from ``mutate`` propagates and nothing is written.
         """
+        ...
+
+    def update_versioned(self, user_id: str, channel_url: str | None, mutate: Callable[[UserState], T], *,
+                         base: StateVersion | None = None,
+                         keep_turn: int | None = None) -> tuple[T, StateVersion]:
+        """:meth:`update`, plus the document's version afterwards (written or read, sealed by this store, keeping
+        the turn of ``keep_turn``), for the next stage's queue message.
+
+        With a ``base`` this store sealed, ``mutate`` first runs on that partial copy and the change is written
+        with ``If-Match: base.etag`` and no read; the usual read-modify-write follows when that fails (412: the
+        document changed since), when the copy cannot express the change (turns added or removed) or when
+        ``mutate`` changes nothing there (a decision not to write is always taken on a fresh read). ``mutate``
+        may therefore run on the copy and then again on the stored document.
+        """
+        ...
+
+    def trusts(self, version: StateVersion) -> bool:
+        """True when this store (or one sharing its seal key) made ``version`` and nobody changed it since."""
         ...
 
 

@@ -19,7 +19,9 @@ the message's raw ids and text are registered with telemetry, which scrubs them 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -32,6 +34,26 @@ from shared.telemetry import DISABLED
 log = logging.getLogger(__name__)
 M = TypeVar("M", bound=QueueMessageBase)
 R = TypeVar("R")
+
+_DEQUEUE_COUNT: ContextVar[int | None] = ContextVar("dequeue_count", default=None)
+
+
+def dequeue_count() -> int | None:
+    """The dequeue count of the queue message whose stage runs in this context (1: its first delivery, so no other
+    copy of it was handed out before), or None outside :func:`run_queue_stage`: the message was not delivered by a
+    queue but handed over in process (the benchmark's monolith, tests), so it is the only copy."""
+    return _DEQUEUE_COUNT.get()
+
+
+@contextmanager
+def delivered(count: int) -> Iterator[None]:
+    """Run the block as the stage of a queue message handed out ``count`` times (1: first delivery), as
+    :func:`run_queue_stage` does; :func:`dequeue_count` returns ``count`` inside."""
+    token = _DEQUEUE_COUNT.set(count)
+    try:
+        yield
+    finally:
+        _DEQUEUE_COUNT.reset(token)
 
 
 @dataclass(frozen=True)
@@ -75,7 +97,8 @@ def run_queue_stage(body: bytes | str, dequeue_count: int, stage: QueueStage[M],
     with policy.telemetry.sensitive(user_id=msg.user_id, channel_url=msg.channel_url,
                                     text=getattr(msg, "text", None)):
         try:
-            return _traced(msg, dequeue_count, started, stage, work, policy.telemetry)
+            with delivered(dequeue_count):
+                return _traced(msg, dequeue_count, started, stage, work, policy.telemetry)
         except Exception as exc:  # noqa: BLE001 - every failure is either retried or poisoned
             _failed(exc, body, msg, dequeue_count, stage, policy)
             return None

@@ -43,11 +43,16 @@ from shared.errors import GatewayError, PermanentError, RateLimited
 from shared.models import REPLY_QUEUE, ReplyMessage, now_ms
 from shared.ports import QueuePort, SendBirdPort, StateStore, TelemetryPort
 from shared.settings import Settings
-from shared.state import APOLOGY_KEY, SendClaim, Turn, UserState, reply_dedup_id
+from shared.processing import dequeue_count
+from shared.state import APOLOGY_KEY, SendClaim, StateVersion, Turn, UserState, reply_dedup_id
 from shared.telemetry import DISABLED
 
 log = logging.getLogger(__name__)
 
+#: Share of ``REPLY_SEND_LEASE_SECONDS`` within which the handler's claim is used without a read: the rest of the
+#: lease is left for the send itself (SendBird timeout and in-process retries), so that nobody else can take the
+#: expired claim while this sender is still sending.
+FAST_PATH_LEASE_SHARE = 0.5
 #: What became of one reply message.
 Delivery = Literal["sent", "duplicate", "superseded", "rescheduled"]
 
@@ -104,10 +109,13 @@ class ReplyDeps:
 
 
 def claim(reply: ReplyMessage, state: UserState, *, settings: Settings, catalog: ResponseCatalog,
-          now: int) -> tuple[str, int]:
+          now: int, owner_since: int | None = None) -> tuple[str, int]:
     """Take the send claim on ``reply``'s turn (pure; runs in the ETag-guarded update). Returns ``(verdict,
     wait_ms)``: ``claimed``; ``duplicate`` (sent before); ``superseded`` (the message has its one answer);
-    ``busy`` with the ms until another sender's claim expires."""
+    ``busy`` with the ms until another sender's claim expires.
+
+    ``owner_since``: the ``since_ms`` of the claim the branch handler took for this very queue message (its
+    first delivery, see :func:`deliver`); a claim still carrying it is this sender's own, renewed whatever its age."""
     lease_ms = settings.reply_send_lease_seconds * 1000
     apology = reply.reply_key == APOLOGY_KEY
     turn = owned_turn(state, reply, settings, catalog)
@@ -118,7 +126,9 @@ def claim(reply: ReplyMessage, state: UserState, *, settings: Settings, catalog:
         return "superseded", 0
     if not apology and turn.apologized and not reply.replayed:
         return "superseded", 0
-    if turn.sending and now - turn.sending.since_ms < lease_ms:
+    own = turn.sending is not None and owner_since is not None and \
+        (turn.sending.dedup_id, turn.sending.since_ms) == (reply.dedup_id, owner_since)
+    if turn.sending and now - turn.sending.since_ms < lease_ms and not own:
         if turn.sending.dedup_id == reply.dedup_id or not apology:
             return "busy", turn.sending.since_ms + lease_ms - now
         return "superseded", 0  # an apology while the real reply is being sent
@@ -152,8 +162,11 @@ def deliver(reply: ReplyMessage, deps: ReplyDeps, *, clock: Callable[[], int] = 
     metrics ``e2e_latency_ms``, ``sendbird_429_count``.
     """
     s, store = deps.settings, deps.state_store
+    owned = _handler_claim(reply, deps, clock())
+    if owned is not None and clock() - owned < s.reply_send_lease_seconds * 1000 * FAST_PATH_LEASE_SHARE:
+        return _send(reply, deps, clock, base=reply.state_version)
     verdict, wait_ms = store.update(reply.user_id, reply.channel_url, lambda state: claim(
-        reply, state, settings=s, catalog=deps.catalog, now=clock()))
+        reply, state, settings=s, catalog=deps.catalog, now=clock(), owner_since=owned))
     if verdict in ("duplicate", "superseded"):
         log.info("reply %s for message_id=%s not sent: %s", reply.dedup_id, reply.message_id,
                  "sent before" if verdict == "duplicate" else "the message already has its answer")
@@ -161,10 +174,32 @@ def deliver(reply: ReplyMessage, deps: ReplyDeps, *, clock: Callable[[], int] = 
         return "duplicate" if verdict == "duplicate" else "superseded"
     if verdict == "busy":
         return _reschedule(reply, deps.queues, s, max(1.0, wait_ms / 1000), "another sender holds the claim")
-    return _send(reply, deps, clock)
+    return _send(reply, deps, clock, base=None)
 
 
-def _send(reply: ReplyMessage, deps: ReplyDeps, clock: Callable[[], int]) -> Delivery:
+def _handler_claim(reply: ReplyMessage, deps: ReplyDeps, now: int) -> int | None:
+    """``since_ms`` of the send claim the branch handler took for this reply in its write, when this queue message
+    owns it: the only copy (dequeue count 1: no other copy of this message was handed out before; or handed over
+    in process, :func:`shared.processing.dequeue_count`), the sealed
+    version the handler's write returned, whose turn holds that claim and exactly this reply (channel, response
+    key and text). None otherwise (every other reply goes through :func:`claim` on a fresh read)."""
+    version = reply.state_version
+    if version is None or dequeue_count() not in (None, 1) or reply.reply_key == APOLOGY_KEY:
+        return None
+    if not deps.state_store.trusts(version):
+        return None
+    turn = version.turn(reply.message_id)
+    if turn is None or turn.sending is None or turn.sending.dedup_id != reply.dedup_id:
+        return None
+    if reply.dedup_id in turn.sent_dedup_ids or turn.channel_url not in (None, reply.channel_url):
+        return None
+    if (turn.reply_key, turn.reply_text) != (reply.reply_key, reply.text):
+        return None
+    return turn.sending.since_ms
+
+
+def _send(reply: ReplyMessage, deps: ReplyDeps, clock: Callable[[], int], base: StateVersion | None) -> Delivery:
+    """Send under a claim this sender holds; mark it sent (on ``base`` without a read when given)."""
     started = time.perf_counter()
     try:
         deps.sendbird.send_bot_message(reply.channel_url, reply.text, reply.dedup_id, data=reply_data(reply))
@@ -178,8 +213,8 @@ def _send(reply: ReplyMessage, deps: ReplyDeps, clock: Callable[[], int]) -> Del
         _release_quietly(deps.state_store, reply)
         raise
     sendbird_ms = (time.perf_counter() - started) * 1000
-    deps.state_store.update(reply.user_id, reply.channel_url, lambda state: mark_sent(
-        reply, state, settings=deps.settings, catalog=deps.catalog, now=clock()))
+    deps.state_store.update_versioned(reply.user_id, reply.channel_url, lambda state: mark_sent(
+        reply, state, settings=deps.settings, catalog=deps.catalog, now=clock()), base=base)
     _report_sent(reply, _ids(reply), sendbird_ms, deps.telemetry)
     return "sent"
 
@@ -228,7 +263,8 @@ def _reschedule(reply: ReplyMessage, queues: QueuePort, settings: Settings, dela
                 why: str) -> Delivery:
     if reply.reschedules >= settings.reply_max_reschedules:
         raise PermanentError(f"not delivered after {reply.reschedules} reschedules; last: {why}")
-    again = reply.model_copy(update={"reschedules": reply.reschedules + 1, "enqueued_at_ms": now_ms()})
+    again = reply.model_copy(update={"reschedules": reply.reschedules + 1, "enqueued_at_ms": now_ms(),
+                                     "state_version": None})
     queues.send(REPLY_QUEUE, again.to_queue_text(), delay_seconds=delay_seconds)
     log.warning("reply %s for message_id=%s rescheduled in %.1f s (%s; reschedule %d)", reply.dedup_id,
                 reply.message_id, delay_seconds, why, again.reschedules)

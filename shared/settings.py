@@ -122,6 +122,9 @@ class Settings(BaseModel):
     cosmos_verify_tls: bool = True
     cosmos_create_if_missing: bool = False
     cosmos_timeout_seconds: float = Field(default=5.0, gt=0, le=60)
+    # Local tooling only (the benchmark, tests): a directory where each process writes its Cosmos DB operation
+    # counters twice a second (shared/clients/cosmos.py CosmosCounters). Empty: not written.
+    cosmos_op_counts_dir: str = ""
 
     # --- Intent service (Azure CLU protocol, api-version 2023-04-01) ---
     intent_endpoint: HttpUrl

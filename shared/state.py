@@ -6,7 +6,11 @@ fake for unit tests, both held to ``tests/test_state_contract.py``).
 
 from __future__ import annotations
 
-from typing import Literal
+import copy
+import hashlib
+import hmac
+import json
+from typing import Any, Literal
 from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -150,3 +154,155 @@ class UserState(BaseModel):
 def document_id(user_id: str) -> str:
     """Cosmos DB item id for ``user_id`` (ids may not contain ``/ \\ ? #``; those are %-escaped)."""
     return quote(user_id, safe="") if any(c in user_id for c in "/\\?#%") else user_id
+
+
+# --------------------------------------------------------------------------- versions and partial updates
+#: Operations Cosmos DB accepts in one patch request (more: the document is replaced whole).
+MAX_PATCH_OPS = 10
+#: One JSON-patch operation as Cosmos DB's partial document update takes it: ``{"op": "set" | "add" | "remove",
+#: "path": "/json/pointer", "value": ...}`` (``add`` to ``/turns/-`` appends).
+PatchOp = dict[str, Any]
+#: Fields a partial copy (:class:`StateVersion`) leaves out, or shortens (``turns``).
+_PARTIAL_FIELDS = ("turns", "recent_message_ids")
+
+
+class StateVersion(BaseModel):
+    """The user's document as one stage's write left it, handed to the next stage in its queue message so that the
+    next write needs no read.
+
+    ``etag``: the document's ETag after that write. ``doc``: a partial copy: every field except the turns history
+    and ``recent_message_ids``, with ``turns`` holding only the turns the next stage looks at (the turn of the
+    message in flight and every turn not final yet, i.e. all that :meth:`UserState.pending_before` can return),
+    ``indexes[i]`` being the position of ``doc["turns"][i]`` in the stored list. ``seal``: HMAC-SHA256 of the rest,
+    keyed by the store (:func:`seal_key`), so that whoever can write to a queue cannot make one up.
+
+    It is only ever the base of an ``If-Match: etag`` write: when the document changed since, the write fails (HTTP
+    412) and the store reads the document as it always did. Size: about 0.5-3 KB (one to a few turns).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    etag: str = Field(min_length=1, max_length=128)
+    doc: dict[str, Any]
+    indexes: list[int] = Field(max_length=200)
+    seal: str = Field(min_length=64, max_length=64)
+
+    def state(self) -> "UserState":
+        """The partial copy as a :class:`UserState` (the turns history holds only the copied turns)."""
+        return UserState.model_validate(self.doc)
+
+    def turn(self, message_id: int) -> Turn | None:
+        """The copied turn of ``message_id``, if it is in the copy."""
+        return self.state().turn_for(message_id)
+
+
+def seal_key(secret: str) -> bytes:
+    """The key that seals :class:`StateVersion` s, derived from a secret setting (never the secret itself)."""
+    return hmac.new(secret.encode("utf-8"), b"gateway state version seal v1", hashlib.sha256).digest()
+
+
+def _seal(key: bytes, etag: str, doc: dict[str, Any], indexes: list[int]) -> str:
+    body = json.dumps([etag, doc, indexes], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hmac.new(key, body.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def version_of(doc: dict[str, Any], etag: str, message_id: int | None, key: bytes) -> StateVersion:
+    """The sealed :class:`StateVersion` of stored document ``doc`` (system fields ignored) at ``etag``, keeping the
+    turn of ``message_id`` (None: none in particular) and every turn not final yet."""
+    turns = doc.get("turns") or []
+    keep = [i for i, t in enumerate(turns)
+            if t.get("message_id") == message_id or t.get("status") not in FINAL_STATUSES]
+    partial = {k: v for k, v in doc.items() if not k.startswith("_") and k not in _PARTIAL_FIELDS}
+    partial["turns"] = [turns[i] for i in keep]
+    return StateVersion(etag=etag, doc=partial, indexes=keep, seal=_seal(key, etag, partial, keep))
+
+
+def is_sealed(version: StateVersion, key: bytes) -> bool:
+    """True when ``version`` was made by :func:`version_of` with ``key`` and not changed since."""
+    return hmac.compare_digest(version.seal, _seal(key, version.etag, version.doc, version.indexes))
+
+
+def partial_patch(version: StateVersion, after: "UserState") -> list[PatchOp] | None:
+    """The patch that makes the stored document (at ``version.etag``) what ``after`` (the partial copy, changed)
+    says, or None when that cannot be said from the copy (turns added or removed, the remembered message ids
+    changed) or needs more than :data:`MAX_PATCH_OPS` operations. ``[]``: nothing changed."""
+    before = version.state().model_dump(mode="json")
+    now = after.model_dump(mode="json")
+    if now.get("recent_message_ids") != before.get("recent_message_ids"):
+        return None
+    old_turns, new_turns = before.pop("turns"), now.pop("turns")
+    if [t["message_id"] for t in old_turns] != [t["message_id"] for t in new_turns]:
+        return None
+    ops = _object_ops("", {k: v for k, v in before.items() if k != "recent_message_ids"},
+                      {k: v for k, v in now.items() if k != "recent_message_ids"}, nested=False)
+    ops += [{"op": "set", "path": f"/turns/{version.indexes[i]}", "value": new}
+            for i, (old, new) in enumerate(zip(old_turns, new_turns, strict=True)) if old != new]
+    return ops if len(ops) <= MAX_PATCH_OPS else None
+
+
+def document_patch(before: dict[str, Any], after: dict[str, Any]) -> list[PatchOp] | None:
+    """The patch that turns stored document ``before`` into ``after`` (both JSON, system fields ignored), or None
+    when it needs more than :data:`MAX_PATCH_OPS` operations (the caller replaces the document). Object fields
+    (``recent_message_ids``, fields other writers add) change key by key; ``turns`` by evictions from the front,
+    changed turns and appended turns. ``[]``: nothing changed."""
+    ops = _object_ops("", {k: v for k, v in before.items() if not k.startswith("_")},
+                      {k: v for k, v in after.items() if not k.startswith("_")}, nested=True)
+    return ops if ops is not None and len(ops) <= MAX_PATCH_OPS else None
+
+
+def _pointer(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
+
+
+def _object_ops(prefix: str, before: dict[str, Any], after: dict[str, Any], nested: bool) -> list[PatchOp]:
+    ops: list[PatchOp] = [{"op": "remove", "path": f"{prefix}/{_pointer(k)}"} for k in before if k not in after]
+    for k, new in after.items():
+        path, old = f"{prefix}/{_pointer(k)}", before.get(k)
+        if k in before and old == new:
+            continue
+        if nested and k in before and k == "turns" and isinstance(old, list) and isinstance(new, list):
+            ops += _turns_ops(path, old, new)
+        elif nested and k in before and isinstance(old, dict) and isinstance(new, dict) and old and new:
+            ops += _object_ops(path, old, new, nested=False)
+        else:
+            ops.append({"op": "set", "path": path, "value": new})
+    return ops
+
+
+def _turns_ops(path: str, old: list[Any], new: list[Any]) -> list[PatchOp]:
+    """Evictions from the front, then changed turns, then appended ones (turns are matched by ``message_id``);
+    the whole list when the change is anything else."""
+    ids = [t.get("message_id") if isinstance(t, dict) else t for t in old]
+    new_ids = [t.get("message_id") if isinstance(t, dict) else t for t in new]
+    for evicted in range(len(old) + 1):
+        kept = len(old) - evicted
+        if ids[evicted:] == new_ids[:kept]:
+            ops: list[PatchOp] = [{"op": "remove", "path": f"{path}/0"}] * evicted
+            ops += [{"op": "set", "path": f"{path}/{i}", "value": new[i]}
+                    for i in range(kept) if new[i] != old[evicted + i]]
+            return ops + [{"op": "add", "path": f"{path}/-", "value": t} for t in new[kept:]]
+    return [{"op": "set", "path": path, "value": new}]
+
+
+def apply_patch(doc: dict[str, Any], ops: list[PatchOp]) -> dict[str, Any]:
+    """``doc`` with ``ops`` applied in order, as Cosmos DB applies a patch (a deep copy; ``doc`` is not changed).
+    Raises ``ValueError`` for a path that does not exist (Cosmos DB answers 400)."""
+    result = copy.deepcopy(doc)
+    for op in ops:
+        *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].split("/")[1:]]
+        node: Any = result
+        for p in parents:
+            node = node[int(p)] if isinstance(node, list) else node.get(p)
+            if node is None:
+                raise ValueError(f"patch path {op['path']} does not exist")
+        if isinstance(node, list):
+            if op["op"] == "add" and last == "-":
+                node.append(copy.deepcopy(op["value"]))
+            elif op["op"] == "remove":
+                del node[int(last)]
+            else:
+                node[int(last)] = copy.deepcopy(op["value"])
+        elif op["op"] == "remove":
+            del node[last]
+        else:
+            node[last] = copy.deepcopy(op["value"])
+    return result

@@ -7,7 +7,7 @@ import uuid
 
 import pytest
 
-from shared.clients.cosmos import CosmosStateStore, connect
+from shared.clients.cosmos import COUNTERS, CosmosStateStore, connect
 from shared.errors import TransientError
 from shared.settings import load_settings
 from shared.state import Turn
@@ -94,3 +94,94 @@ def test_fields_written_by_another_writer_survive_our_updates(store):
     store.update(u, "ch", lambda s: setattr(s, "language", "ko"))
     state = store.get_or_create(u, "ch")
     assert state.language == "ko" and getattr(state, "ops_note", None) == "vip customer"
+
+
+# --------------------------------------------------------------------------- versions: writes without a read
+def counts(store) -> tuple[int, int]:
+    """(reads, writes) the store did so far: the fake counts them, the Cosmos adapter's client counts requests."""
+    if isinstance(store, InMemoryStateStore):
+        return store.reads, store.writes
+    snap = COUNTERS.snapshot().get(store_container(store), {})
+    return snap.get("read", 0), snap.get("writes", 0)
+
+
+def store_container(store) -> str:
+    return store._target.rstrip("/").split("/")[-1]
+
+
+def admit(message_id: int):
+    return lambda s: s.admit(message_id, f"corr-{message_id}", 1_000, limit=20, channel_url="ch")
+
+
+def answer(message_id: int, text: str = "hello"):
+    def mutate(s):
+        turn = s.turn_for(message_id)
+        turn.status, turn.reply_key, turn.reply_text = "answered", "greeting.hello", text
+        s.language = "en"
+        return turn.seq
+    return mutate
+
+
+def test_the_version_after_a_write_keeps_the_turns_the_next_stage_needs(store):
+    u = user()
+    for mid in (1, 2):
+        store.update(u, "ch", admit(mid))
+    store.update(u, "ch", lambda s: setattr(s.turn_for(1), "status", "sent"))
+    _, version = store.update_versioned(u, "ch", admit(3), keep_turn=3)
+    assert store.trusts(version)
+    kept = {t["message_id"]: i for t, i in zip(version.doc["turns"], version.indexes, strict=True)}
+    assert kept == {2: 1, 3: 2}  # the final turn 1 is left out; positions are the stored ones
+    assert "recent_message_ids" not in version.doc and version.state().turn_for(3).seq == 3
+    forged = version.model_copy(update={"doc": {**version.doc, "pending_slot": "order_number"}})
+    assert not store.trusts(forged)
+
+
+def test_a_write_on_a_version_needs_no_read(store):
+    u = user()
+    _, version = store.update_versioned(u, "ch", admit(1), keep_turn=1)
+    reads, writes = counts(store)
+    seq, after = store.update_versioned(u, "ch", answer(1), base=version, keep_turn=1)
+    assert seq == 1 and counts(store) == (reads, writes + 1)
+    # and on the version that write returned, again without a read
+    store.update_versioned(u, "ch", lambda s: setattr(s.turn_for(1), "status", "sent"), base=after)
+    assert counts(store) == (reads, writes + 2)
+    state = store.get_or_create(u, "ch")
+    assert state.language == "en" and state.turn_for(1).status == "sent" and state.turn_for(1).reply_text == "hello"
+    assert state.next_seq == 2 and list(state.recent_message_ids) == ["1"]
+
+
+def test_a_stale_version_falls_back_to_a_read_and_keeps_the_other_writers_change(store):
+    u = user()
+    _, version = store.update_versioned(u, "ch", admit(1), keep_turn=1)
+    store.update(u, "ch", lambda s: setattr(s, "ops_note", "vip customer"))  # another writer, after the version
+    store.update(u, "ch", admit(2))
+    reads, _ = counts(store)
+    assert store.update_versioned(u, "ch", answer(1), base=version)[0] == 1
+    assert counts(store)[0] == reads + 1  # the conditional write failed (412), then one read-modify-write
+    state = store.get_or_create(u, "ch")
+    assert getattr(state, "ops_note", None) == "vip customer" and state.turn_for(1).status == "answered"
+    assert [t.message_id for t in state.turns] == [1, 2]
+
+
+def test_decisions_not_to_write_and_changes_a_version_cannot_express_are_taken_on_a_read(store):
+    u = user()
+    _, version = store.update_versioned(u, "ch", admit(1), keep_turn=1)
+    store.update(u, "ch", lambda s: setattr(s, "language", "ko"))  # the version is stale now
+    reads, writes = counts(store)
+    seen = store.update_versioned(u, "ch", lambda s: s.language, base=version)[0]  # changes nothing
+    assert seen == "ko" and counts(store) == (reads + 1, writes)  # answered from the stored document
+    _, version = store.update_versioned(u, "ch", lambda s: None, keep_turn=1)
+    store.update_versioned(u, "ch", admit(2), base=version)  # adds a turn: not expressible on the partial copy
+    assert [t.message_id for t in store.get_or_create(u, "ch").turns] == [1, 2]
+    tampered = version.model_copy(update={"etag": "forged"})
+    store.update_versioned(u, "ch", answer(1), base=tampered)  # not trusted: read-modify-write
+    assert store.get_or_create(u, "ch").turn_for(1).status == "answered"
+
+
+def test_a_bounded_history_is_written_as_a_patch_and_stays_bounded(store):
+    u = user()
+    for mid in range(1, 8):
+        store.update(u, "ch", lambda s, mid=mid: s.admit(mid, None, 1_000, limit=5, channel_url="ch"))
+    state = store.get_or_create(u, "ch")
+    assert [t.message_id for t in state.turns] == [3, 4, 5, 6, 7] and state.next_seq == 8
+    assert len(state.recent_message_ids) == 7

@@ -10,9 +10,14 @@ still fails is raised as :class:`~shared.errors.TransientError`.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import threading
+import time
+from pathlib import Path
 from typing import Any, Callable, TypeVar, cast
+from urllib.parse import unquote, urlsplit
 
 import requests
 from azure.core import MatchConditions
@@ -30,7 +35,8 @@ from shared.models import now_ms
 from shared.ports import TelemetryPort
 from shared.settings import Settings
 from shared.telemetry import DISABLED
-from shared.state import UserState, document_id
+from shared.state import (PatchOp, StateVersion, UserState, document_id, document_patch, is_sealed, partial_patch,
+                          version_of)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -65,12 +71,30 @@ def cosmos_client(settings: Settings) -> CosmosClient:
     )
 
 
+#: Indexing policy of the user-state container: only the paths a query filters or sorts on are indexed, the turns
+#: history and everything else are not (each indexed path costs request units on every write, and the turns are
+#: most of the document). The queries (the console's, :class:`CosmosStateStore`): ``WHERE c.channel_url = @c
+#: ORDER BY c.updated_at_ms DESC`` (composite index) and ``ORDER BY c.updated_at_ms DESC``. Point reads and
+#: writes by id and partition key need no index. Same policy in ``infra/main.bicep`` (``tests/test_deploy.py``).
+STATE_INDEXING_POLICY: dict[str, Any] = {
+    "indexingMode": "consistent",
+    "automatic": True,
+    "includedPaths": [{"path": "/channel_url/?"}, {"path": "/updated_at_ms/?"}],
+    "excludedPaths": [{"path": "/*"}, {"path": '/"_etag"/?'}],
+    "compositeIndexes": [[{"path": "/channel_url", "order": "ascending"},
+                          {"path": "/updated_at_ms", "order": "descending"}]],
+}
+
+
 def open_container(client: CosmosClient, settings: Settings, name: str, partition_key_path: str) -> ContainerProxy:
     """Container ``name`` of ``COSMOS_DATABASE`` (created with ``partition_key_path`` when
-    ``COSMOS_CREATE_IF_MISSING`` is set, the local stack; on Azure the infrastructure creates it)."""
+    ``COSMOS_CREATE_IF_MISSING`` is set, the local stack; on Azure the infrastructure creates it). The user-state
+    container is created with :data:`STATE_INDEXING_POLICY`."""
     if settings.cosmos_create_if_missing:
         db = client.create_database_if_not_exists(settings.cosmos_database)
-        return db.create_container_if_not_exists(name, partition_key=PartitionKey(path=partition_key_path))
+        policy = STATE_INDEXING_POLICY if name == settings.cosmos_state_container else None
+        return db.create_container_if_not_exists(name, partition_key=PartitionKey(path=partition_key_path),
+                                                 indexing_policy=policy)
     return client.get_database_client(settings.cosmos_database).get_container_client(name)
 
 
@@ -127,15 +151,135 @@ POOL_SIZE = 32
 
 
 def _transport(settings: Settings) -> RequestsTransport:
-    """azure-core's requests transport on a session with a larger keep-alive pool; the SDK does its own retries."""
+    """azure-core's requests transport on a session with a larger keep-alive pool; the SDK does its own retries.
+    Every request is counted in :data:`COUNTERS`."""
     session = requests.Session()
     session.trust_env = False
     adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE,
                           max_retries=Retry(total=False, redirect=False, raise_on_status=False))
     session.mount("https://", adapter)
     session.mount("http://", adapter)
-    return RequestsTransport(session=session, session_owner=False, connection_verify=settings.cosmos_verify_tls,
+    if settings.cosmos_op_counts_dir:
+        COUNTERS.dump_every(Path(settings.cosmos_op_counts_dir), COUNTS_DUMP_SECONDS)
+    return CountingTransport(session=session, session_owner=False, connection_verify=settings.cosmos_verify_tls,
                              connection_timeout=settings.cosmos_timeout_seconds)
+
+
+# --------------------------------------------------------------------------- what the gateway asks of Cosmos DB
+#: Seconds between two dumps of the counters to ``COSMOS_OP_COUNTS_DIR`` (when set).
+COUNTS_DUMP_SECONDS = 0.5
+#: Document operations by kind, from the HTTP method and headers of a request on ``.../docs[/{id}]``.
+OP_KINDS = ("read", "create", "upsert", "replace", "patch", "delete", "query", "batch")
+#: The kinds that write.
+WRITE_KINDS = frozenset({"create", "upsert", "replace", "patch", "delete", "batch"})
+
+
+def op_kind(method: str, url: str, headers: Any) -> tuple[str, str] | None:
+    """``(container, kind)`` of one Cosmos DB REST request on a document (kind: one of :data:`OP_KINDS`), or None
+    for account, database, container and partition-key-range requests (metadata the SDK reads and caches)."""
+    parts = urlsplit(url).path.rstrip("/").split("/")
+    if "docs" not in parts or "colls" not in parts:
+        return None
+    container = unquote(parts[parts.index("colls") + 1])
+    on_item = parts[-1] != "docs"
+    method = method.upper()
+    kind = {"PUT": "replace", "PATCH": "patch", "DELETE": "delete"}.get(method)
+    if method == "GET":
+        kind = "read" if on_item else "query"
+    if kind is None:
+        lower = {str(k).lower(): str(v).lower() for k, v in headers.items()}
+        if lower.get("x-ms-documentdb-isquery") == "true" or "query" in lower.get("content-type", ""):
+            kind = "query"
+        elif lower.get("x-ms-cosmos-is-batch-request") == "true":
+            kind = "batch"
+        else:
+            kind = "upsert" if lower.get("x-ms-documentdb-is-upsert") == "true" else "create"
+    return container, kind
+
+
+class CosmosCounters:
+    """What this process asked of Cosmos DB, counted at the client (every HTTP attempt, the SDK's own 429 retries
+    included), per container: document operations by kind (:data:`OP_KINDS`), ``operations``, ``writes``, and
+    body bytes: ``request_bytes``, ``written_bytes`` (request bodies of the writes), ``response_bytes``.
+    Thread-safe; one per process (:data:`COUNTERS`). :meth:`snapshot` is what the benchmark and the tests read;
+    with ``COSMOS_OP_COUNTS_DIR`` set (local tooling only) each process also writes it to
+    ``<dir>/cosmos-ops-<pid>.json``."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, dict[str, int]] = {}
+        self._dumping = False
+
+    def count(self, container: str, kind: str, request_bytes: int, response_bytes: int) -> None:
+        """Count one request of ``kind`` on ``container`` with these body sizes (bytes)."""
+        with self._lock:
+            c = self._counts.setdefault(container, {})
+            c[kind] = c.get(kind, 0) + 1
+            c["operations"] = c.get("operations", 0) + 1
+            c["request_bytes"] = c.get("request_bytes", 0) + request_bytes
+            c["response_bytes"] = c.get("response_bytes", 0) + response_bytes
+            if kind in WRITE_KINDS:
+                c["writes"] = c.get("writes", 0) + 1
+                c["written_bytes"] = c.get("written_bytes", 0) + request_bytes
+
+    def snapshot(self) -> dict[str, dict[str, int]]:
+        """The counts so far, container name -> ``operations``, ``writes``, one key per kind seen, byte totals."""
+        with self._lock:
+            return {k: dict(v) for k, v in self._counts.items()}
+
+    def reset(self) -> None:
+        with self._lock:
+            self._counts = {}
+
+    def dump_every(self, directory: Path, seconds: float) -> None:
+        """Start (once) a daemon thread writing :meth:`snapshot` to ``directory/cosmos-ops-<pid>.json``."""
+        with self._lock:
+            if self._dumping:
+                return
+            self._dumping = True
+        directory.mkdir(parents=True, exist_ok=True)
+        target = directory / f"cosmos-ops-{os.getpid()}.json"
+
+        def loop() -> None:
+            last: dict[str, dict[str, int]] | None = None
+            while True:
+                snap = self.snapshot()
+                if snap != last:
+                    tmp = target.with_suffix(".tmp")
+                    tmp.write_text(json.dumps(snap))
+                    tmp.replace(target)
+                    last = snap
+                time.sleep(seconds)
+
+        threading.Thread(target=loop, name="cosmos-op-counts", daemon=True).start()
+
+
+#: This process's counters (every Cosmos client built by :func:`cosmos_client` counts here).
+COUNTERS = CosmosCounters()
+
+
+def _body_len(body: Any) -> int:
+    if body is None:
+        return 0
+    if isinstance(body, (bytes, bytearray)):
+        return len(body)
+    if isinstance(body, str):
+        return len(body.encode("utf-8"))
+    return 0
+
+
+class CountingTransport(RequestsTransport):
+    """The requests transport, counting each document request in :data:`COUNTERS` (kind and body bytes)."""
+
+    def send(self, request: Any, **kwargs: Any) -> Any:
+        response = super().send(request, **kwargs)
+        op = op_kind(request.method, request.url, request.headers)
+        if op is not None:
+            content = getattr(getattr(response, "internal_response", None), "content", None)
+            received = len(content) if isinstance(content, (bytes, bytearray)) else \
+                int(response.headers.get("content-length") or 0)
+            COUNTERS.count(*op, _body_len(request.body), received)
+        return response
 
 
 def _managed_identity(settings: Settings) -> Any:
@@ -148,22 +292,34 @@ def _body(state: UserState) -> dict[str, Any]:
 
 
 class CosmosStateStore:
-    """:class:`~shared.ports.StateStore` on a Cosmos DB container."""
+    """:class:`~shared.ports.StateStore` on a Cosmos DB container.
+
+    Every write is conditional on the ETag of the document it was computed from. It is a partial document update
+    (PATCH, at most :data:`~shared.state.MAX_PATCH_OPS` operations: the changed fields, the changed or appended
+    turns) when that says it, else a replace of the whole document; a new document is created. ``seal_key``
+    seals the :class:`~shared.state.StateVersion` s this store hands out (default: a random key, i.e. versions are
+    trusted only by this instance).
+    """
 
     def __init__(self, container: ContainerProxy, max_attempts: int = MAX_CONFLICT_ATTEMPTS,
-                 telemetry: TelemetryPort = DISABLED):
+                 telemetry: TelemetryPort = DISABLED, seal_key: bytes | None = None):
         self._telemetry = telemetry
         self._container = container
         self._max_attempts = max_attempts
         self._target = getattr(container, "container_link", "user_state")
+        self._key = seal_key or os.urandom(32)
 
     def _read(self, user_id: str) -> tuple[UserState, str] | None:
+        found = self._read_doc(user_id)
+        return (UserState.model_validate(found[0]), found[1]) if found else None
+
+    def _read_doc(self, user_id: str) -> tuple[dict[str, Any], str] | None:
         try:
             with timing.dependency(self._telemetry, "cosmos", "read user_state", self._target, "Azure DocumentDB"):
                 doc = self._container.read_item(document_id(user_id), partition_key=user_id)
         except cosmos_errors.CosmosResourceNotFoundError:
             return None
-        return UserState.model_validate(doc), doc["_etag"]
+        return doc, doc["_etag"]
 
     def get_or_create(self, user_id: str, channel_url: str | None) -> UserState:
         try:
@@ -182,28 +338,85 @@ class CosmosStateStore:
             raise azure_error(exc, "cosmos state read") from exc
 
     def update(self, user_id: str, channel_url: str | None, mutate: Callable[[UserState], T]) -> T:
-        for attempt in range(1, self._max_attempts + 1):
-            try:
-                found = self._read(user_id)
-                state, etag = found if found else (UserState.new(user_id, channel_url, now_ms()), None)
-                before = state.model_dump()
-                result = mutate(state)
-                if etag is not None and state.model_dump() == before:
-                    return result  # nothing changed: no write
-                state.updated_at_ms = now_ms()
-                with timing.dependency(self._telemetry, "cosmos", "write user_state", self._target,
-                                       "Azure DocumentDB"):
-                    if etag is None:
-                        self._container.create_item(_body(state))
-                    else:
-                        self._container.replace_item(state.id, _body(state), etag=etag,
-                                                     match_condition=MatchConditions.IfNotModified)
-                return result
-            except (cosmos_errors.CosmosAccessConditionFailedError, cosmos_errors.CosmosResourceExistsError):
+        return self.update_versioned(user_id, channel_url, mutate)[0]
+
+    def trusts(self, version: StateVersion) -> bool:
+        return is_sealed(version, self._key)
+
+    def update_versioned(self, user_id: str, channel_url: str | None, mutate: Callable[[UserState], T], *,
+                         base: StateVersion | None = None,
+                         keep_turn: int | None = None) -> tuple[T, StateVersion]:
+        try:
+            if base is not None and self.trusts(base):
+                done = self._update_from(user_id, base, mutate, keep_turn)
+                if done is not None:
+                    return done
+            for attempt in range(1, self._max_attempts + 1):
+                done = self._update_once(user_id, channel_url, mutate, keep_turn)
+                if done is not None:
+                    return done
                 log.info("state of %s changed concurrently (attempt %d); retrying", user_id, attempt)
-            except AzureError as exc:
-                raise azure_error(exc, "cosmos state update") from exc
+        except AzureError as exc:
+            raise azure_error(exc, "cosmos state update") from exc
         raise TransientError(f"state of {user_id} kept changing: {self._max_attempts} ETag conflicts in a row")
+
+    def _update_from(self, user_id: str, base: StateVersion, mutate: Callable[[UserState], T],
+                     keep_turn: int | None) -> tuple[T, StateVersion] | None:
+        """The write of ``mutate`` on ``base`` without a read (PATCH ``If-Match: base.etag``), or None when that
+        cannot be done: nothing to write (a decision not to write is always taken on a fresh read), a change the
+        partial copy cannot express, or the document changed since (412)."""
+        state = base.state()
+        result = mutate(state)
+        if not partial_patch(base, state):  # None: not expressible; []: mutate changed nothing
+            return None
+        state.updated_at_ms = now_ms()
+        ops = partial_patch(base, state)
+        if not ops:
+            return None
+        try:
+            doc = self._write(user_id, ops, None, base.etag)
+        except (cosmos_errors.CosmosAccessConditionFailedError, cosmos_errors.CosmosResourceNotFoundError):
+            log.info("state of %s changed since the version the message carried; reading it", user_id)
+            return None
+        return result, version_of(doc, doc["_etag"], keep_turn, self._key)
+
+    def _update_once(self, user_id: str, channel_url: str | None, mutate: Callable[[UserState], T],
+                     keep_turn: int | None) -> tuple[T, StateVersion] | None:
+        """One read-modify-write; None after an ETag conflict (412, or 409 on a concurrent create)."""
+        found = self._read_doc(user_id)
+        if found:
+            stored, etag = found
+            state = UserState.model_validate(stored)
+        else:
+            stored, etag, state = None, None, UserState.new(user_id, channel_url, now_ms())
+        before = state.model_dump()
+        result = mutate(state)
+        if stored is not None and etag is not None and state.model_dump() == before:
+            return result, version_of(stored, etag, keep_turn, self._key)  # nothing changed: no write
+        state.updated_at_ms = now_ms()
+        body = _body(state)
+        ops = document_patch(stored, body) if stored is not None else None
+        try:
+            doc = self._write(user_id, ops, body, etag)
+        except (cosmos_errors.CosmosAccessConditionFailedError, cosmos_errors.CosmosResourceExistsError):
+            return None
+        return result, version_of(doc, doc["_etag"], keep_turn, self._key)
+
+    def _write(self, user_id: str, ops: list[PatchOp] | None, body: dict[str, Any] | None,
+               etag: str | None) -> dict[str, Any]:
+        """PATCH ``ops`` (when given), else replace with ``body`` (create when ``etag`` is None); ``If-Match:
+        etag``. Returns the stored document (with its new ``_etag``)."""
+        with timing.dependency(self._telemetry, "cosmos", "write user_state", self._target, "Azure DocumentDB"):
+            if etag is None:
+                assert body is not None
+                return cast(dict[str, Any], self._container.create_item(body))
+            if ops:
+                return cast(dict[str, Any], self._container.patch_item(
+                    document_id(user_id), partition_key=user_id, patch_operations=ops, etag=etag,
+                    match_condition=MatchConditions.IfNotModified))
+            assert body is not None
+            return cast(dict[str, Any], self._container.replace_item(
+                body["id"], body, etag=etag, match_condition=MatchConditions.IfNotModified))
 
     # ------------------------------------------------------------------ StateAdmin (the console)
     def find(self, user_id: str) -> UserState | None:
@@ -236,3 +449,19 @@ class CosmosStateStore:
             return False
         except AzureError as exc:
             raise azure_error(exc, "cosmos state delete") from exc
+
+
+def load_counts(directory: Path) -> dict[str, dict[str, int]]:
+    """The sum of the counters every process wrote to ``directory`` (``COSMOS_OP_COUNTS_DIR``), container name ->
+    counts (see :class:`CosmosCounters`); empty when there are none. For the benchmark and the tests."""
+    total: dict[str, dict[str, int]] = {}
+    for path in sorted(directory.glob("cosmos-ops-*.json")):
+        try:
+            snap = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue  # being replaced right now: the next read has it
+        for container, counts in snap.items():
+            into = total.setdefault(container, {})
+            for k, v in counts.items():
+                into[k] = into.get(k, 0) + int(v)
+    return total

@@ -3,6 +3,7 @@ would (the one chain driver of the unit tests)."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,7 @@ from shared.branch_handlers import handle
 from shared.catalog import ResponseCatalog
 from shared.intent_stage import classify
 from shared.models import InboundMessage, ReplyMessage, RoutedMessage, decode, now_ms
+from shared.processing import delivered
 from shared.reply_sender import Delivery, deliver
 from shared.settings import AppConfig, load_settings
 from shared.state import Turn
@@ -44,6 +46,7 @@ class Chain:
     def __init__(self, services: Services):
         self.svc = services
         self.next_id = 100
+        self._replies_handed_out: Counter[str] = Counter()
 
     # the stages, one call each (with an optional clock, epoch ms)
     def route(self, msg: InboundMessage, clock: Callable[[], int] = now_ms) -> RoutedMessage | None:
@@ -53,7 +56,11 @@ class Chain:
         return handle(routed, self.svc.branch(), clock=clock)
 
     def send(self, reply: ReplyMessage, clock: Callable[[], int] = now_ms) -> Delivery:
-        return deliver(reply, self.svc.reply_sender(), clock=clock)
+        """The reply sender on ``reply`` as the queue hands it out: sending the same reply again is a redelivery
+        (dequeue count 2, 3...), as for a queue message that was not deleted."""
+        self._replies_handed_out[reply.to_queue_text()] += 1
+        with delivered(self._replies_handed_out[reply.to_queue_text()]):
+            return deliver(reply, self.svc.reply_sender(), clock=clock)
 
     def say(self, text: str, message_type: str = "MESG", clock: Callable[[], int] = now_ms
             ) -> tuple[RoutedMessage | None, ReplyMessage | None]:

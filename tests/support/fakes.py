@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import itertools
+import json
 import re
 import threading
 import time
@@ -24,29 +25,39 @@ from shared.ports import (AuditLog, BlobPort, CatalogStore, IntentPort, QueuedMe
                           SendBirdPort, StateAdmin, StateStore)
 from shared.ports import ModelVersions, PredictionCache
 from shared.review import ReviewItem
-from shared.state import UserState
+from shared.state import (StateVersion, UserState, apply_patch, document_patch, is_sealed, partial_patch,
+                          version_of)
 
 T = TypeVar("T")
 
 
 class InMemoryStateStore:
-    """StateStore with real optimistic concurrency: a version counter plays the ETag."""
+    """StateStore with real optimistic concurrency: a version counter plays the ETag (``"v<n>"``). Writes are
+    computed and applied as the Cosmos DB adapter does them (:func:`shared.state.document_patch` /
+    :func:`shared.state.partial_patch`, else the whole document), and counted: ``reads``, ``writes``,
+    ``conflicts`` (ETag mismatches), ``written_bytes`` (JSON of each patch or document written)."""
 
-    def __init__(self, max_attempts: int = 8):
+    def __init__(self, max_attempts: int = 8, seal_key: bytes = b"in-memory state store"):
         self._docs: dict[str, tuple[dict, int]] = {}
         self._lock = threading.Lock()
         self._max_attempts = max_attempts
+        self._key = seal_key
         self.conflicts = 0
         self.writes = 0
+        self.reads = 0
+        self.written_bytes = 0
         #: Called between read and write of an update (tests use it to inject a concurrent writer).
         self.before_write: Callable[[str], None] | None = None
 
-    def _read(self, user_id: str) -> tuple[UserState, int] | None:
+    def _read_doc(self, user_id: str) -> tuple[dict, int] | None:
         with self._lock:
+            self.reads += 1
             found = self._docs.get(user_id)
-        if found is None:
-            return None
-        return UserState.model_validate(copy.deepcopy(found[0])), found[1]
+        return (copy.deepcopy(found[0]), found[1]) if found else None
+
+    def _read(self, user_id: str) -> tuple[UserState, int] | None:
+        found = self._read_doc(user_id)
+        return (UserState.model_validate(found[0]), found[1]) if found else None
 
     def get_or_create(self, user_id: str, channel_url: str | None) -> UserState:
         found = self._read(user_id)
@@ -60,23 +71,58 @@ class InMemoryStateStore:
         return stored[0]
 
     def update(self, user_id: str, channel_url: str | None, mutate: Callable[[UserState], T]) -> T:
+        return self.update_versioned(user_id, channel_url, mutate)[0]
+
+    def trusts(self, version: StateVersion) -> bool:
+        return is_sealed(version, self._key)
+
+    def _version(self, doc: dict, version: int, keep_turn: int | None) -> StateVersion:
+        return version_of(doc, f"v{version}", keep_turn, self._key)
+
+    def _commit(self, user_id: str, expected: int, ops: list | None, body: dict | None) -> tuple[dict, int] | None:
+        """Apply ``ops`` (else store ``body``) if the stored version is still ``expected`` (0: absent)."""
+        with self._lock:
+            current = self._docs.get(user_id)
+            if (current[1] if current else 0) != expected:
+                self.conflicts += 1
+                return None
+            doc = apply_patch(current[0], ops) if ops and current else body
+            assert doc is not None
+            self._docs[user_id] = (doc, expected + 1)
+            self.writes += 1
+            self.written_bytes += len(json.dumps(ops if ops and current else body).encode("utf-8"))
+            return copy.deepcopy(doc), expected + 1
+
+    def update_versioned(self, user_id: str, channel_url: str | None, mutate: Callable[[UserState], T], *,
+                         base: StateVersion | None = None,
+                         keep_turn: int | None = None) -> tuple[T, StateVersion]:
+        if base is not None and self.trusts(base):
+            state = base.state()
+            result = mutate(state)
+            changed = bool(partial_patch(base, state))
+            state.updated_at_ms = now_ms()
+            ops = partial_patch(base, state) if changed else None
+            if ops:
+                if self.before_write:
+                    self.before_write(user_id)
+                done = self._commit(user_id, int(base.etag[1:]), ops, None)
+                if done:
+                    return result, self._version(*done, keep_turn)
         for _ in range(self._max_attempts):
-            found = self._read(user_id)
-            state, version = found if found else (UserState.new(user_id, channel_url, now_ms()), 0)
+            found = self._read_doc(user_id)
+            stored, version = found if found else (None, 0)
+            state = UserState.model_validate(stored) if stored else UserState.new(user_id, channel_url, now_ms())
             before = state.model_dump()
             result = mutate(state)
-            if version and state.model_dump() == before:
-                return result
+            if stored is not None and state.model_dump() == before:
+                return result, self._version(stored, version, keep_turn)
             state.updated_at_ms = now_ms()
+            body = state.model_dump(mode="json")
             if self.before_write:
                 self.before_write(user_id)
-            with self._lock:
-                current = self._docs.get(user_id, (None, 0))[1]
-                if current == version:
-                    self._docs[user_id] = (state.model_dump(mode="json"), version + 1)
-                    self.writes += 1
-                    return result
-                self.conflicts += 1
+            done = self._commit(user_id, version, document_patch(stored, body) if stored else None, body)
+            if done:
+                return result, self._version(*done, keep_turn)
         raise TransientError(f"state of {user_id} kept changing: {self._max_attempts} conflicts in a row")
 
     # StateAdmin
