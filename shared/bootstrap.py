@@ -83,6 +83,7 @@ def build(config: AppConfig) -> Services:
     from shared.clients.cosmos_stores import CosmosCatalogStore, CosmosReviewStore
     from shared.clients.queues import QueueSender
     from shared.clients.sendbird import SendBirdClient
+    from shared.state import seal_key
 
     s = config.settings
     telemetry = from_settings(s)
@@ -91,7 +92,10 @@ def build(config: AppConfig) -> Services:
         config=config,
         queues=QueueSender(s.azure_webjobs_storage, config.host.message_encoding,
                            account_name=s.storage_account_name, client_id=s.storage_client_id),
-        state_store=CosmosStateStore(container(s.cosmos_state_container, "/user_id"), telemetry=telemetry),
+        # the key sealing state versions is derived from the SendBird token: every instance and worker process of
+        # the app trusts the versions the others hand on (shared/state.py StateVersion)
+        state_store=CosmosStateStore(container(s.cosmos_state_container, "/user_id"), telemetry=telemetry,
+                                     seal_key=seal_key(s.sendbird_api_token)),
         intent=intent_port(s, telemetry),
         sendbird=SendBirdClient(s, telemetry),
         catalog=live_catalog(CosmosCatalogStore(container(s.cosmos_catalog_container, "/id")), s),
