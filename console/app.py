@@ -16,6 +16,7 @@ import datetime as dt
 import functools
 import json
 import logging
+import re
 import threading
 import time
 from collections.abc import Awaitable, Callable
@@ -36,9 +37,11 @@ from starlette.staticfiles import StaticFiles
 
 from console import auth
 from console import project as pj
+from console import review_import as ri
 from console.clu import AuthoringClient, AuthoringError
 from console.settings import ConsoleSettings
 from shared import review as rv
+from shared import review_export as rx
 from shared.audit import AuditEntry
 from shared.bootstrap import AdminServices
 from shared.catalog import CatalogConflict, CatalogVersion, ResponseCatalog, required_keys, validate_texts
@@ -456,7 +459,8 @@ def create_app(console: Console) -> Starlette:
         except AuthoringError as exc:
             log.warning("review page without the intent list: %s", exc)
         return c.render(request, "review.html", {"items": items, "status": status, "q": data.get("q"),
-                                                 "intents": intents, "pii_mode": c.admin.settings.telemetry_pii_mode})
+                                                 "intents": intents, "pii_mode": c.admin.settings.telemetry_pii_mode,
+                                                 "exports": await export_days(14)})
 
     async def decide_many(user: auth.User, ids: list[str], action: str, intent: str | None,
                           dataset: str) -> list[dict[str, Any]]:
@@ -527,6 +531,100 @@ def create_app(console: Console) -> Starlette:
                 raise ConsoleError(404, "not_found", f"no review item {x}") from None
             c.audit(user, "review.reopen", x)
         return done(request, f"reopened {len(ids)} item(s)", "/review?status=open")
+
+    # ------------------------------------------------------------------ review inbox: daily exports (cold path)
+    async def export_days(limit: int) -> list[str]:
+        """The newest ``limit`` days with an export file (YYYY-MM-DD), newest first; [] when Storage fails."""
+        container = c.admin.settings.review_export_container
+        try:
+            names = await run(c.admin.blobs.names, container, "")
+        except GatewayError as exc:
+            log.warning("review page without the export list: %s", exc.reason)
+            return []
+        days = [n[:-len(".jsonl")].replace("/", "-") for n in names if re.fullmatch(r"\d{4}/\d{2}/\d{2}\.jsonl", n)]
+        return sorted(days, reverse=True)[:limit]
+
+    @endpoint()
+    async def review_exports(request: Request, user: auth.User, data: Input) -> Response:
+        return JSONResponse({"container": c.admin.settings.review_export_container, "days": await export_days(400)})
+
+    @endpoint()
+    async def review_export_download(request: Request, user: auth.User, data: Input) -> Response:
+        day = request.path_params["day"]
+        try:
+            name = rx.blob_name(dt.date.fromisoformat(day))
+        except ValueError:
+            raise bad(f"the day must be a date YYYY-MM-DD, got {day!r}") from None
+        raw = await run(c.admin.blobs.get, c.admin.settings.review_export_container, name)
+        if raw is None:
+            raise ConsoleError(404, "not_found", f"no review export for {day} (the export runs shortly after "
+                               "midnight UTC for the day before)")
+        c.audit(user, "review.export_download", day, lines=raw.count(b"\n"))  # the file may hold customers' texts
+        return Response(raw, media_type="application/x-ndjson; charset=utf-8",
+                        headers={"Content-Disposition": f'attachment; filename="review-export-{day}.jsonl"'})
+
+    @endpoint(EDITOR, write=True, action="review.import")
+    async def review_import(request: Request, user: auth.User, data: Input) -> Response:
+        """A relabelled export (multipart ``file``, or JSON ``{"jsonl": "..."}``) and ``dataset`` (Train/Test):
+        every line validated first, nothing applied when one is invalid (400 with each line's reason)."""
+        raw = data.files.get("file")
+        raw = raw if raw is not None else data.get("jsonl").encode("utf-8")
+        dataset = data.get("dataset") or "Train"
+        if dataset not in pj.DATASETS:
+            raise bad(f"dataset must be one of {list(pj.DATASETS)}, got {dataset!r}")
+        parsed, errors = rx.parse_relabelled(raw)
+        ids = [line.id for _, line in parsed]
+        items = await run(lambda: {x: c.admin.review_store.get(x) for x in ids})
+        project = await run(c.project.get, True) if parsed else {}
+        plan = ri.plan(parsed, items, pj.intents(project) if parsed else [], errors)
+        plan.errors += ri.add_utterances(project, plan.assign, dataset)[1]  # a dry run on this copy
+        if plan.errors:
+            c.audit(user, "review.import", outcome="refused", reason=f"{len(plan.errors)} invalid line(s)")
+            raise ConsoleError(400, "invalid_file", f"nothing was imported: {len(plan.errors)} line(s) of the file "
+                               "are invalid (line 0: the whole file)", plan.error_details())
+        summary = await apply_import(user, plan, dataset)
+        c.audit(user, "review.import", f"{len(parsed)} line(s)", changed=summary["changed"],
+                assigned=len(summary["assigned"]), dismissed=len(summary["dismissed"]),
+                skipped=len(summary["skipped"]), unlabelled=plan.unlabelled)
+        return done(request, summary["changed"], "/review", summary=summary)
+
+    async def apply_import(user: auth.User, plan: ri.ImportPlan, dataset: str) -> dict[str, Any]:
+        """Apply a valid plan: one project edit for every assignment, then each item's decision."""
+        changes: dict[str, str] = {}
+        total = ""
+        if plan.assign:
+            def change(project: dict[str, Any]) -> str:
+                found, errors = ri.add_utterances(project, plan.assign, dataset)
+                if errors:  # the project changed since the dry run
+                    raise pj.EditError("; ".join(f"line {e.line}: {e.reason}" for e in errors))
+                changes.clear()
+                changes.update(found)
+                return f"the project now has {len(pj.assets(project)['utterances'])} utterances"
+            try:
+                total = await run(c.project.edit, change)
+            except (pj.EditError, AuthoringError) as exc:
+                c.audit(user, "review.import", outcome="failed", reason=str(exc)[:300])
+                raise
+        out: dict[str, Any] = {"assigned": [], "dismissed": [], "skipped": list(plan.skipped),
+                               "unlabelled": plan.unlabelled}
+        decisions = [(p, "assigned", f"{changes[p.item.id]} ({total}); from a relabelled export (line {p.line}); "
+                      "train and deploy for the bot to learn it") for p in plan.assign]
+        decisions += [(p, "dismissed", f"dismissed from a relabelled export (line {p.line}): the project is "
+                       "unchanged") for p in plan.dismiss]
+        for p, action, what in decisions:
+            try:
+                await run(functools.partial(rv.decide, c.admin.review_store, p.item.id, action, user.name,  # type: ignore[arg-type]
+                                            intent=p.intent, changed=what))
+            except rv.ReviewNotFound:
+                out["skipped"].append({"line": p.line, "id": p.item.id, "reason": "erased during the import"})
+                continue
+            out[action].append({"line": p.line, "id": p.item.id, "intent": p.intent, "changed": what})
+        added = sum(1 for v in changes.values() if v.startswith("added"))
+        out["utterances_added"] = added
+        out["changed"] = (f"imported a relabelled export: {len(out['assigned'])} assigned ({added} utterance(s) "
+                          f"added), {len(out['dismissed'])} dismissed, {len(out['skipped'])} skipped, "
+                          f"{plan.unlabelled} unlabelled" + (f"; {total}" if total else ""))
+        return out
 
     # ------------------------------------------------------------------ training and models
     def _deployment_labels(models: list[dict[str, Any]], deps: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -865,6 +963,9 @@ def create_app(console: Console) -> Starlette:
         Route("/review/assign", review_assign, methods=["POST"]),
         Route("/review/dismiss", review_dismiss, methods=["POST"]),
         Route("/review/reopen", review_reopen, methods=["POST"]),
+        Route("/review/import", review_import, methods=["POST"]),
+        Route("/review/exports", review_exports),
+        Route("/review/exports/{day}", review_export_download),
         Route("/models", models_page),
         Route("/models/train", model_train, methods=["POST"]),
         Route("/models/try", model_try, methods=["POST"]),
