@@ -9,8 +9,9 @@ The normalisation (:func:`normalise`) is exactly what the project's intent servi
 the text (``intent_service.text.normalize_for_model``: NFKC, case folded, whitespace collapsed), so two texts
 with one key get the same intents from the same model.
 
-**Value.** JSON: the model version, the top intent, the intents with their scores and the entities, never the
-query (restored from the request's text on a hit). Only predictions whose entities are all *list* entities
+**Value.** JSON: the model version of the key, the version the answer named (None from Azure CLU, which names none;
+returned as is on a hit), the top intent, the intents with their scores and the entities, never the query
+(restored from the request's text on a hit). Only predictions whose entities are all *list* entities
 (a canonical ``key``, e.g. a product category) are stored: a prediction with a free-text entity (order number,
 phone number, date) belongs to that text and may be personal data, so it is neither stored nor answered
 from the cache. On a hit, list entities keep the text and offsets of the first writer's utterance (same
@@ -24,7 +25,8 @@ version of an old answer. After a swap the old entries are simply never looked u
 served only when the stored entry names the same version (defence in depth). Bound: a worker may answer from
 the old model for at most the version TTL after the service switched; with TTL 0 the version is asked for
 every message (a cheap call, no inference) and the bound is zero. Where the version cannot be learnt (a failed
-look-up, Azure CLU, which reports none), the cache is bypassed: no version, no caching.
+look-up), the cache is bypassed: no version, no caching. Azure CLU names no version in its answers; there the
+version is its deployment's ``modelId@lastDeployedDateTime`` (see the adapter).
 
 **Never in the way.** A cache failure (down, slow, circuit open) is a miss: the prediction comes from the
 service, the message is delayed by at most one cache timeout (``INTENT_CACHE_TIMEOUT_MS``, 50 ms) and not at
@@ -77,22 +79,25 @@ def cache_key(secret: str, *, endpoint: str, project: str, deployment: str, mode
 
 
 def cacheable(prediction: IntentPrediction) -> bool:
-    """Whether ``prediction`` may be stored: it has a model version and only list entities (see module docstring)."""
-    return bool(prediction.model_version) and all(e.key is not None for e in prediction.entities)
+    """Whether ``prediction`` may be stored: its entities are all list entities (see module docstring)."""
+    return all(e.key is not None for e in prediction.entities)
 
 
-def encode(prediction: IntentPrediction) -> str:
-    """The stored value of ``prediction``: JSON without the query."""
-    return json.dumps({"v": prediction.model_version, "top": prediction.top_intent,
+def encode(prediction: IntentPrediction, key_version: str) -> str:
+    """The stored value of ``prediction``, found under a key with ``key_version``: JSON without the query."""
+    return json.dumps({"k": key_version, "v": prediction.model_version, "top": prediction.top_intent,
                        "intents": [i.model_dump() for i in prediction.intents],
                        "entities": [e.model_dump() for e in prediction.entities]},
                       ensure_ascii=False, separators=(",", ":"))
 
 
-def decode(raw: str, query: str) -> IntentPrediction | None:
-    """The prediction stored as ``raw`` with ``query`` as its query; None when ``raw`` is not one (ignored)."""
+def decode(raw: str, query: str, key_version: str) -> IntentPrediction | None:
+    """The prediction stored as ``raw`` with ``query`` as its query; None when ``raw`` is not one, or was stored
+    for another model version than ``key_version`` (ignored: a miss)."""
     try:
         data = json.loads(raw)
+        if data["k"] != key_version:
+            return None
         return IntentPrediction(query=query, top_intent=data["top"], model_version=data["v"],
                                 intents=[IntentScore.model_validate(i) for i in data["intents"]],
                                 entities=[Entity.model_validate(e) for e in data["entities"]])
@@ -129,24 +134,25 @@ class CachedIntent:
         except TransientError as exc:
             log.info("prediction cache unavailable, asking the intent service: %s", exc)
             raw, cache_healthy = None, False
-        hit = decode(raw, text) if raw is not None else None
-        if hit is not None and hit.model_version == version:
+        hit = decode(raw, text, version) if raw is not None else None
+        if hit is not None:
             self._count(HIT)
             return hit
         self._count(MISS if cache_healthy else ERROR)
         prediction = self.inner.analyze(text, language, participant_id, item_id, request_id)
         self.versions.observe(prediction.model_version)
         if cache_healthy and cacheable(prediction):
-            self._store(prediction, language, text)
+            self._store(prediction, prediction.model_version or version, language, text)
         return prediction
 
     def _key(self, version: str, language: str, text: str) -> str:
         return cache_key(self._secret, model_version=version, language=language, text=text, **self._scope)
 
-    def _store(self, prediction: IntentPrediction, language: str, text: str) -> None:
-        """Stored under the version that answered (after a swap: the new one). Failures are ignored."""
+    def _store(self, prediction: IntentPrediction, version: str, language: str, text: str) -> None:
+        """Stored under the version that answered (after a swap: the new one; Azure CLU names none: the looked-up
+        one). Failures are ignored."""
         try:
-            self.cache.set(self._key(prediction.model_version or "", language, text), encode(prediction), self._ttl)
+            self.cache.set(self._key(version, language, text), encode(prediction, version), self._ttl)
         except TransientError as exc:
             log.info("prediction cache write failed: %s", exc)
 

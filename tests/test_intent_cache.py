@@ -108,12 +108,13 @@ def test_the_key_ignores_only_what_the_model_ignores():
 
 def test_the_value_has_no_query_and_round_trips():
     p = VersionedIntent().analyze("Show me shoes", "en", "u", "1")
-    raw = ic.encode(p)
+    raw = ic.encode(p, "model-v1")
     assert "Show me shoes" not in raw
-    back = ic.decode(raw, "show me SHOES")
+    back = ic.decode(raw, "show me SHOES", "model-v1")
     assert back is not None and back.query == "show me SHOES"
     assert back.model_dump(exclude={"query"}) == p.model_dump(exclude={"query"})
-    assert ic.decode("{not json", "x") is None and ic.decode('{"v": 1}', "x") is None
+    assert ic.decode(raw, "show me shoes", "model-v2") is None   # stored for another model: a miss
+    assert ic.decode("{not json", "x", "model-v1") is None and ic.decode('{"k": "model-v1"}', "x", "model-v1") is None
 
 
 def test_only_predictions_with_list_entities_are_cacheable():
@@ -122,7 +123,6 @@ def test_only_predictions_with_list_entities_are_cacheable():
     order = Entity(category="OrderNumber", text="20261119-0042", offset=18, length=13)
     assert ic.cacheable(p) and ic.cacheable(p.model_copy(update={"entities": [category]}))
     assert not ic.cacheable(p.model_copy(update={"entities": [category, order]}))
-    assert not ic.cacheable(p.model_copy(update={"model_version": None}))
 
 
 # ------------------------------------------------------------------------------------------------ the wrapper
@@ -184,8 +184,19 @@ def test_an_entry_naming_another_version_is_not_served(parts):
     cached, inner, cache, versions, outcomes, _now = parts
     ask(cached)
     (k, (value, expires)), = cache.values.items()
-    cache.values[k] = (value.replace('"model-v1"', '"model-v0"'), expires)
+    cache.values[k] = (value.replace('"k":"model-v1"', '"k":"model-v0"'), expires)
     assert ask(cached).model_version == "model-v1" and len(inner.calls) == 2 and outcomes == ["miss", "miss"]
+
+
+def test_an_answer_without_a_version_is_stored_under_the_looked_up_one_and_returned_as_it_came(parts):
+    cached, inner, cache, versions, outcomes, _now = parts
+    versions.version, inner.version = "clu-model@2026-12-01T10:00:00Z", None   # Azure CLU
+    ask(cached)
+    hit = ask(cached)
+    assert outcomes == ["miss", "hit"] and len(inner.calls) == 1 and hit.model_version is None
+    versions.version = "clu-model@2026-12-03T16:00:00Z"                         # redeployed
+    ask(cached)
+    assert outcomes[-1] == "miss" and len(inner.calls) == 2
 
 
 def test_an_unknown_model_version_bypasses_the_cache(parts):
@@ -303,8 +314,19 @@ def test_a_single_model_service_gives_its_version_header(httpserver: HTTPServer)
     assert DeploymentVersionProbe(probe_settings(httpserver), ttl_seconds=0).current() == "m-1"
 
 
+def test_azure_clu_gives_its_deployments_model_and_deploy_time(httpserver: HTTPServer):
+    httpserver.expect_request("/model").respond_with_data("", status=404)
+    httpserver.expect_request(
+        "/language/authoring/analyze-conversations/projects/retail-bot/deployments/production",
+        query_string={"api-version": "2023-04-01"}, headers={"Ocp-Apim-Subscription-Key": "clu-key-0123"},
+    ).respond_with_json({"deploymentName": "production", "modelId": "retail-2026-12-01",
+                         "lastTrainedDateTime": "2026-12-01T09:00:00Z", "lastDeployedDateTime": "2026-12-01T10:00:00Z"})
+    s = cache_settings(INTENT_ENDPOINT=httpserver.url_for("/"), INTENT_API_KEY="clu-key-0123")
+    assert DeploymentVersionProbe(s, ttl_seconds=0).current() == "retail-2026-12-01@2026-12-01T10:00:00Z"
+
+
 @pytest.mark.parametrize("respond", [
-    lambda r: r.respond_with_data("nope", status=404),           # Azure CLU has no /model
+    lambda r: r.respond_with_data("nope", status=404),           # neither /model nor a CLU deployment
     lambda r: r.respond_with_json({"deployments": []}),          # deployment missing
     lambda r: r.respond_with_data("not json", status=200),
 ])

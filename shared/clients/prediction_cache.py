@@ -23,11 +23,18 @@ an access token for ``https://redis.azure.com/.default`` (:class:`EntraIdCredent
 until 5 minutes before they expire). A connection the server closes when its token expires fails one command
 (a miss) and is replaced by a freshly authenticated one.
 
-Model version (:class:`DeploymentVersionProbe`): ``GET {INTENT_ENDPOINT}/model`` (no model inference, no key needed
-by the project's intent service): with the model lifecycle on, the answer lists every deployment with its
-``modelVersion``; a single-model service sends ``x-model-version``. The answer is reused for
-``INTENT_CACHE_VERSION_TTL_SECONDS`` (0: asked for every message); a failed look-up, or a service that does not
-say (Azure CLU), gives ``None`` for the same time, and the cache is then bypassed.
+Model version (:class:`DeploymentVersionProbe`), first found of:
+
+1. ``GET {INTENT_ENDPOINT}/model`` of the project's intent service (no model inference, no key needed): with the
+   model lifecycle on, the answer lists every deployment with its ``modelVersion``; a single-model service sends
+   ``x-model-version``;
+2. Azure CLU, which has no ``/model`` and reports no version in predictions: the authoring API's deployment
+   (``GET {INTENT_ENDPOINT}/language/authoring/analyze-conversations/projects/{project}/deployments/{deployment}``,
+   ``INTENT_API_VERSION``, the same resource key): ``modelId@lastDeployedDateTime``, which changes with every
+   deployment or swap to the deployment.
+
+The answer is reused for ``INTENT_CACHE_VERSION_TTL_SECONDS`` (0: asked for every message); a failed look-up
+gives ``None`` for the same time, and the cache is then bypassed.
 """
 
 from __future__ import annotations
@@ -37,7 +44,7 @@ import threading
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 import redis
 import requests
@@ -166,8 +173,12 @@ class DeploymentVersionProbe:
 
     def __init__(self, settings: Settings, *, ttl_seconds: float | None = None,
                  clock: Callable[[], float] = time.monotonic, session: requests.Session | None = None):
-        self._url = str(settings.intent_endpoint).rstrip("/") + "/model"
+        base = str(settings.intent_endpoint).rstrip("/")
+        self._url = base + "/model"
         self._project, self._deployment = settings.intent_project_name, settings.intent_deployment_name
+        self._clu_url = (f"{base}/language/authoring/analyze-conversations/projects/{quote(self._project)}"
+                         f"/deployments/{quote(self._deployment)}")
+        self._clu_params = {"api-version": settings.intent_api_version}
         self._ttl = settings.intent_cache_version_ttl_seconds if ttl_seconds is None else ttl_seconds
         self._clock = clock
         self._session = session or requests.Session()
@@ -200,16 +211,30 @@ class DeploymentVersionProbe:
     def _lookup(self) -> str | None:
         self.lookups += 1
         try:
-            resp = self._session.get(self._url, timeout=VERSION_TIMEOUT_SECONDS, allow_redirects=False)
-            if resp.status_code != 200:
-                return None
-            header = resp.headers.get("x-model-version")
-            if header:
-                return str(header)
-            for d in resp.json().get("deployments") or []:
-                if d.get("projectName") == self._project and d.get("deploymentName") == self._deployment:
-                    return str(d.get("modelVersion") or "") or None
+            return self._from_model_info() or self._from_clu_deployment()
         except (requests.RequestException, ValueError, AttributeError, TypeError):
             log.info("model version look-up failed; the prediction cache is bypassed meanwhile", exc_info=True)
         return None
 
+    def _from_model_info(self) -> str | None:
+        """The project's intent service: ``GET /model``."""
+        resp = self._session.get(self._url, timeout=VERSION_TIMEOUT_SECONDS, allow_redirects=False)
+        if resp.status_code != 200:
+            return None
+        header = resp.headers.get("x-model-version")
+        if header:
+            return str(header)
+        for d in resp.json().get("deployments") or []:
+            if d.get("projectName") == self._project and d.get("deploymentName") == self._deployment:
+                return str(d.get("modelVersion") or "") or None
+        return None
+
+    def _from_clu_deployment(self) -> str | None:
+        """Azure CLU: the authoring API's deployment, ``modelId@lastDeployedDateTime``."""
+        resp = self._session.get(self._clu_url, params=self._clu_params, timeout=VERSION_TIMEOUT_SECONDS,
+                                 allow_redirects=False)
+        if resp.status_code != 200:
+            return None
+        body = resp.json()
+        model, deployed = body.get("modelId"), body.get("lastDeployedDateTime")
+        return f"{model}@{deployed}" if model and deployed else None
