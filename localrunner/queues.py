@@ -17,15 +17,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional, Tuple
 
-import requests
-from azure.core.exceptions import ResourceExistsError, ResourceNotFoundError, HttpResponseError
-from azure.core.pipeline.transport import RequestsTransport
 from azure.functions.queue import QueueMessage
-from azure.storage.queue import QueueClient
 
 from .app_loader import FunctionSpec, QueueTarget, QueueTriggerSpec
-from .config import MIN_POLLING_INTERVAL, QueuesOptions
+from .config import MIN_POLLING_INTERVAL, ConfigError, QueuesOptions
 from .invocation import Invoker, Stats, decode_payload, encode_payload, wait_until_zero
+from .storage import QueueClient, Storage, StorageError, StoredMessage
 
 log = logging.getLogger("localrunner.queues")
 host_log = logging.getLogger("localrunner.host")
@@ -50,41 +47,26 @@ def polling_delay(attempt: int, maximum: float, minimum: float = MIN_POLLING_INT
 
 
 class QueueService:
-    """Caches QueueClients, creates queues, sends output messages, wakes listeners."""
+    """Queue clients (the host's own, ``storage.py``), creates queues, sends output messages, wakes listeners."""
 
     def __init__(self, encoding: str, stats: Stats):
         self.encoding = encoding
         self.stats = stats
-        self._lock = threading.Lock()
-        self._clients: Dict[Tuple[str, str], QueueClient] = {}
+        self._storage = Storage()
         self._created: set = set()
         self._listeners: Dict[Tuple[str, str], "QueueListener"] = {}
-        self._session = requests.Session()
-        adapter = requests.adapters.HTTPAdapter(pool_connections=16, pool_maxsize=64)
-        self._session.mount("http://", adapter)
-        self._session.mount("https://", adapter)
 
     def client(self, target: QueueTarget) -> QueueClient:
-        key = target.key
-        with self._lock:
-            c = self._clients.get(key)
-            if c is None:
-                c = QueueClient.from_connection_string(
-                    target.connection_string, target.queue_name,
-                    transport=RequestsTransport(session=self._session, session_owner=False,
-                                                connection_timeout=10, read_timeout=60),
-                )
-                self._clients[key] = c
-            return c
+        try:
+            return self._storage.client(target.connection_string, target.queue_name)
+        except ValueError as exc:
+            raise ConfigError(f"connection '{target.connection_name}': {exc}") from None
 
     def ensure_queue(self, target: QueueTarget) -> None:
         if target.key in self._created:
             return
-        try:
-            self.client(target).create_queue()
+        if self.client(target).create_queue():
             log.info("Created queue '%s'", target.queue_name)
-        except ResourceExistsError:
-            pass
         self._created.add(target.key)
 
     def register_listener(self, listener: "QueueListener") -> None:
@@ -104,17 +86,12 @@ class QueueService:
         self.client(target).send_message(content)
 
     def close(self) -> None:
-        for c in list(self._clients.values()):
-            try:
-                c.close()
-            except Exception:
-                pass
-        self._session.close()
+        self._storage.close()
 
 
 @dataclass
 class _Lease:
-    msg: Any
+    msg: StoredMessage
     pop_receipt: Optional[str]  # Optional as the SDK types it; the service always returns one
     last_renewed: float
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -206,13 +183,8 @@ class QueueListener:
         self._wake.set()
 
     # -- polling -----------------------------------------------------------------
-    def _receive(self, n: int) -> List[Any]:
-        client = self.service.client(self.target)
-        pages = client.receive_messages(messages_per_page=n, visibility_timeout=self.lease_seconds).by_page()
-        try:
-            return list(next(pages))
-        except StopIteration:
-            return []
+    def _receive(self, n: int) -> List[StoredMessage]:
+        return self.service.client(self.target).receive_messages(n, self.lease_seconds)
 
     def _poll_loop(self) -> None:
         opts = self.options
@@ -276,9 +248,8 @@ class QueueListener:
                     if lease.done:
                         continue
                     try:
-                        r = client.update_message(lease.msg.id, lease.pop_receipt,
-                                                  visibility_timeout=self.lease_seconds)
-                        lease.pop_receipt = r.pop_receipt
+                        lease.pop_receipt = client.update_message(lease.msg.id, lease.pop_receipt,
+                                                                  self.lease_seconds)
                         lease.last_renewed = time.monotonic()
                         self.stats.inc_listener(self.spec.name, "renewals")
                     except Exception as exc:
@@ -355,7 +326,7 @@ class QueueListener:
         with lease.lock:
             try:
                 self.service.client(self.target).delete_message(lease.msg.id, lease.pop_receipt)
-            except (ResourceNotFoundError, HttpResponseError) as exc:
+            except (StorageError, OSError) as exc:
                 # stale pop receipt: another instance took the message (lease lapsed)
                 log.warning("Deleting message %s from '%s' failed (%s); it may be processed again",
                             lease.msg.id, self.target.queue_name, getattr(exc, "error_code", exc))
@@ -365,8 +336,8 @@ class QueueListener:
         with lease.lock:
             try:
                 self.service.client(self.target).update_message(
-                    lease.msg.id, lease.pop_receipt, visibility_timeout=int(round(visibility_timeout)))
-            except (ResourceNotFoundError, HttpResponseError) as exc:
+                    lease.msg.id, lease.pop_receipt, int(round(visibility_timeout)))
+            except (StorageError, OSError) as exc:
                 log.warning("Releasing message %s on '%s' failed: %s", lease.msg.id, self.target.queue_name,
                             getattr(exc, "error_code", exc))
             lease.done = True
