@@ -142,9 +142,9 @@ class DemoRun:
                 st = _stat(pid)
                 assert st is not None, f"{m.group(1)} (pid {pid}) is not running:\n{self.output}"
                 self.services[m.group(1)] = {"port": int(m.group(2)), "pid": pid, "started": st[1]}
-        assert set(self.services) == {"azurite", "cosmos", "sendbird", "intent", "telemetry", "functions",
-                                      "console"}, self.output
-        # what was printed is what runs: the demo's children are exactly the seven services
+        assert set(self.services) == {"azurite", "azurite_blob", "cosmos", "sendbird", "intent", "telemetry",
+                                      "functions", "console"}, self.output
+        # what was printed is what runs: the demo's children are exactly the eight services
         assert sorted(_children(self.proc.pid)) == sorted(s["pid"] for s in self.services.values())
 
     def signal_and_wait(self, sig: int) -> float:

@@ -312,8 +312,9 @@ def _run(args: argparse.Namespace, signals: StopSignals) -> int:
         return 0 if args.mode == "run" else 128 + signals.signum
 
     stack = build_stack(StackOptions(free_ports=args.free_ports, telemetry=True, console=True))
-    print("starting the local stack (Azurite, Cosmos DB stand-in, SendBird stand-in, intent service with its "
-          "authoring API, Application Insights ingestion sink, functions runner, console)...", flush=True)
+    print("starting the local stack (Azurite queues and blobs, Cosmos DB stand-in, SendBird stand-in, intent "
+          "service with its authoring API, Application Insights ingestion sink, functions runner, console)...",
+          flush=True)
     t0 = time.monotonic()
     try:
         stack.start(cancel=lambda: signals.signum is not None)  # on failure it stops what it started
