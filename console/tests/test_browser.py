@@ -283,3 +283,38 @@ def test_every_page_renders(page, shots):
         page.goto(f"{base}/{name}")
         assert page.locator("h2").first.is_visible()
         page.screenshot(path=str(shots / f"{name}.png"))
+
+
+def test_a_relabelled_daily_export_is_imported(page, stack, tmp_path):
+    """The cold path in the browser: the day's export (the timer function, invoked now through the runner's admin
+    API) is downloaded from the review page, relabelled and imported back."""
+    import datetime as dt
+    base = page.base
+    text = f"zxqv blorp frindle {uuid.uuid4().hex[:6]}"
+    Customer(stack, f"browser_{uuid.uuid4().hex[:8]}").say(text)
+
+    def in_inbox() -> bool:
+        items = page.request.get(f"{base}/review", headers={"Accept": "application/json"}).json()["items"]
+        return any(i["text"] == text for i in items)
+    poll(in_inbox, 30, "the message in the review inbox")
+    assert requests.post(stack["functions"].base_url + "/admin/functions/review_export", timeout=10).status_code == 202
+
+    def exported_line() -> dict[str, Any] | None:
+        today = dt.datetime.now(dt.timezone.utc).date()
+        for day in (today, today - dt.timedelta(days=1)):
+            resp = page.request.get(f"{base}/review/exports/{day.isoformat()}")
+            lines = [json.loads(x) for x in resp.text().splitlines()] if resp.ok else []
+            found = next((x for x in lines if x.get("text") == text), None)
+            if found:
+                return found
+        return None
+    line = poll(exported_line, 60, "the item in the day's export")
+    relabelled = tmp_path / "relabelled.jsonl"
+    relabelled.write_text(json.dumps({**line, "label": "dismiss"}) + "\n", encoding="utf-8")
+    page.goto(base + "/review")
+    page.click("#review-exports summary")
+    page.set_input_files("#review-import input[name=file]", str(relabelled))
+    page.click("#review-import button[type=submit]")
+    assert "1 dismissed" in flash(page, "imported a relabelled export")
+    page.goto(base + "/review?status=dismissed")
+    assert "from a relabelled export" in page.locator("#review-items tr", has_text=text).inner_text()
