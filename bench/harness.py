@@ -9,14 +9,17 @@ Every figure after the HTTP answer comes from the replies the SendBird stand-in 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import queue
 import random
+import signal
 import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -291,6 +294,20 @@ def flush_cache(stack: LocalStack) -> None:
         client = redis.Redis.from_url(stack["redis"].url)
         client.flushdb()
         client.close()
+
+
+@contextlib.contextmanager
+def frozen_cache(stack: LocalStack, freeze: bool) -> Iterator[None]:
+    """With ``freeze``, the stack's redis-server is stopped (SIGSTOP) for the ``with`` block and resumed after it:
+    the kernel still accepts its connections, nothing answers (a hung cache). Without, nothing happens."""
+    pid = stack["redis"].pid if freeze and "redis" in stack else None
+    if pid:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGCONT)
 
 
 def compute_figures(plan: list[Sent], replies: dict[str, list[dict]], counters: dict, sampler: ProcSampler,

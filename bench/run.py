@@ -62,10 +62,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "batchSize=32)")
     p.add_argument("--cache", action="store_true",
                    help="prediction cache on: a redis-server in the stack and INTENT_CACHE_URL for the runners")
+    p.add_argument("--freeze-cache", action="store_true",
+                   help="with --cache: redis-server stopped (SIGSTOP) during each measured run, a hung cache that "
+                        "accepts connections and answers nothing")
     p.add_argument("--log-dir", default=None)
     a = p.parse_args(argv)
     if any("=" not in e for e in a.env):
         p.error("--env takes NAME=VALUE")
+    a.cache = a.cache or a.freeze_cache
     if a.smoke:
         a.rates, a.slow_rates, a.duration, a.users, a.intent_latency_ms = [2], [2], 2, 4, [0]
         a.name = a.name or "smoke"
@@ -147,9 +151,10 @@ def run(a: argparse.Namespace) -> dict:
                         if a.profile and mode == "chain":
                             raw = RESULTS / f"profile-{mode}-{int(latency)}ms-{int(rate)}rps.txt"
                             prof = _profile_start(runner.pid, raw, a.duration + 2)
-                        fig = harness.run_once(stack, runners, mode=mode, intent_latency_ms=latency, rate=rate,
-                                               duration=a.duration, users=a.users, texts=texts, tag=tag,
-                                               webhook_retries=a.webhook_retries)
+                        with harness.frozen_cache(stack, a.freeze_cache):
+                            fig = harness.run_once(stack, runners, mode=mode, intent_latency_ms=latency, rate=rate,
+                                                   duration=a.duration, users=a.users, texts=texts, tag=tag,
+                                                   webhook_retries=a.webhook_retries)
                         if prof is not None:
                             try:
                                 prof.wait(30)
@@ -158,7 +163,7 @@ def run(a: argparse.Namespace) -> dict:
                             if raw.exists():
                                 fig["profile"] = {"raw_file": raw.name, **top_functions(raw)}
                         results.append(fig)
-                        fig["cache"] = a.cache
+                        fig["cache"] = "frozen" if a.freeze_cache else a.cache
                         print(_row(fig) + _cache_note(fig), flush=True)
     return {"meta": {"created": time.strftime("%Y-%m-%d %H:%M:%S"), "machine": platform.platform(),
                      "cpus": __import__("os").cpu_count(), "python": platform.python_version(),
