@@ -20,6 +20,16 @@
  *   export with a wrapper: it calls the original handler and, if that throws
  *   while the addressed document does not exist, answers 404 NotFound like
  *   the real service. Everything else is the original behaviour.
+ *
+ * What the gateway relies on beyond plain CRUD, as the package does it:
+ *   - partial document update (PATCH .../docs/{id}, the SDK's patch_item): set / add (".../-" appends) /
+ *     replace / remove / incr / move, at most 10 operations, If-Match on the ETag (412 when it differs),
+ *     applied atomically (one synchronous read-apply-replace in Node's single thread); a new _etag per write;
+ *   - a container's indexingPolicy (shared/clients/cosmos.py STATE_INDEXING_POLICY, created with the container
+ *     on the local stack) is accepted and stored as given (reading the container returns it), but not
+ *     enforced: every query scans the container's documents, whatever is indexed, and an ORDER BY on a path
+ *     the policy excludes still works here while the real service refuses it. The policy is checked against
+ *     the queries the code makes by tests/test_cosmos_ops.py, not by this stand-in.
  */
 "use strict";
 

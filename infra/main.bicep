@@ -523,6 +523,27 @@ resource cosmosStateContainer 'Microsoft.DocumentDB/databaseAccounts/sqlDatabase
       }
       // Inactive users' state (with its idempotency records) expires on its own.
       defaultTtl: userStateTtlSeconds
+      // Only what is queried is indexed (the console's lookups: by channel_url, newest first by updated_at_ms);
+      // not the turns history nor anything else: each indexed path costs request units on every write. Same
+      // policy as shared/clients/cosmos.py STATE_INDEXING_POLICY (tests/test_cosmos_ops.py).
+      indexingPolicy: {
+        indexingMode: 'consistent'
+        automatic: true
+        includedPaths: [
+          { path: '/channel_url/?' }
+          { path: '/updated_at_ms/?' }
+        ]
+        excludedPaths: [
+          { path: '/*' }
+          { path: '/"_etag"/?' }
+        ]
+        compositeIndexes: [
+          [
+            { path: '/channel_url', order: 'ascending' }
+            { path: '/updated_at_ms', order: 'descending' }
+          ]
+        ]
+      }
     }
   }
 }
@@ -1138,6 +1159,7 @@ var appSettingsCommon = {
   COSMOS_VERIFY_TLS: 'true'
   COSMOS_CREATE_IF_MISSING: 'false'
   COSMOS_TIMEOUT_SECONDS: '5'
+  COSMOS_OP_COUNTS_DIR: '' // local tooling only (bench, tests): Cosmos DB operation counters
   INTENT_ENDPOINT: 'https://${intentApp.properties.defaultHostName}'
   INTENT_API_KEY: intentKeyReference
   INTENT_PROJECT_NAME: 'retail-bot'
