@@ -127,7 +127,7 @@ def test_a_message_costs_at_most_four_operations_and_three_writes(counting_gatew
     container = cosmos.client().get_database_client("cosmos-ops").get_container_client("user_state")
     http = requests.Session()
     per_message = []
-    for user_no in range(2):  # a new user (document created), then messages on an existing document
+    for _ in range(2):  # a new user (document created), then messages on an existing document
         user, channel = f"ops-{uuid.uuid4().hex[:8]}", f"sendbird_group_channel_{uuid.uuid4().hex[:8]}"
         for i, text in enumerate(("hello", "what can you do?", "thanks, bye")):
             before = state_counts(counts)
