@@ -394,3 +394,16 @@ def test_entra_id_tokens_are_reused_until_five_minutes_before_they_expire():
     assert provider.get_credentials() == ("principal-oid", "t1")
     now[0] = 3300
     assert provider.get_credentials() == ("principal-oid", "t2")
+
+
+def test_a_failing_credential_is_a_miss_not_an_error(silent_redis):
+    class Failing(EntraIdCredentialProvider):
+        def get_credentials(self):
+            raise RuntimeError("no managed identity endpoint")
+
+    adapter = RedisPredictionCache(f"redis://127.0.0.1:{silent_redis.port}/0", timeout_seconds=0.05,
+                                   credential_provider=Failing("oid", None))
+    inner = VersionedIntent()
+    cached = ic.CachedIntent(inner, adapter, FixedModelVersions("model-v1"), cache_settings())
+    assert ask(cached).top_intent == "Greeting" and len(inner.calls) == 1
+    adapter.close()

@@ -13,8 +13,8 @@ Managed Redis; TLS is required outside loopback):
 - a circuit breaker (the ``circuitbreaker`` package, as the intent client) opens after
   :data:`BREAKER_FAILURES` failures in a row: for :data:`BREAKER_RESET_SECONDS` the cache is skipped without a
   network call, so a dead or hung Redis costs a message at most one timeout until the breaker opens, then nothing;
-- every failure (timeout, refused connection, open circuit, a Redis error) raises
-  :class:`~shared.errors.TransientError`; the caller treats it as a miss.
+- every failure (timeout, refused connection, open circuit, a Redis error, a failed Entra ID token request)
+  raises :class:`~shared.errors.TransientError`; the caller treats it as a miss.
 
 Authentication: a password in the URL (local stack, or a Key Vault reference holding the whole URL), or, for
 Azure Managed Redis / Azure Cache for Redis with Microsoft Entra ID, no password and ``INTENT_CACHE_PRINCIPAL_ID``
@@ -142,7 +142,7 @@ class RedisPredictionCache:
         try:
             with timing.dependency(self._telemetry, "redis", operation, self._target, "Redis"):
                 return call()
-        except (redis.RedisError, OSError) as exc:
+        except Exception as exc:  # Redis, socket, TLS and credential errors alike: the cache never fails a message
             raise TransientError(f"prediction cache {operation} failed: {type(exc).__name__}: {exc}") from exc
 
 
