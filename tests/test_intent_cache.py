@@ -407,3 +407,28 @@ def test_a_failing_credential_is_a_miss_not_an_error(silent_redis):
     cached = ic.CachedIntent(inner, adapter, FixedModelVersions("model-v1"), cache_settings())
     assert ask(cached).top_intent == "Greeting" and len(inner.calls) == 1
     adapter.close()
+
+
+def test_the_entra_id_token_is_renewed_in_the_background():
+    class Token:
+        def __init__(self, n, expires_on):
+            self.token, self.expires_on = f"t{n}", expires_on
+
+    got = threading.Event()
+
+    class Credential:
+        calls = 0
+
+        def get_token(self, scope):
+            Credential.calls += 1
+            got.set()
+            return Token(Credential.calls, 3600)
+
+    stop = threading.Event()
+    provider = EntraIdCredentialProvider("oid", Credential(), clock=lambda: 0.0)
+    thread = provider.keep_fresh(stop)
+    assert got.wait(5)
+    stop.set()
+    thread.join(5)
+    assert not thread.is_alive()
+    assert provider.get_credentials() == ("oid", "t1") and Credential.calls == 1   # no call on the connection path

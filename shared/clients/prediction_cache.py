@@ -76,6 +76,8 @@ class EntraIdCredentialProvider(redis.CredentialProvider):
     ``credential``: an azure-identity ``TokenCredential`` (``get_token(scope)`` -> token with ``.token`` and
     ``.expires_on`` epoch seconds). Called once per new connection; the token is reused until 5 minutes before it
     expires. Errors of ``credential`` propagate (the connection attempt fails: a cache miss).
+    :meth:`keep_fresh` renews the token on a background thread, so that opening a connection never waits for the
+    token endpoint (whose latency is not bounded by the cache's timeout).
     """
 
     def __init__(self, principal_id: str, credential: Any, clock: Callable[[], float] = time.time):
@@ -91,6 +93,27 @@ class EntraIdCredentialProvider(redis.CredentialProvider):
                 token = self._credential.get_token(REDIS_TOKEN_SCOPE)
                 self._token = (token.token, float(token.expires_on))
             return self._principal_id, self._token[0]
+
+    def keep_fresh(self, stop: threading.Event | None = None) -> threading.Thread:
+        """Start a daemon thread that gets a token now and renews it 10 minutes before it expires (after a failure:
+        again in 30 s), until ``stop`` is set. Returns the thread."""
+        stop = stop or threading.Event()
+
+        def renew() -> None:
+            while not stop.is_set():
+                try:
+                    with self._lock:
+                        token = self._credential.get_token(REDIS_TOKEN_SCOPE)
+                        self._token = (token.token, float(token.expires_on))
+                    wait = max(30.0, self._token[1] - 600 - self._clock())
+                except Exception:  # the next connection tries again itself
+                    log.warning("Entra ID token for the prediction cache not renewed; retrying in 30 s", exc_info=True)
+                    wait = 30.0
+                stop.wait(wait)
+
+        thread = threading.Thread(target=renew, name="prediction-cache-token", daemon=True)
+        thread.start()
+        return thread
 
 
 class RedisPredictionCache:
@@ -148,13 +171,16 @@ class RedisPredictionCache:
 
 def credential_provider_for(settings: Settings) -> redis.CredentialProvider | None:
     """Entra ID credentials when ``INTENT_CACHE_PRINCIPAL_ID`` is set (the app's managed identity, client id
-    ``AzureWebJobsStorage__clientId`` for a user-assigned one), else None (password in the URL or none)."""
+    ``AzureWebJobsStorage__clientId`` for a user-assigned one), kept fresh in the background; else None (password
+    in the URL or none)."""
     if not settings.intent_cache_principal_id:
         return None
     from azure.identity import DefaultAzureCredential
 
     credential = DefaultAzureCredential(managed_identity_client_id=settings.storage_client_id or None)
-    return EntraIdCredentialProvider(settings.intent_cache_principal_id, credential)
+    provider = EntraIdCredentialProvider(settings.intent_cache_principal_id, credential)
+    provider.keep_fresh()
+    return provider
 
 
 def build_cache(settings: Settings, telemetry: TelemetryPort = DISABLED) -> RedisPredictionCache:
