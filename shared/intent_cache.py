@@ -29,9 +29,11 @@ look-up), the cache is bypassed: no version, no caching. Azure CLU names no vers
 version is its deployment's ``modelId@lastDeployedDateTime`` (see the adapter).
 
 **Never in the way.** A cache failure (down, slow, circuit open) is a miss: the prediction comes from the
-service, the message is delayed by at most one cache timeout (``INTENT_CACHE_TIMEOUT_MS``, 50 ms) and not at
-all once the adapter's circuit is open; a failed read skips the write of that message. Errors of the intent
-service propagate unchanged (:class:`~shared.ports.IntentPort`).
+service, and each Redis call delays the message by at most the cache timeout (``INTENT_CACHE_TIMEOUT_MS``, 50 ms):
+a read, and after a miss a write, which is skipped when the read failed; nothing at all once the adapter's
+circuit is open. The version look-up (an HTTP call to the intent service) is bounded by its own 0.5 s timeout and
+made at most once per ``INTENT_CACHE_VERSION_TTL_SECONDS`` per worker. Errors of the intent service propagate
+unchanged (:class:`~shared.ports.IntentPort`).
 
 Telemetry: metric ``intent_cache_lookups`` with dimension ``outcome`` = ``hit`` / ``miss`` / ``error`` /
 ``bypass`` (hit rate = hit / (hit + miss + error)), dependency ``redis`` (GET/SET) under the stage.
