@@ -225,9 +225,12 @@ var stageQueues = [
 ]
 var queueNames = concat(stageQueues, map(stageQueues, q => '${q}-poison'), map(stageQueues, q => '${q}-poison-records'))
 
-// Queue-triggered functions (functions/*.py). They are disabled in the staging slot (slot setting), so a build
-// under test never consumes production messages; the swap applies production's values before it goes live.
+// Queue- and timer-triggered functions (functions/*.py). They are disabled in the staging slot (slot setting), so a
+// build under test never consumes production messages nor rewrites the daily review exports; the swap applies
+// production's values before it goes live.
 var queueTriggeredFunctions = [
+  // functions/review_export.py: the daily review export (timer)
+  'review_export'
   'intent_stage'
   'route_greeting'
   'route_help'

@@ -619,8 +619,10 @@ def test_staging_slot_settings_stick_and_disable_queue_triggers(bicep, param_fil
         for name in [m for m in sys.modules if m == "function_app" or m.startswith("functions.")]:
             del sys.modules[name]
         app = importlib.import_module("function_app").app
+        # and the timer-triggered ones (the daily review export): a staging build must not rewrite its files
         queue_triggered = {f.get_function_name() for f in app.get_functions()
-                           if any(b["type"] == "queueTrigger" for b in json.loads(f.get_function_json())["bindings"])}
+                           if any(b["type"] in ("queueTrigger", "timerTrigger")
+                                  for b in json.loads(f.get_function_json())["bindings"])}
     finally:
         os.environ.clear()
         os.environ.update(saved)
