@@ -4,9 +4,11 @@ SendBird's own retry policy when a delivery fails or times out."""
 
 from __future__ import annotations
 
+import itertools
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import requests
@@ -61,8 +63,12 @@ class Message:
 
 
 class Driver:
-    def __init__(self, base_url: str, plan: FaultPlan, utterances: list[str]):
-        self.base_url = base_url
+    """``base_url``: the runner's URL, or a callable giving the live instances' URLs (the platform's front end:
+    each post goes to the next live instance, round-robin)."""
+
+    def __init__(self, base_url: str | Callable[[], list[str]], plan: FaultPlan, utterances: list[str]):
+        self._urls: Callable[[], list[str]] = base_url if callable(base_url) else (lambda: [base_url])
+        self._next_url = itertools.count()
         self.plan = plan
         self.utterances = utterances
         self.rng = random.Random(plan.seed)
@@ -93,7 +99,8 @@ class Driver:
             at = int(time.time() * 1000)
             self._count("posts")
             try:
-                r = webhooks.post(self._session(), self.base_url, body, LOCAL_API_TOKEN,
+                urls = self._urls() or [""]
+                r = webhooks.post(self._session(), urls[next(self._next_url) % len(urls)], body, LOCAL_API_TOKEN,
                                   timeout=self.plan.webhook_timeout_s)
                 a = Attempt(r.status, r.body.get("status") or str(r.body)[:80], at, r.body.get("correlation_id"))
             except requests.RequestException as exc:

@@ -21,8 +21,13 @@ class FaultPlan:
     # ---- queue redeliveries (localrunner)
     skip_delete_rate: float = 0.1            # LOCALRUNNER_CHAOS_SKIP_DELETE_RATE
     lease_seconds: int = 3                   # LOCALRUNNER_LEASE_SECONDS
-    # ---- worker killed mid-message: SIGKILL the runner when this share of the messages was sent
+    # ---- worker killed mid-message: SIGKILL a runner when this share of the messages was sent
     kill_at: tuple[float, ...] = (0.4,)
+    # ---- instances of the app on the same queues and state (competing consumers; webhooks spread over the live
+    # ones, as the platform's front end does). With several, the n-th kill takes instance n % instances and,
+    # unless restart_killed, leaves the others to take over its messages after the lease
+    instances: int = 1
+    restart_killed: bool = True
     # ---- intent service (chaos proxy in front of it)
     intent_timeout_seconds: float = 1.0      # INTENT_TIMEOUT_SECONDS for the gateway
     intent_503_p: float = 0.08
@@ -67,9 +72,17 @@ HUNG_LAST_ATTEMPT = FaultPlan(
                "AzureFunctionsJobHost__extensions__queues__maxDequeueCount": "2"},
 )
 
+#: Two instances on the same Azurite queues and Cosmos DB state, every fault of the ``ci`` preset, and one instance
+#: SIGKILLed at 45 % of the load and not restarted: its in-flight messages reappear after the 3 s lease and the
+#: other instance finishes them; webhooks in flight to it fail and SendBird's re-posts reach the other one.
+TWO_INSTANCES = FaultPlan(users=6, messages=10, kill_at=(0.45,), sendbird_burst_every_s=3.0, drain_timeout_s=90.0,
+                          instances=2, restart_killed=False)
+
 PRESETS = {
     "full": FaultPlan(),
     "hung": HUNG_LAST_ATTEMPT,
     # CI: a few minutes at most on 2 cores; every fault kind still happens
     "ci": FaultPlan(users=6, messages=10, kill_at=(0.45,), sendbird_burst_every_s=3.0, drain_timeout_s=90.0),
+    "two-instances": TWO_INSTANCES,
+    "full-two-instances": FaultPlan(instances=2, restart_killed=False),
 }

@@ -72,7 +72,10 @@ class Report:
                      f"{self.replies_to_not_accepted} of them answered anyway)")
         o = self.order
         lines.append(f"per-user order           {o.get('users_in_order', 0)}/{o.get('users', 0)} users got their "
-                     f"answers in the order they wrote ({o.get('inversions', 0)} inversions)")
+                     f"answers in the order they wrote ({o.get('inversions', 0)} inversions); handled in the order "
+                     f"written: {o.get('users_handled_in_order', 0)}/{o.get('users', 0)} "
+                     f"({o.get('handling_inversions', 0)} inversions); answered in the order admitted (the "
+                     f"gateway's promise): {o.get('answer_vs_admission_inversions', 0)} inversions")
         if self.latency_ms:
             lat = self.latency_ms
             lines.append(f"latency sent->answer ms  p50 {lat['p50']}  p95 {lat['p95']}  max {lat['max']}")
@@ -85,9 +88,13 @@ class Report:
         lines.append(f"  duplicates dropped     {inj.get('duplicate_deliveries_dropped', 0)} (intent stage log)")
         lines.append(f"  queue redeliveries     {inj.get('skipped_deletes', 0)} messages not deleted after success "
                      f"(rate {self.plan.get('skip_delete_rate')}, lease {self.plan.get('lease_seconds')} s)")
+        if inj.get("instances", 1) > 1:
+            lines.append(f"  instances              {inj['instances']} runners on the same queues and state")
         for k in inj.get("kills", []):
-            lines.append(f"  worker SIGKILL         {k.get('in_flight_invocations')} invocations in flight; "
-                         f"new runner ready after {k.get('down_s')} s")
+            after = (f"new runner ready after {k.get('down_s')} s" if k.get("restarted", True)
+                     else "not restarted: the other instance(s) took over")
+            lines.append(f"  worker SIGKILL         instance {k.get('instance', 0)}: {k.get('in_flight_invocations')} "
+                         f"invocations in flight; {after}")
         lines.append(f"  intent service         {_rules(inj.get('intent_proxy', {}))}; breaker-open failures "
                      f"{inj.get('intent_breaker_open', 0)}")
         lines.append(f"  SendBird API           {inj.get('sendbird_faults_applied', 0)} scripted faults applied "
@@ -113,6 +120,26 @@ def _rules(stats: dict) -> str:
     rules = stats.get("rules", {})
     inner = ", ".join(f"{k} {v}" for k, v in sorted(rules.items())) or "no rule applied"
     return f"{stats.get('requests', 0)} calls, {inner}"
+
+
+def _handling_order(users: dict[str, list[Message]], states: dict[str, dict],
+                    by_mid: dict[int, list[dict]]) -> dict[str, int]:
+    """Per user, with the turns in sequence-number order (the order the gateway admitted them, and the order it
+    promises to answer in): adjacent inversions against the order the user wrote (``handling_inversions``) and
+    against the order the answers were recorded by SendBird (``answer_vs_admission_inversions``)."""
+    in_order = inversions = answer_inversions = 0
+    for user, msgs in users.items():
+        index = {m.message_id: m.index for m in msgs}
+        turns = sorted((t for t in (states.get(user) or {}).get("turns", []) if t.get("message_id") in index),
+                       key=lambda t: t["seq"])
+        written = [index[t["message_id"]] for t in turns]
+        inv = sum(1 for a, b in zip(written, written[1:], strict=False) if a > b)
+        inversions += inv
+        in_order += inv == 0
+        answered = [min(a["created_at"] for a in by_mid[t["message_id"]]) for t in turns if by_mid.get(t["message_id"])]
+        answer_inversions += sum(1 for a, b in zip(answered, answered[1:], strict=False) if a > b)
+    return {"users_handled_in_order": in_order, "handling_inversions": inversions,
+            "answer_vs_admission_inversions": answer_inversions}
 
 
 def build_report(messages: list[Message], visible: list[dict], poison: list, states: dict[str, dict],
@@ -175,7 +202,8 @@ def build_report(messages: list[Message], visible: list[dict], poison: list, sta
         inv = sum(1 for a, b in zip(sent, sent[1:], strict=False) if pos[a] > pos[b])
         inversions += inv
         in_order += inv == 0
-    rep.order = {"users": len(users), "users_in_order": in_order, "inversions": inversions}
+    rep.order = {"users": len(users), "users_in_order": in_order, "inversions": inversions,
+                 **_handling_order(users, states, by_mid)}
     if latencies:
         latencies.sort()
         rep.latency_ms = {"p50": int(statistics.median(latencies)),

@@ -82,9 +82,13 @@ class Scheduler(threading.Thread):
             now = time.monotonic()
             if kills and progress >= kills[0]:
                 kills.pop(0)
-                self._note(f"SIGKILL the runner at {progress:.0%} of the messages")
-                ev = self.stack.kill_and_restart_runner()
-                self._note(f"new runner up after {ev['down_s']} s")
+                instances = max(1, self.plan.instances)
+                index = len(self.stack.kills) % instances
+                restart = self.plan.restart_killed or instances == 1
+                self._note(f"SIGKILL runner {index} (of {instances}) at {progress:.0%} of the messages")
+                ev = self.stack.kill_runner(index, restart=restart)
+                self._note(f"new runner up after {ev['down_s']} s" if restart
+                           else f"runner {index} stays down; {len(self.stack.base_urls())} instance(s) left")
             if outage_at is not None and progress >= outage_at:
                 outage_at = None
                 self.stack["intent_proxy"].control.set_rules(outage_rules())
@@ -162,7 +166,8 @@ def run_suite(plan: FaultPlan, out_dir: Path | None = None, echo=print) -> Repor
     log_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     with FaultStack(plan, log_dir) as stack:
-        echo(f"stack up in {time.monotonic() - started:.1f} s; runner {stack.base_url}; logs {log_dir}")
+        echo(f"stack up in {time.monotonic() - started:.1f} s; runner(s) {', '.join(stack.base_urls())}; "
+             f"logs {log_dir}")
         usable, excluded = preflight(stack["intent"].base_url)
         if excluded:
             echo(f"utterances left out (classified HumanHandoff): {excluded}")
@@ -170,7 +175,7 @@ def run_suite(plan: FaultPlan, out_dir: Path | None = None, echo=print) -> Repor
         stack["cosmos_proxy"].control.set_rules(cosmos_rules(plan))
         stack["sendbird"].control.reset()
 
-        driver = Driver(stack.base_url, plan, usable)
+        driver = Driver(stack.base_urls, plan, usable)
         users = [f"fi-user-{plan.seed}-{u:03d}" for u in range(plan.users)]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -204,7 +209,11 @@ def run_suite(plan: FaultPlan, out_dir: Path | None = None, echo=print) -> Repor
         skipped = sum(f.get("chaos_skipped_deletes", 0)
                       for s in [*stack.stats_before_kill, final_stats] for f in s["functions"].values())
         counters = stack["sendbird"].control.counters()
-        injected = {**driver.counters, **_log_counts(stack.runner_log), "skipped_deletes": skipped,
+        log_counts: dict[str, int] = {}
+        for path in stack.runner_logs:
+            for k, v in _log_counts(path).items():
+                log_counts[k] = log_counts.get(k, 0) + v
+        injected = {**driver.counters, **log_counts, "skipped_deletes": skipped, "instances": plan.instances,
                     "kills": stack.kills, "intent_proxy": stack["intent_proxy"].control.stats(),
                     "cosmos_proxy": stack["cosmos_proxy"].control.stats(),
                     "sendbird_faults_applied": counters.get("faults_applied", 0),
@@ -215,7 +224,7 @@ def run_suite(plan: FaultPlan, out_dir: Path | None = None, echo=print) -> Repor
             injected["scheduler_error"] = repr(scheduler.error)
         report = build_report(messages, visible, poison, states, writer_check, injected, plan.to_dict(),
                               time.monotonic() - started, drained)
-        report.details["runner_log"] = str(stack.runner_log)
+        report.details["runner_log"] = ", ".join(str(p) for p in stack.runner_logs)
         report.details["visible"] = [{k: m.get(k) for k in ("dedup_id", "channel_url", "created_at", "message")}
                                      for m in visible]
         report.details["states"] = states
