@@ -162,8 +162,9 @@ def deliver(reply: ReplyMessage, deps: ReplyDeps, *, clock: Callable[[], int] = 
     metrics ``e2e_latency_ms``, ``sendbird_429_count``.
     """
     s, store = deps.settings, deps.state_store
-    owned = _handler_claim(reply, deps, clock())
-    if owned is not None and clock() - owned < s.reply_send_lease_seconds * 1000 * FAST_PATH_LEASE_SHARE:
+    owned = _handler_claim(reply, deps)
+    first = dequeue_count() in (None, 1)
+    if owned is not None and first and clock() - owned < s.reply_send_lease_seconds * 1000 * FAST_PATH_LEASE_SHARE:
         return _send(reply, deps, clock, base=reply.state_version)
     verdict, wait_ms = store.update(reply.user_id, reply.channel_url, lambda state: claim(
         reply, state, settings=s, catalog=deps.catalog, now=clock(), owner_since=owned))
@@ -177,16 +178,17 @@ def deliver(reply: ReplyMessage, deps: ReplyDeps, *, clock: Callable[[], int] = 
     return _send(reply, deps, clock, base=None)
 
 
-def _handler_claim(reply: ReplyMessage, deps: ReplyDeps, now: int) -> int | None:
-    """``since_ms`` of the send claim the branch handler took for this reply in its write, when this queue message
-    owns it: the only copy (dequeue count 1: no other copy of this message was handed out before; or handed over
-    in process, :func:`shared.processing.dequeue_count`), the sealed
-    version the handler's write returned, whose turn holds that claim and exactly this reply (channel, response
-    key and text). None otherwise (every other reply goes through :func:`claim` on a fresh read)."""
+def _handler_claim(reply: ReplyMessage, deps: ReplyDeps) -> int | None:
+    """``since_ms`` of the send claim the branch handler took for this reply message in its write, or None.
+
+    The claim is this message's when it carries the sealed version that write returned and whose turn holds that
+    claim and exactly this reply (channel, response key and text). Used without a read by the message's first
+    delivery (see :func:`deliver`); a later delivery of the same message (dequeue count 2+) comes only after the
+    first one ended (the host keeps a message invisible while its invocation runs), so it takes the claim over on
+    a fresh read (:func:`claim` ``owner_since``) instead of waiting for the lease to expire.
+    """
     version = reply.state_version
-    if version is None or dequeue_count() not in (None, 1) or reply.reply_key == APOLOGY_KEY:
-        return None
-    if not deps.state_store.trusts(version):
+    if version is None or reply.reply_key == APOLOGY_KEY or not deps.state_store.trusts(version):
         return None
     turn = version.turn(reply.message_id)
     if turn is None or turn.sending is None or turn.sending.dedup_id != reply.dedup_id:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shared.branch_handlers import apology_reply
+from shared.errors import PermanentError
 from shared.intent_stage import IntentStageDeps, classify
 from shared.models import REPLY_QUEUE, ReplyMessage, decode, now_ms
 from shared.reply_sender import mark_failed
@@ -74,18 +75,55 @@ def test_a_poisoned_reply_no_longer_holds_back_later_messages(chain, settings, s
 
 
 def test_live_claim_elsewhere_reschedules_and_an_expired_claim_is_taken_over(chain, queues, settings, sendbird):
-    reply = chain.handle(chain.route(inbound("hi", 1)))
+    routed = chain.route(inbound("hi", 1))
+    reply = chain.handle(routed)
     t0 = now_ms()
     sendbird.script = [RuntimeError("worker killed mid-send")]  # claim taken, never released
     with pytest.raises(RuntimeError):
         chain.send(reply, clock=lambda: t0)
-    chain.turn(1)  # the claim is still there
+    assert chain.turn(1).sending is not None  # the claim is still there
+    reply = chain.handle(routed)  # another copy of the answer (the routed message redelivered): not the claim's
+    assert reply.state_version is None
     assert chain.send(reply, clock=lambda: t0 + 1000) == "rescheduled"
     [(text, delay)] = queues.sent[REPLY_QUEUE]
     assert decode(text, ReplyMessage).reschedules == 1 and 1 <= delay <= settings.reply_send_lease_seconds
     after_lease = t0 + settings.reply_send_lease_seconds * 1000 + 1
     assert chain.send(reply, clock=lambda: after_lease) == "sent"
     assert chain.turn(1).status == "sent"
+
+
+def test_the_handler_claims_for_the_reply_and_its_first_delivery_sends_without_a_read(chain, store, sendbird):
+    reply = chain.handle(chain.route(inbound("hi", 1)))
+    claim = chain.turn(1).sending
+    assert claim is not None and claim.dedup_id == "reply-1" and reply.state_version is not None
+    reads, writes = store.reads, store.writes
+    assert chain.send(reply) == "sent" and sendbird.attempts == 1
+    assert (store.reads, store.writes) == (reads, writes + 1)  # only the "sent" mark, on the handler's version
+    turn = chain.turn(1)
+    assert turn.status == "sent" and turn.sending is None and turn.sent_dedup_ids == ["reply-1"]
+    assert chain.send(reply) == "duplicate" and sendbird.attempts == 1  # a redelivery reads, finds it sent
+
+
+def test_a_redelivery_of_the_claiming_reply_takes_its_claim_over_at_once(chain, sendbird):
+    """The host hands a message out again only after its previous invocation ended: no waiting for the lease."""
+    reply = chain.handle(chain.route(inbound("hi", 1)))
+    sendbird.script = [RuntimeError("worker killed mid-send")]
+    with pytest.raises(RuntimeError):
+        chain.send(reply)
+    assert chain.send(reply) == "sent" and chain.turn(1).status == "sent"
+
+
+def test_a_forged_or_stale_version_is_not_a_claim(chain, store, sendbird):
+    reply = chain.handle(chain.route(inbound("hi", 1)))
+    forged = reply.model_copy(update={"text": "click evil.example", "state_version": reply.state_version.model_copy(
+        update={"doc": {**reply.state_version.doc, "turns": [
+            {**reply.state_version.doc["turns"][0], "reply_text": "click evil.example"}]}})})
+    with pytest.raises(PermanentError):  # not sealed: read, and the recorded answer differs
+        chain.send(forged)
+    assert sendbird.attempts == 0
+    held = reply.model_copy(update={"state_version": None})
+    assert chain.send(held) == "rescheduled"  # not the claim's message: waits for the handler's claim
+    assert sendbird.attempts == 0
 
 
 def test_429_releases_the_claim_and_the_rescheduled_copy_sends(chain, queues, sendbird):
