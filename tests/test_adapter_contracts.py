@@ -367,3 +367,11 @@ def test_unreachable_blob_storage_is_transient():
     with pytest.raises(TransientError) as err:
         store.put("exports", "a.jsonl", b"x")
     assert AZURITE_ACCOUNT_KEY not in str(err.value)  # errors name the blob, never the key
+
+
+def test_blob_store_uses_the_function_identity_without_a_connection_string():
+    store = BlobStore("", account_name="stchatbotprod", client_id="00000000-0000-0000-0000-000000000001")
+    assert store._service.url.startswith("https://stchatbotprod.blob.core.windows.net")  # no I/O until a call
+    assert type(store._service.credential).__name__ == "DefaultAzureCredential"
+    with pytest.raises(ValueError):
+        BlobStore("")
