@@ -1138,8 +1138,9 @@ var appSettingsCommon = {
   FUNCTIONS_WORKER_RUNTIME: 'python'
   AzureWebJobsFeatureFlags: 'EnableWorkerIndexing'
   // The stages wait on HTTP (intent service, Cosmos DB, SendBird): more threads than the default
-  // min(32, cores + 4) keep a slow intent service from starving the webhook intake.
-  PYTHON_THREADPOOL_THREAD_COUNT: '32'
+  // min(32, cores + 4) keep a slow intent service from starving the webhook intake. 96 > the 64 intent-stage
+  // invocations host.json allows per instance (batchSize 16 + newBatchThreshold 48), plus the other stages.
+  PYTHON_THREADPOOL_THREAD_COUNT: '96'
   // The package (WEBSITE_RUN_FROM_PACKAGE, per slot below) is read with the user-assigned identity.
   WEBSITE_RUN_FROM_PACKAGE_BLOB_MI_RESOURCE_ID: functionIdentity.id
   SCM_DO_BUILD_DURING_DEPLOYMENT: 'false'

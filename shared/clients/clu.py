@@ -46,6 +46,9 @@ from shared.settings import Settings
 from shared.telemetry import DISABLED
 
 PATH = "/language/:analyze-conversations"
+#: Keep-alive connections kept per worker: at least the intent-stage invocations one worker may run at once
+#: (host.json batchSize 16 + newBatchThreshold 48 per instance); beyond it urllib3 opens and drops extra ones.
+POOL_SIZE = 64
 
 
 def parse_clu_response(body: Any, model_version: str | None = None) -> IntentPrediction:
@@ -85,8 +88,8 @@ class IntentClient:
                       status=settings.intent_retries, status_forcelist=(502, 503, 504),
                       allowed_methods=frozenset({"POST"}), backoff_factor=0.1,
                       respect_retry_after_header=False, raise_on_status=False)
-        self._session.mount("http://", HTTPAdapter(max_retries=retry, pool_maxsize=32))
-        self._session.mount("https://", HTTPAdapter(max_retries=retry, pool_maxsize=32))
+        self._session.mount("http://", HTTPAdapter(max_retries=retry, pool_maxsize=POOL_SIZE))
+        self._session.mount("https://", HTTPAdapter(max_retries=retry, pool_maxsize=POOL_SIZE))
         self._session.headers["Content-Type"] = "application/json"
         if settings.intent_api_key:
             self._session.headers["Ocp-Apim-Subscription-Key"] = settings.intent_api_key
