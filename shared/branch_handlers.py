@@ -3,8 +3,12 @@
 Each handler is a pure function ``(message, state, context) -> Answer`` that may change the user's state
 (slots, handoff) and names the catalog text to answer with. Each built-in route is declared once, below its
 handler, in the route registry (:mod:`shared.routes`). :func:`handle` runs the route's handler inside one
-optimistic state update (ETag), records the turn in the bounded history and returns the
-:class:`~shared.models.ReplyMessage` for the reply queue (None: stay silent).
+optimistic state update (ETag), records the answer in the turn together with the reply sender's send claim (one
+write: the claim is not a write of its own) and returns the :class:`~shared.models.ReplyMessage` for the reply
+queue (None: stay silent). The write is a partial update on the version the intent stage's admission left
+(carried in the routed message, sealed): no read on the happy path; when the document changed since, the update
+reads it and runs again (ETag). The reply carries the version this write returned, so that the reply sender
+sends and marks it sent without a read.
 
 A message already answered (a queue redelivery) gets the recorded reply again without running the handler
 twice; the reply sender's sent records and ``dedup_id`` keep SendBird from showing it twice. Messages are
@@ -196,6 +200,10 @@ class BranchDeps:
 
 def handle(msg: RoutedMessage, deps: BranchDeps, *, clock: Callable[[], int] = now_ms) -> ReplyMessage | None:
     """Run ``msg.route``'s handler in one state update; return the reply to enqueue, or None.
+
+    - One write (a PATCH with ``If-Match`` on the admission's version carried by ``msg``, no read; else
+      read-modify-write): the answer, the state changes of the handler and the reply sender's send claim; the
+      returned reply carries the version after it (only when this write took the claim).
 
     - Idempotent: a turn already answered re-emits its recorded reply (same ``dedup_id``) instead of
       running the handler again; a silent turn stays silent. A turn that got an apology (its message

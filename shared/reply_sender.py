@@ -3,15 +3,24 @@
 Exactly-once visible delivery, built from two records in the user's state (ETag-guarded) and SendBird's
 ``dedup_id``:
 
-1. **claim**: the turn of the reply's ``message_id`` gets ``sending = {dedup_id, since_ms}``. If the
-   turn's ``sent_dedup_ids`` already holds this ``dedup_id``, the reply was sent before (a queue
-   redelivery): nothing is sent. If another sender holds a live claim (younger than
-   ``REPLY_SEND_LEASE_SECONDS``), the reply is re-queued to look again after the claim expires.
+1. **claim**: the turn of the reply's ``message_id`` gets ``sending = {dedup_id, since_ms}``. For a real reply
+   the branch handler takes it in its own write (the answer and the claim are one write,
+   :func:`shared.branch_handlers.decide`) and hands the document's sealed version (:class:`~shared.state.StateVersion`)
+   on in the reply message; the first delivery of that message uses that claim without a read while it is younger
+   than half ``REPLY_SEND_LEASE_SECONDS`` (the other half is left for the send: nobody may take the claim before it
+   expires). Every other reply (a redelivery, an apology, a copy re-emitted by the handler, an older claim) claims
+   on a fresh read, :func:`claim`: if the turn's ``sent_dedup_ids`` already holds this ``dedup_id``, the reply was
+   sent before (a queue redelivery): nothing is sent; if another sender holds a live claim (younger than
+   ``REPLY_SEND_LEASE_SECONDS``), the reply is re-queued to look again after the claim expires; a redelivery of the
+   message the handler claimed for takes that claim over at once (the host hands a message out again only after
+   its previous invocation ended).
 2. **send** with the ``dedup_id``.
-3. **mark sent**: ``dedup_id`` appended to ``sent_dedup_ids``, status ``sent``, claim cleared.
+3. **mark sent**: ``dedup_id`` appended to ``sent_dedup_ids``, status ``sent``, claim cleared; written on the
+   version the claim's write returned (no read), or read-modify-write when the document changed since.
 
-A crash between 2 and 3 leaves a claim that expires; the next attempt sends again with the same
-``dedup_id``, which SendBird de-duplicates.
+On the happy path this is one Cosmos DB write and no read (see README, "Cosmos DB work per message").
+A crash between 2 and 3 leaves a claim; the next delivery sends again with the same ``dedup_id``, which SendBird
+de-duplicates.
 
 Only replies the gateway itself produced are sent (defence in depth: queue messages are not signed, so
 whoever can write to ``chat-reply`` could otherwise make the bot post any text to any channel): a reply

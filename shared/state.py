@@ -2,6 +2,11 @@
 
 Where it is stored: :class:`shared.ports.StateStore` (Cosmos DB adapter :mod:`shared.clients.cosmos`, an in-memory
 fake for unit tests, both held to ``tests/test_state_contract.py``).
+
+Writes are partial (:func:`document_patch`, :func:`partial_patch`: the changed fields and turns, at most
+:data:`MAX_PATCH_OPS` operations) and conditional on the ETag. A stage hands the document's version after its
+write on to the next stage (:class:`StateVersion`: ETag, the turns the next stage needs, an HMAC seal) so that the
+next write needs no read; a stale version only costs the read it saved (HTTP 412, then read-modify-write).
 """
 
 from __future__ import annotations

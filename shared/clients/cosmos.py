@@ -1,11 +1,16 @@
 """Cosmos DB client (:class:`~shared.ports.StateStore`): user state documents with ETag optimistic concurrency.
 
 SDK: ``azure-cosmos`` 4.x (sync), SQL API. One document per user in the
-container ``COSMOS_STATE_CONTAINER`` (partition key ``/user_id``). Writes use
-``If-Match`` on the ETag (``MatchConditions.IfNotModified``); a 412 means
-another writer won, so the read-modify-write is retried with fresh state.
+container ``COSMOS_STATE_CONTAINER`` (partition key ``/user_id``, indexing policy
+:data:`STATE_INDEXING_POLICY`). Writes use ``If-Match`` on the ETag
+(``MatchConditions.IfNotModified``) and are partial document updates (PATCH) when
+they fit in one (:func:`shared.state.document_patch`); a 412 means another writer
+won, so the read-modify-write is retried with fresh state. A write may start from a
+sealed :class:`~shared.state.StateVersion` a previous stage handed on instead of a
+read (:meth:`CosmosStateStore.update_versioned`).
 Throttling (429) is retried by the SDK itself (``x-ms-retry-after-ms``); what
 still fails is raised as :class:`~shared.errors.TransientError`.
+Every request is counted at the client (:class:`CosmosCounters`, :data:`COUNTERS`).
 """
 
 from __future__ import annotations
