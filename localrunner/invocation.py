@@ -56,6 +56,11 @@ class Out(func.Out):
     def get(self) -> Any:
         return self._value
 
+    @property
+    def is_set(self) -> bool:
+        """The function called ``set`` (an unset output is not written)."""
+        return self._is_set
+
 
 class TraceContext:
     def __init__(self, traceparent: str, tracestate: str = "", attributes: Optional[Dict[str, str]] = None):

@@ -131,7 +131,7 @@ def worker_main(conn: Connection, app_root: str, module: str, thread_count: int,
             reply(("result", invocation_id, False, None, {},
                    (type(exc).__name__, str(exc), "".join(traceback.format_exception(exc)))))
             return
-        set_outs = {k: o.get() for k, o in outs.items() if o._is_set}
+        set_outs = {k: o.get() for k, o in outs.items() if o.is_set}
         reply(("result", invocation_id, True, ret, set_outs, None))
 
     conn.send(("ready", os.getpid()))
