@@ -23,13 +23,14 @@ from dataclasses import dataclass, field
 from urllib.parse import quote
 
 from shared.catalog import ResponseCatalog
-from shared.errors import PermanentError
+from shared.errors import GatewayError, PermanentError
 from shared.language import detect_language
 from shared.models import InboundMessage, ReplyMessage, RoutedMessage, now_ms
 from shared.ports import QueuePort, StateStore, TelemetryPort
 from shared.routes import FALLBACK, ROUTES, UNSUPPORTED, RouteSpec
 from shared.settings import Settings
-from shared.state import APOLOGY_KEY, SendClaim, Turn, UserState, apology_dedup_id, reply_dedup_id
+from shared.processing import dequeue_count
+from shared.state import APOLOGY_KEY, SendClaim, StateVersion, Turn, UserState, apology_dedup_id, reply_dedup_id
 from shared.telemetry import DISABLED
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 MAX_SUGGESTIONS, MIN_SUGGESTION_SCORE = 3, 0.05
 #: Delay before a message held back by an earlier one is looked at again (Storage queues count in seconds).
 ORDER_RETRY_DELAY_SECONDS = 1
+#: Share of the chain's claim lease (from the admission) within which the handler defers its write to the reply
+#: sender's (the reply sender sends without a read only within half of it: later, the answer is written now).
+DEFER_LEASE_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -136,8 +140,10 @@ class _Decision:
 
 
 def decide(msg: RoutedMessage, state: UserState, *, catalog: ResponseCatalog, settings: Settings,
-           now: int) -> _Decision:
-    """The state change and reply for ``msg`` (pure; runs inside the ETag-guarded update, maybe more than once)."""
+           now: int, owner_since: int | None = None, renew_own: bool = True) -> _Decision:
+    """The state change and reply for ``msg`` (pure; runs inside the ETag-guarded update, maybe more than once).
+    ``owner_since``: ``since_ms`` of the send claim the admission took for this message's chain, when ``msg`` is
+    that chain's (:func:`_chain_claim`)."""
     turn = state.turn_for(msg.message_id)
     if turn is None:  # evicted from the bounded history, or state reset: admit it now
         turn = state.admit(msg.message_id, msg.correlation_id, msg.received_at_ms, settings.state_history_limit,
@@ -155,19 +161,24 @@ def decide(msg: RoutedMessage, state: UserState, *, catalog: ResponseCatalog, se
             turn.status = "silent"  # handed off by an earlier message after this one was routed
             return _Decision()
         answered_with = _run_handler(msg, state, turn, Context(settings, catalog, now))
-        claimed = _claim_for_sender(turn, msg.message_id, settings, now)
+        claimed = _claim_for_sender(turn, msg.message_id, settings, now, owner_since, renew_own)
     reply = ReplyMessage.following(msg, text=turn.reply_text, language=msg.language, route=msg.route,
                                    top_intent=msg.top_intent, confidence_score=msg.confidence_score,
                                    reply_key=turn.reply_key, dedup_id=reply_dedup_id(msg.message_id), seq=turn.seq)
     return _Decision(reply=reply, answered_with=answered_with, claimed=claimed)
 
 
-def _claim_for_sender(turn: Turn, message_id: int, settings: Settings, now: int) -> bool:
-    """Take the reply sender's send claim on ``turn`` in the handler's own write (the claim of
-    :func:`shared.reply_sender.claim`, ``since_ms`` = now), unless another live claim is there (an apology being
-    sent: the reply sender then decides as before). True when taken."""
-    live = turn.sending is not None and now - turn.sending.since_ms < settings.reply_send_lease_seconds * 1000
-    if live:
+def _claim_for_sender(turn: Turn, message_id: int, settings: Settings, now: int, owner_since: int | None,
+                      renew_own: bool) -> bool:
+    """The reply sender's send claim on ``turn`` for this answer: the chain's own (taken at admission; renewed as a
+    handler's claim when ``renew_own``, i.e. the handler writes now), else taken now in the handler's write
+    (``since_ms`` = now) unless another live claim is there (an apology being sent, or another chain's: the reply
+    sender then decides as before). True when the reply holds it."""
+    own = turn.sending is not None and owner_since is not None and \
+        (turn.sending.dedup_id, turn.sending.since_ms) == (reply_dedup_id(message_id), owner_since)
+    if own and not renew_own:
+        return True
+    if not own and turn.sending is not None and now < turn.sending.until_ms(settings.reply_send_lease_seconds * 1000):
         return False
     turn.sending = SendClaim(dedup_id=reply_dedup_id(message_id), since_ms=now)
     return True
@@ -215,19 +226,83 @@ def handle(msg: RoutedMessage, deps: BranchDeps, *, clock: Callable[[], int] = n
     Errors: :class:`~shared.errors.TransientError` from the state store (after ETag retries);
     :class:`~shared.errors.PermanentError` for an unknown route or a catalog text missing (poisoned at once).
     """
-    decision, version = deps.state_store.update_versioned(msg.user_id, msg.channel_url, lambda s: decide(
-        msg, s, catalog=deps.catalog, settings=deps.settings, now=clock()),
-        base=msg.state_version, keep_turn=msg.message_id)
+    owner_since = _chain_claim(msg, deps)
+
+    def run(state: UserState, renew_own: bool = True) -> _Decision:
+        return decide(msg, state, catalog=deps.catalog, settings=deps.settings, now=clock(), owner_since=owner_since,
+                      renew_own=renew_own)
+
+    try:
+        deferred = _deferred(msg, deps, lambda state: run(state, False)) if owner_since is not None else None
+        if deferred is not None:
+            decision, version = deferred
+        else:
+            decision, version = deps.state_store.update_versioned(msg.user_id, msg.channel_url, run,
+                                                                  base=msg.state_version, keep_turn=msg.message_id)
+    except Exception:
+        if owner_since is not None:  # this chain will not send: an apology need not wait for its claim
+            _release_chain_claim(msg, owner_since, deps)
+        raise
     if decision.answered_with == "handoff.connecting":
         deps.telemetry.metric("handoff_count", 1)
     if decision.held_back_by:
         log.info("message_id=%s (seq %d) waits for earlier message(s) seq %s", msg.message_id, msg.seq,
                  decision.held_back_by)
-        later = msg.model_copy(update={"order_waits": msg.order_waits + 1, "state_version": None})
+        later = msg.model_copy(update={"order_waits": msg.order_waits + 1})  # its version: the chain's claim
         deps.queues.send(ROUTES.get(msg.route).queue, later.to_queue_text(), delay_seconds=ORDER_RETRY_DELAY_SECONDS)
     if decision.reply is not None and decision.claimed:
         return decision.reply.model_copy(update={"state_version": version})
     return decision.reply
+
+
+def _chain_claim(msg: RoutedMessage, deps: BranchDeps) -> int | None:
+    """``since_ms`` of the send claim the intent stage's admission took for ``msg``'s chain, when ``msg`` is a
+    first delivery (dequeue count 1, or handed over in process) carrying the sealed version of that admission
+    whose turn holds the claim; else None. A redelivered routed message (dequeue count 2+) is not the chain's: its
+    previous delivery may have answered and its reply may be on its way."""
+    version = msg.state_version
+    if version is None or msg.replayed or dequeue_count() not in (None, 1) or not deps.state_store.trusts(version):
+        return None  # an operator's replay re-sends the original body: its version is long stale
+    turn = version.turn(msg.message_id)
+    if turn is None or turn.sending is None or turn.sending.dedup_id != reply_dedup_id(msg.message_id):
+        return None
+    return turn.sending.since_ms
+
+
+def _release_chain_claim(msg: RoutedMessage, owner_since: int, deps: BranchDeps) -> None:
+    def release(state: UserState) -> None:
+        turn = state.turn_for(msg.message_id)
+        if turn is not None and turn.sending is not None and turn.sending.since_ms == owner_since \
+                and turn.sending.dedup_id == reply_dedup_id(msg.message_id) and not turn.answered:
+            turn.sending = None
+    try:
+        deps.state_store.update(msg.user_id, msg.channel_url, release)
+    except GatewayError as exc:  # the claim expires by itself after the lease
+        log.warning("could not release the send claim of message_id=%s: %s", msg.message_id, exc.reason)
+
+
+def _deferred(msg: RoutedMessage, deps: BranchDeps,
+              run: Callable[[UserState], _Decision]) -> tuple[_Decision, StateVersion] | None:
+    """The chain's fresh answer decided on the admission's version and not written (the reply sender writes it
+    with the "sent" mark, one write), or None when it must be written now: the message was held back before (the
+    version is older than an earlier message's answer), or the decision is anything but a fresh answer holding the
+    chain's claim (held back, silent, a recorded answer again, a change the version cannot express).
+
+    Sound because the version shows every earlier turn of the user final when the answer is decided on it (else
+    the decision is to hold back), and no later message is answered before this one is final (ordering): nothing
+    the decision depends on can change until the reply sender writes it, and that write is conditional on the
+    admission's ETag (412: it re-applies this answer on a fresh read)."""
+    turn = msg.state_version.turn(msg.message_id) if msg.state_version is not None else None
+    if msg.order_waits or turn is None or turn.sending is None:
+        return None
+    lease = turn.sending.until_ms(deps.settings.reply_send_lease_seconds * 1000) - turn.sending.since_ms
+    if now_ms() - turn.sending.since_ms >= lease * DEFER_LEASE_SHARE:
+        return None
+    assert msg.state_version is not None
+    done = deps.state_store.defer(msg.state_version, run)
+    if done is None or done[0].answered_with is None or not done[0].claimed:
+        return None
+    return done
 
 
 def apology_reply(msg: InboundMessage | RoutedMessage | ReplyMessage, catalog: ResponseCatalog,

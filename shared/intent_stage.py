@@ -32,12 +32,18 @@ from shared.routes import FALLBACK, UNSUPPORTED
 from shared.review import capture_for
 from shared.routing import choose_route
 from shared.settings import Settings
-from shared.state import UserState
+from shared.processing import dequeue_count
+from shared.state import SendClaim, Turn, UserState, reply_dedup_id
 from shared.telemetry import DISABLED
 from shared.utterance import intent_excerpt
 
 log = logging.getLogger(__name__)
 
+#: Lease of the send claim an admission takes for its chain (seconds): the chain's first deliveries normally send
+#: within milliseconds; a chain that died (a crashed worker) holds its message's reply only this long, its
+#: redeliveries then claim it. Short on purpose: the handler defers its write only in the first quarter of it and
+#: the reply sender sends without a read only in the first half (later, both work as with a handler's claim).
+CHAIN_CLAIM_LEASE_SECONDS = 4
 #: How many intents and entities travel to the branch handler.
 MAX_INTENTS, MAX_ENTITIES = 10, 20
 
@@ -50,10 +56,15 @@ class Admission:
     seq: int = 0
     pending_slot: str | None = None
     language: str | None = None
+    claimed: bool = False
 
 
-def admit(msg: InboundMessage, state: UserState, settings: Settings, now: int) -> Admission:
+def admit(msg: InboundMessage, state: UserState, settings: Settings, now: int,
+          first_delivery: bool = False) -> Admission:
     """Record ``msg`` as the user's next turn, atomically with the state (run inside ``StateStore.update``).
+
+    With ``first_delivery`` (this queue message was not handed out before) an admitted message also gets the
+    reply's send claim for this chain (``claimed``; see :func:`claim_for_chain`).
 
     - a turn for this ``message_id`` from another delivery (another correlation id) -> ``duplicate``
       (a SendBird webhook retry: the first delivery is being handled by its own queue message);
@@ -76,7 +87,8 @@ def admit(msg: InboundMessage, state: UserState, settings: Settings, now: int) -
         handled = turn.status in ("answered", "sent", "failed")
         if handled and not (msg.replayed and (turn.apologized or turn.status == "failed")):
             return Admission("duplicate", turn.seq)
-        return Admission("admitted", turn.seq, state.pending_slot, state.language)
+        claimed = first_delivery and not msg.replayed and claim_for_chain(turn, settings, now)
+        return Admission("admitted", turn.seq, state.pending_slot, state.language, claimed)
     if state.seen_recently(msg.message_id):
         return Admission("duplicate")
     if state.is_handed_off(now):
@@ -85,7 +97,29 @@ def admit(msg: InboundMessage, state: UserState, settings: Settings, now: int) -
         return Admission("silent", turn.seq)
     turn = state.admit(msg.message_id, msg.correlation_id, msg.received_at_ms, settings.state_history_limit,
                        channel_url=msg.channel_url)
-    return Admission("admitted", turn.seq, state.pending_slot, state.language)
+    claimed = first_delivery and not msg.replayed and claim_for_chain(turn, settings, now)
+    return Admission("admitted", turn.seq, state.pending_slot, state.language, claimed)
+
+
+def claim_for_chain(turn: Turn, settings: Settings, now: int) -> bool:
+    """Take the send claim of the real reply (``reply-<message_id>``, ``since_ms`` = now) for the chain this
+    admission starts, unless a live claim is there. The chain's first deliveries (routed message, reply message)
+    then hold it: the handler defers its write to the reply sender's, which sends and writes the answer and the
+    "sent" mark at once (:func:`shared.branch_handlers.handle`). True when taken."""
+    if turn.sending is not None and now < turn.sending.until_ms(settings.reply_send_lease_seconds * 1000):
+        return False
+    turn.sending = SendClaim(dedup_id=reply_dedup_id(turn.message_id), since_ms=now,
+                             lease_ms=CHAIN_CLAIM_LEASE_SECONDS * 1000)
+    return True
+
+
+def release_chain_claim(msg: InboundMessage | RoutedMessage, state: UserState) -> None:
+    """Drop the chain's send claim of ``msg``'s turn (its intent call failed: the retry takes a claim of its own
+    instead of waiting for this one to expire)."""
+    turn = state.turn_for(msg.message_id)
+    if turn is not None and turn.status == "received" and turn.sending is not None \
+            and turn.sending.dedup_id == reply_dedup_id(msg.message_id):
+        turn.sending = None
 
 
 @dataclass(frozen=True)
@@ -126,8 +160,10 @@ def run(msg: InboundMessage, deps: IntentStageDeps, *, clock: Callable[[], int] 
     metrics ``intent_confidence``, ``fallback_count``, ``intent_service_errors``.
     """
     s = deps.settings
+    first = dequeue_count() in (None, 1)
     admission, version = deps.state_store.update_versioned(
-        msg.user_id, msg.channel_url, lambda state: admit(msg, state, s, clock()), keep_turn=msg.message_id)
+        msg.user_id, msg.channel_url, lambda state: admit(msg, state, s, clock(), first), keep_turn=msg.message_id)
+    routed_version = version if admission.claimed else None
     if admission.verdict != "admitted":
         log.info("message_id=%s not routed: %s (correlation_id=%s)", msg.message_id,
                  "duplicate delivery" if admission.verdict == "duplicate" else "conversation handed off",
@@ -137,18 +173,30 @@ def run(msg: InboundMessage, deps: IntentStageDeps, *, clock: Callable[[], int] 
     if msg.message_type == "FILE":
         return StageResult(RoutedMessage.following(msg, route=UNSUPPORTED, top_intent=None, seq=admission.seq,
                                                    language=admission.language or s.default_language,
-                                                   state_version=version))
+                                                   state_version=routed_version))
     language = detect_language(msg.text) or admission.language or s.default_language
-    prediction, intent_ms = _predict(msg, language, deps)
+    try:
+        prediction, intent_ms = _predict(msg, language, deps)
+    except Exception:
+        if admission.claimed:
+            _release_quietly(msg, deps)
+        raise
     route, slot_filled = choose_route(prediction, admission.pending_slot, s.intent_confidence_threshold)
     _report(msg, language, prediction, route, intent_ms, deps.telemetry)
     routed = RoutedMessage.following(
         msg, route=route, text=msg.text, language=language, top_intent=prediction.top_intent,
         confidence_score=prediction.confidence_score, intents=prediction.intents[:MAX_INTENTS],
         entities=prediction.entities[:MAX_ENTITIES], slot_filled=slot_filled, seq=admission.seq,
-        state_version=version,
+        state_version=routed_version,
     )
     return StageResult(routed, capture_for(routed, prediction.model_version, s))
+
+
+def _release_quietly(msg: InboundMessage, deps: IntentStageDeps) -> None:
+    try:
+        deps.state_store.update(msg.user_id, msg.channel_url, lambda state: release_chain_claim(msg, state))
+    except GatewayError as exc:  # the claim expires by itself after the lease
+        log.warning("could not release the send claim of message_id=%s: %s", msg.message_id, exc.reason)
 
 
 def _predict(msg: InboundMessage, language: str, deps: IntentStageDeps) -> tuple[IntentPrediction, float]:

@@ -80,6 +80,13 @@ class StateStore(Protocol):
         """
         ...
 
+    def defer(self, base: StateVersion, mutate: Callable[[UserState], T]) -> tuple[T, StateVersion] | None:
+        """Apply ``mutate`` to the partial copy of ``base`` without writing anything: returns mutate's result and a
+        version holding the change unwritten (written by the next :meth:`update_versioned` on it, together with
+        that update's own change, in one write), or None when ``base`` is not trusted, ``mutate`` changes nothing
+        or the change cannot be expressed on the copy. No I/O."""
+        ...
+
     def trusts(self, version: StateVersion) -> bool:
         """True when this store (or one sharing its seal key) made ``version`` and nobody changed it since."""
         ...

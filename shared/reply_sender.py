@@ -58,7 +58,7 @@ from shared.telemetry import DISABLED
 
 log = logging.getLogger(__name__)
 
-#: Share of ``REPLY_SEND_LEASE_SECONDS`` within which the handler's claim is used without a read: the rest of the
+#: Share of the claim's lease within which the handler's (or the chain's) claim is used without a read: the rest of the
 #: lease is left for the send itself (SendBird timeout and in-process retries), so that nobody else can take the
 #: expired claim while this sender is still sending.
 FAST_PATH_LEASE_SHARE = 0.5
@@ -137,16 +137,22 @@ def claim(reply: ReplyMessage, state: UserState, *, settings: Settings, catalog:
         return "superseded", 0
     own = turn.sending is not None and owner_since is not None and \
         (turn.sending.dedup_id, turn.sending.since_ms) == (reply.dedup_id, owner_since)
-    if turn.sending and now - turn.sending.since_ms < lease_ms and not own:
+    if turn.sending and now < turn.sending.until_ms(lease_ms) and not own:
         if turn.sending.dedup_id == reply.dedup_id or not apology:
-            return "busy", turn.sending.since_ms + lease_ms - now
-        return "superseded", 0  # an apology while the real reply is being sent
+            return "busy", turn.sending.until_ms(lease_ms) - now
+        if turn.answered:
+            return "superseded", 0  # an apology while the real reply is being sent
+        # the claim of a chain whose answer is not recorded yet (taken at admission): it may still send, or may
+        # have died before answering; wait for it to be sent (then superseded) or to expire (then the apology)
+        return "busy", turn.sending.until_ms(lease_ms) - now
     turn.sending = SendClaim(dedup_id=reply.dedup_id, since_ms=now)
     return "claimed", 0
 
 
 def release(reply: ReplyMessage, state: UserState) -> None:
-    """Drop ``reply``'s send claim (it was not sent)."""
+    """Drop ``reply``'s send claim (it was not sent), recording the answer it carries unwritten first (so that its
+    rescheduled or retried copy finds it recorded)."""
+    record_answer(reply, state)
     turn = state.turn_for(reply.message_id)
     if turn and turn.sending and turn.sending.dedup_id == reply.dedup_id:
         turn.sending = None
@@ -171,12 +177,19 @@ def deliver(reply: ReplyMessage, deps: ReplyDeps, *, clock: Callable[[], int] = 
     metrics ``e2e_latency_ms``, ``sendbird_429_count``.
     """
     s, store = deps.settings, deps.state_store
-    owned = _handler_claim(reply, deps)
+    held = _handler_claim(reply, deps)
+    owned = held.since_ms if held is not None else None
     first = dequeue_count() in (None, 1)
-    if owned is not None and first and clock() - owned < s.reply_send_lease_seconds * 1000 * FAST_PATH_LEASE_SHARE:
-        return _send(reply, deps, clock, base=reply.state_version)
-    verdict, wait_ms = store.update(reply.user_id, reply.channel_url, lambda state: claim(
-        reply, state, settings=s, catalog=deps.catalog, now=clock(), owner_since=owned))
+    if held is not None and first:
+        lease = held.until_ms(s.reply_send_lease_seconds * 1000) - held.since_ms
+        if clock() - held.since_ms < lease * FAST_PATH_LEASE_SHARE:
+            return _send(reply, deps, clock, base=reply.state_version)
+    def take(state: UserState) -> tuple[str, int]:
+        if owned is not None:
+            record_answer(reply, state)
+        return claim(reply, state, settings=s, catalog=deps.catalog, now=clock(), owner_since=owned)
+
+    verdict, wait_ms = store.update(reply.user_id, reply.channel_url, take)
     if verdict in ("duplicate", "superseded"):
         log.info("reply %s for message_id=%s not sent: %s", reply.dedup_id, reply.message_id,
                  "sent before" if verdict == "duplicate" else "the message already has its answer")
@@ -187,8 +200,9 @@ def deliver(reply: ReplyMessage, deps: ReplyDeps, *, clock: Callable[[], int] = 
     return _send(reply, deps, clock, base=None)
 
 
-def _handler_claim(reply: ReplyMessage, deps: ReplyDeps) -> int | None:
-    """``since_ms`` of the send claim the branch handler took for this reply message in its write, or None.
+def _handler_claim(reply: ReplyMessage, deps: ReplyDeps) -> SendClaim | None:
+    """The send claim held for this reply message (taken by the branch handler's write, or the admission's claim
+    of the chain when the handler deferred its write), or None.
 
     The claim is this message's when it carries the sealed version that write returned and whose turn holds that
     claim and exactly this reply (channel, response key and text). Used without a read by the message's first
@@ -206,7 +220,25 @@ def _handler_claim(reply: ReplyMessage, deps: ReplyDeps) -> int | None:
         return None
     if (turn.reply_key, turn.reply_text) != (reply.reply_key, reply.text):
         return None
-    return turn.sending.since_ms
+    return turn.sending
+
+
+def record_answer(reply: ReplyMessage, state: UserState) -> None:
+    """Write the handler's answer that ``reply``'s sealed version holds unwritten (a deferred handler write,
+    :func:`shared.branch_handlers.handle`) into ``state``: the turn's answer fields and the handler's state
+    changes, as the handler decided them (the reply is, or is about to be, what the user sees). Nothing when the
+    version holds nothing unwritten."""
+    version = reply.state_version
+    if version is None or not version.unwritten:
+        return
+    decided = version.state()
+    source, turn = decided.turn_for(reply.message_id), state.turn_for(reply.message_id)
+    if source is None or turn is None or turn.status not in ("received", "answered"):
+        return  # the turn is gone (erased: owned_turn refuses the reply) or final (sent, silent, failed)
+    for name in ("status", "at_ms", "route", "intent", "confidence_score", "reply_key", "reply_text"):
+        setattr(turn, name, getattr(source, name))
+    for name in ("pending_slot", "handoff_until_ms", "language", "channel_url"):
+        setattr(state, name, getattr(decided, name))
 
 
 def _send(reply: ReplyMessage, deps: ReplyDeps, clock: Callable[[], int], base: StateVersion | None) -> Delivery:
@@ -224,8 +256,13 @@ def _send(reply: ReplyMessage, deps: ReplyDeps, clock: Callable[[], int], base: 
         _release_quietly(deps.state_store, reply)
         raise
     sendbird_ms = (time.perf_counter() - started) * 1000
-    deps.state_store.update_versioned(reply.user_id, reply.channel_url, lambda state: mark_sent(
-        reply, state, settings=deps.settings, catalog=deps.catalog, now=clock()), base=base)
+
+    def sent(state: UserState) -> None:
+        if base is not None:
+            record_answer(reply, state)
+        mark_sent(reply, state, settings=deps.settings, catalog=deps.catalog, now=clock())
+
+    deps.state_store.update_versioned(reply.user_id, reply.channel_url, sent, base=base)
     _report_sent(reply, _ids(reply), sendbird_ms, deps.telemetry)
     return "sent"
 

@@ -41,11 +41,17 @@ FINAL_STATUSES: frozenset[str] = frozenset({"sent", "silent", "failed"})
 
 
 class SendClaim(BaseModel):
-    """A reply sender is sending ``dedup_id`` since ``since_ms`` (epoch ms); expires after the send lease."""
+    """A reply sender is sending ``dedup_id`` since ``since_ms`` (epoch ms), or the chain of the message's first
+    delivery will (taken at admission, with a short ``lease_ms``); expires after the lease."""
 
     model_config = ConfigDict(extra="ignore")
     dedup_id: str
     since_ms: int
+    lease_ms: int | None = Field(default=None, description="how long it holds (ms); None: REPLY_SEND_LEASE_SECONDS")
+
+    def until_ms(self, default_lease_ms: int) -> int:
+        """Epoch ms at which the claim expires (``default_lease_ms`` when it has no lease of its own)."""
+        return self.since_ms + (self.lease_ms if self.lease_ms is not None else default_lease_ms)
 
 
 class Turn(BaseModel):
@@ -189,6 +195,9 @@ class StateVersion(BaseModel):
     etag: str = Field(min_length=1, max_length=128)
     doc: dict[str, Any]
     indexes: list[int] = Field(max_length=200)
+    unwritten: list[PatchOp] = Field(default_factory=list, max_length=MAX_PATCH_OPS, description="changes decided "
+                                     "on the document at etag and already in doc, not written yet (a deferred write, "
+                                     "written with the next one)")
     seal: str = Field(min_length=64, max_length=64)
 
     def state(self) -> "UserState":
@@ -205,8 +214,8 @@ def seal_key(secret: str) -> bytes:
     return hmac.new(secret.encode("utf-8"), b"gateway state version seal v1", hashlib.sha256).digest()
 
 
-def _seal(key: bytes, etag: str, doc: dict[str, Any], indexes: list[int]) -> str:
-    body = json.dumps([etag, doc, indexes], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def _seal(key: bytes, etag: str, doc: dict[str, Any], indexes: list[int], unwritten: list[PatchOp]) -> str:
+    body = json.dumps([etag, doc, indexes, unwritten], sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hmac.new(key, body.encode("utf-8"), hashlib.sha256).hexdigest()
 
 
@@ -218,12 +227,30 @@ def version_of(doc: dict[str, Any], etag: str, message_id: int | None, key: byte
             if t.get("message_id") == message_id or t.get("status") not in FINAL_STATUSES]
     partial = {k: v for k, v in doc.items() if not k.startswith("_") and k not in _PARTIAL_FIELDS}
     partial["turns"] = [turns[i] for i in keep]
-    return StateVersion(etag=etag, doc=partial, indexes=keep, seal=_seal(key, etag, partial, keep))
+    return StateVersion(etag=etag, doc=partial, indexes=keep, seal=_seal(key, etag, partial, keep, []))
+
+
+def deferred_version(base: StateVersion, after: "UserState", ops: list[PatchOp], key: bytes) -> StateVersion:
+    """``base`` with the change ``ops`` (from :func:`partial_patch`) decided but not written: ``doc`` is ``after``
+    (the partial copy, changed), ``unwritten`` holds ``ops`` on top of what ``base`` did not write yet."""
+    doc = after.model_dump(mode="json")
+    doc.pop("recent_message_ids", None)
+    doc = {**{k: v for k, v in base.doc.items() if k not in doc}, **doc}
+    unwritten = merge_ops(base.unwritten, ops)
+    return StateVersion(etag=base.etag, doc=doc, indexes=base.indexes, unwritten=unwritten,
+                        seal=_seal(key, base.etag, doc, base.indexes, unwritten))
+
+
+def merge_ops(first: list[PatchOp], then: list[PatchOp]) -> list[PatchOp]:
+    """``first`` followed by ``then``, an operation of ``first`` on a path ``then`` sets again left out."""
+    later = {op["path"] for op in then if op["op"] == "set"}
+    return [op for op in first if not (op["op"] == "set" and op["path"] in later)] + then
 
 
 def is_sealed(version: StateVersion, key: bytes) -> bool:
     """True when ``version`` was made by :func:`version_of` with ``key`` and not changed since."""
-    return hmac.compare_digest(version.seal, _seal(key, version.etag, version.doc, version.indexes))
+    return hmac.compare_digest(version.seal, _seal(key, version.etag, version.doc, version.indexes,
+                                                   version.unwritten))
 
 
 def partial_patch(version: StateVersion, after: "UserState") -> list[PatchOp] | None:

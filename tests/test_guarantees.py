@@ -92,16 +92,41 @@ def test_live_claim_elsewhere_reschedules_and_an_expired_claim_is_taken_over(cha
     assert chain.turn(1).status == "sent"
 
 
-def test_the_handler_claims_for_the_reply_and_its_first_delivery_sends_without_a_read(chain, store, sendbird):
-    reply = chain.handle(chain.route(inbound("hi", 1)))
-    claim = chain.turn(1).sending
-    assert claim is not None and claim.dedup_id == "reply-1" and reply.state_version is not None
+def test_one_message_is_one_read_and_two_writes(chain, store, sendbird, intent):
+    """Admission (read + write, the chain's send claim), the handler (no I/O: its answer travels with the reply),
+    the reply sender (send, then one write: the answer and the "sent" mark, on the admission's version)."""
+    intent.predictions["where is my order?"] = clu_prediction("OrderStatus", 0.9)
     reads, writes = store.reads, store.writes
+    routed = chain.route(inbound("where is my order?", 1))
+    claim = chain.turn(1).sending
+    assert claim is not None and claim.dedup_id == "reply-1" and routed.state_version is not None
+    assert (store.reads, store.writes) == (reads + 2, writes + 1)  # (chain.turn reads too)
+    reply = chain.handle(routed)
+    assert reply.state_version is not None and reply.state_version.unwritten
+    assert (store.reads, store.writes) == (reads + 2, writes + 1) and chain.turn(1).status == "received"
     assert chain.send(reply) == "sent" and sendbird.attempts == 1
-    assert (store.reads, store.writes) == (reads, writes + 1)  # only the "sent" mark, on the handler's version
+    assert (store.reads, store.writes) == (reads + 3, writes + 2)
     turn = chain.turn(1)
     assert turn.status == "sent" and turn.sending is None and turn.sent_dedup_ids == ["reply-1"]
+    assert turn.reply_key == "order_status.ask_number" and turn.route == "order_status"
+    assert chain.svc.state_store.get_or_create("u-1", "ch-1").pending_slot == "order_number"
     assert chain.send(reply) == "duplicate" and sendbird.attempts == 1  # a redelivery reads, finds it sent
+
+
+def test_a_failing_stage_releases_its_chains_claim_so_the_apology_does_not_wait(chain, catalog, settings, intent,
+                                                                                sendbird):
+    from shared.errors import TransientError
+    intent.fail_with = TransientError("intent service answered 503")
+    with pytest.raises(TransientError):
+        chain.route(inbound("hi", 1))
+    assert chain.turn(1).status == "received" and chain.turn(1).sending is None
+    intent.fail_with = None
+    routed = chain.route(inbound("hi", 2, user="u-2"))
+    broken = routed.model_copy(update={"route": "no_such_route"})
+    with pytest.raises(PermanentError):
+        chain.handle(broken)
+    assert chain.turn(2, user="u-2").sending is None
+    assert chain.send(apology_reply(broken, catalog, settings)) == "sent"
 
 
 def test_a_redelivery_of_the_claiming_reply_takes_its_claim_over_at_once(chain, sendbird):
@@ -121,8 +146,9 @@ def test_a_forged_or_stale_version_is_not_a_claim(chain, store, sendbird):
     with pytest.raises(PermanentError):  # not sealed: read, and the recorded answer differs
         chain.send(forged)
     assert sendbird.attempts == 0
-    held = reply.model_copy(update={"state_version": None})
-    assert chain.send(held) == "rescheduled"  # not the claim's message: waits for the handler's claim
+    unrecorded = reply.model_copy(update={"state_version": None})
+    with pytest.raises(PermanentError):  # its answer travels unwritten with the chain's reply: not recorded
+        chain.send(unrecorded)
     assert sendbird.attempts == 0
 
 
@@ -139,6 +165,7 @@ def test_429_releases_the_claim_and_the_rescheduled_copy_sends(chain, queues, se
 def test_apology_then_replay_delivers_the_real_answer_once(chain, catalog, settings, sendbird):
     msg = inbound("hi", 1)
     routed = chain.route(msg)
+    chain.fail_handler(routed)
     # the handler stage was poisoned: the user gets an apology
     assert chain.send(apology_reply(routed, catalog, settings)) == "sent"
     assert chain.turn(1).status == "sent" and chain.turn(1).reply_key == "apology.error"
@@ -156,7 +183,8 @@ def test_an_apology_after_the_real_answer_is_not_shown(chain, catalog, settings,
     routed = chain.route(inbound("hi", 1))
     reply = chain.handle(routed)
     apology = apology_reply(routed, catalog, settings)
-    assert chain.send(apology) == "superseded"  # answered but not yet sent: the reply wins
+    # answered but not yet sent (nor recorded: the answer travels with the reply): the apology waits for the claim
+    assert chain.send(apology) == "rescheduled"
     assert chain.send(reply) == "sent"
     assert chain.send(apology) == "superseded"
     assert [m["dedup_id"] for m in sendbird.messages] == ["reply-1"]
@@ -164,6 +192,7 @@ def test_an_apology_after_the_real_answer_is_not_shown(chain, catalog, settings,
 
 def test_a_queued_real_reply_after_an_apology_is_sent_only_for_a_replay(chain, catalog, settings, sendbird, store):
     routed = chain.route(inbound("hi", 1))
+    chain.fail_handler(routed)
     assert chain.send(apology_reply(routed, catalog, settings)) == "sent"  # poisoned before any answer
     from shared.state import reply_dedup_id
     late = ReplyMessage.following(routed, text="Hello!", language="en", route="greeting",

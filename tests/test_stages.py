@@ -14,7 +14,7 @@ from shared.models import REPLY_QUEUE, ReplyMessage, decode, now_ms
 from shared.reply_sender import ReplyDeps, deliver
 from shared.routing import choose_route
 from shared.clients.clu import parse_clu_response
-from tests.support.fakes import InMemoryStateStore, RecordingQueueSender, clu_prediction
+from tests.support.fakes import FakeSendBird, InMemoryStateStore, RecordingQueueSender, clu_prediction
 from tests.support.messages import admitted, inbound, reply_msg
 
 ORDER = {"category": "OrderNumber", "text": "20261119-0042", "offset": 22, "length": 13, "confidenceScore": 1.0}
@@ -159,16 +159,21 @@ def test_concurrent_writer_causes_a_retry_not_a_lost_update(store, settings, cat
         if not injected:
             injected.append(1)
             store.before_write = None
-            store.update(user_id, "ch-1", lambda s: setattr(s, "language", "en"))
+            store.update(user_id, "ch-1", lambda s: setattr(s, "ops_note", "vip"))
 
     intent.predictions["주문"] = clu_prediction("OrderStatus", 0.9)
     routed = classify(inbound("주문", 8, user=state_user), IntentStageDeps(store, intent, settings))
     store.before_write = other_writer
     requeued = RecordingQueueSender()
-    handle(routed, BranchDeps(store, requeued, catalog, settings))
+    writes = store.writes
+    reply = handle(routed, BranchDeps(store, requeued, catalog, settings))
+    assert requeued.sent == {} and reply is not None  # handled, not held back
+    assert store.writes == writes  # the answer travels unwritten with the reply: one write with the "sent" mark
+    assert deliver(reply, ReplyDeps(FakeSendBird(), requeued, store, settings, catalog)) == "sent"
     state = store.get_or_create(state_user, "ch-1")
-    assert store.conflicts == 1 and requeued.sent == {}  # handled, not held back
+    assert store.conflicts == 1 and getattr(state, "ops_note", None) == "vip"  # the other writer's change is kept
     assert state.pending_slot == "order_number" and [t.message_id for t in state.turns] == [8]
+    assert state.turns[0].status == "sent" and state.turns[0].reply_key == "order_status.ask_number"
 
 
 def test_intent_service_errors_propagate(store, intent, settings):

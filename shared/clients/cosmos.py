@@ -40,8 +40,8 @@ from shared.models import now_ms
 from shared.ports import TelemetryPort
 from shared.settings import Settings
 from shared.telemetry import DISABLED
-from shared.state import (PatchOp, StateVersion, UserState, document_id, document_patch, is_sealed, partial_patch,
-                          version_of)
+from shared.state import (MAX_PATCH_OPS, PatchOp, StateVersion, UserState, deferred_version, document_id,
+                          document_patch, is_sealed, merge_ops, partial_patch, version_of)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -365,18 +365,30 @@ class CosmosStateStore:
             raise azure_error(exc, "cosmos state update") from exc
         raise TransientError(f"state of {user_id} kept changing: {self._max_attempts} ETag conflicts in a row")
 
-    def _update_from(self, user_id: str, base: StateVersion, mutate: Callable[[UserState], T],
-                     keep_turn: int | None) -> tuple[T, StateVersion] | None:
-        """The write of ``mutate`` on ``base`` without a read (PATCH ``If-Match: base.etag``), or None when that
-        cannot be done: nothing to write (a decision not to write is always taken on a fresh read), a change the
-        partial copy cannot express, or the document changed since (412)."""
+    def defer(self, base: StateVersion, mutate: Callable[[UserState], T]) -> tuple[T, StateVersion] | None:
+        if not self.trusts(base):
+            return None
         state = base.state()
         result = mutate(state)
-        if not partial_patch(base, state):  # None: not expressible; []: mutate changed nothing
+        ops = partial_patch(base, state)
+        if not ops or len(merge_ops(base.unwritten, ops)) > MAX_PATCH_OPS - 1:  # room for updated_at_ms
+            return None
+        return result, deferred_version(base, state, ops, self._key)
+
+    def _update_from(self, user_id: str, base: StateVersion, mutate: Callable[[UserState], T],
+                     keep_turn: int | None) -> tuple[T, StateVersion] | None:
+        """The write of ``mutate`` on ``base`` without a read (PATCH ``If-Match: base.etag``, with the changes
+        ``base`` holds unwritten), or None when that cannot be done: nothing to write (a decision not to write is
+        always taken on a fresh read), a change the partial copy cannot express, or the document changed since
+        (412)."""
+        state = base.state()
+        result = mutate(state)
+        own = partial_patch(base, state)
+        if own is None or (not own and not base.unwritten):
             return None
         state.updated_at_ms = now_ms()
-        ops = partial_patch(base, state)
-        if not ops:
+        ops = merge_ops(base.unwritten, partial_patch(base, state) or [])
+        if len(ops) > MAX_PATCH_OPS:
             return None
         try:
             doc = self._write(user_id, ops, None, base.etag)

@@ -46,20 +46,31 @@ class Chain:
     def __init__(self, services: Services):
         self.svc = services
         self.next_id = 100
-        self._replies_handed_out: Counter[str] = Counter()
+        self._handed_out: Counter[str] = Counter()
 
     # the stages, one call each (with an optional clock, epoch ms)
     def route(self, msg: InboundMessage, clock: Callable[[], int] = now_ms) -> RoutedMessage | None:
         return classify(msg, self.svc.intent_stage(), clock=clock)
 
     def handle(self, routed: RoutedMessage, clock: Callable[[], int] = now_ms) -> ReplyMessage | None:
-        return handle(routed, self.svc.branch(), clock=clock)
+        """The branch handler on ``routed`` as the queue hands it out: handling the same routed message again is a
+        redelivery (dequeue count 2, 3...)."""
+        self._handed_out[routed.to_queue_text()] += 1
+        with delivered(self._handed_out[routed.to_queue_text()]):
+            return handle(routed, self.svc.branch(), clock=clock)
+
+    def fail_handler(self, routed: RoutedMessage) -> None:
+        """What a branch handler that failed on ``routed`` leaves: this delivery counted (a later copy is a
+        redelivery) and its chain's send claim released (:func:`shared.branch_handlers.handle`)."""
+        from shared.intent_stage import release_chain_claim
+        self._handed_out[routed.to_queue_text()] += 1
+        self.svc.state_store.update(routed.user_id, routed.channel_url, lambda s: release_chain_claim(routed, s))
 
     def send(self, reply: ReplyMessage, clock: Callable[[], int] = now_ms) -> Delivery:
         """The reply sender on ``reply`` as the queue hands it out: sending the same reply again is a redelivery
         (dequeue count 2, 3...), as for a queue message that was not deleted."""
-        self._replies_handed_out[reply.to_queue_text()] += 1
-        with delivered(self._replies_handed_out[reply.to_queue_text()]):
+        self._handed_out[reply.to_queue_text()] += 1
+        with delivered(self._handed_out[reply.to_queue_text()]):
             return deliver(reply, self.svc.reply_sender(), clock=clock)
 
     def say(self, text: str, message_type: str = "MESG", clock: Callable[[], int] = now_ms

@@ -25,8 +25,8 @@ from shared.ports import (AuditLog, BlobPort, CatalogStore, IntentPort, QueuedMe
                           SendBirdPort, StateAdmin, StateStore)
 from shared.ports import ModelVersions, PredictionCache
 from shared.review import ReviewItem
-from shared.state import (StateVersion, UserState, apply_patch, document_patch, is_sealed, partial_patch,
-                          version_of)
+from shared.state import (MAX_PATCH_OPS, StateVersion, UserState, apply_patch, deferred_version, document_patch,
+                          is_sealed, merge_ops, partial_patch, version_of)
 
 T = TypeVar("T")
 
@@ -76,6 +76,16 @@ class InMemoryStateStore:
     def trusts(self, version: StateVersion) -> bool:
         return is_sealed(version, self._key)
 
+    def defer(self, base: StateVersion, mutate: Callable[[UserState], T]) -> tuple[T, StateVersion] | None:
+        if not self.trusts(base):
+            return None
+        state = base.state()
+        result = mutate(state)
+        ops = partial_patch(base, state)
+        if not ops or len(merge_ops(base.unwritten, ops)) > MAX_PATCH_OPS - 1:
+            return None
+        return result, deferred_version(base, state, ops, self._key)
+
     def _version(self, doc: dict, version: int, keep_turn: int | None) -> StateVersion:
         return version_of(doc, f"v{version}", keep_turn, self._key)
 
@@ -99,10 +109,11 @@ class InMemoryStateStore:
         if base is not None and self.trusts(base):
             state = base.state()
             result = mutate(state)
-            changed = bool(partial_patch(base, state))
+            own = partial_patch(base, state)
             state.updated_at_ms = now_ms()
-            ops = partial_patch(base, state) if changed else None
-            if ops:
+            ops = None if own is None or (not own and not base.unwritten) else \
+                merge_ops(base.unwritten, partial_patch(base, state) or [])
+            if ops and len(ops) <= MAX_PATCH_OPS:
                 if self.before_write:
                     self.before_write(user_id)
                 done = self._commit(user_id, int(base.etag[1:]), ops, None)
