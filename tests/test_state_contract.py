@@ -185,3 +185,21 @@ def test_a_bounded_history_is_written_as_a_patch_and_stays_bounded(store):
     state = store.get_or_create(u, "ch")
     assert [t.message_id for t in state.turns] == [3, 4, 5, 6, 7] and state.next_seq == 8
     assert len(state.recent_message_ids) == 7
+
+
+def test_a_deferred_change_is_written_with_the_next_one_in_one_write(store):
+    u = user()
+    _, version = store.update_versioned(u, "ch", admit(1), keep_turn=1)
+    reads, writes = counts(store)
+    seq, deferred = store.defer(version, answer(1))
+    assert seq == 1 and counts(store) == (reads, writes)  # no I/O
+    assert deferred.unwritten and store.trusts(deferred) and deferred.state().turn_for(1).reply_text == "hello"
+    assert store.get_or_create(u, "ch").turn_for(1).status == "received"  # not written yet
+    reads, writes = counts(store)
+    store.update_versioned(u, "ch", lambda s: setattr(s.turn_for(1), "status", "sent"), base=deferred)
+    assert counts(store) == (reads, writes + 1)
+    state = store.get_or_create(u, "ch")
+    assert state.turn_for(1).status == "sent" and state.turn_for(1).reply_text == "hello" and state.language == "en"
+    assert store.defer(version, lambda s: None) is None  # nothing to defer
+    tampered = deferred.model_copy(update={"unwritten": [{"op": "set", "path": "/language", "value": "ko"}]})
+    assert not store.trusts(tampered) and store.defer(tampered, answer(1)) is None
