@@ -18,8 +18,9 @@ queue properties       ``GET /<queue>?comp=metadata``                           
 =====================  ==========================================================  =====================
 
 Errors raise :class:`StorageError` (HTTP status, ``x-ms-error-code``); connection failures raise ``OSError``.
-A request that fails on a reused keep-alive connection before any answer arrived is sent once more on a new
-connection (the server closed the idle connection), as urllib3 does.
+Idle keep-alive connections the server closed, or older than :data:`MAX_IDLE_SECONDS`, are not reused, and a
+request that fails on a reused connection before any answer arrived is sent once more on a new connection (the
+server closed it as the request went out), as urllib3 does.
 
 Connection strings: ``UseDevelopmentStorage=true``, or ``AccountName`` + ``AccountKey`` (Shared Key) or
 ``SharedAccessSignature`` with ``QueueEndpoint`` or ``DefaultEndpointsProtocol`` + ``EndpointSuffix``.
@@ -32,7 +33,9 @@ import email.utils
 import hashlib
 import hmac
 import http.client
+import select
 import threading
+import time
 import urllib.parse
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
@@ -103,30 +106,54 @@ class Account:
         return cls(name, endpoint.rstrip("/"), base64.b64decode(key) if key else None, sas)
 
 
+#: an idle connection older than this is closed rather than reused (Node's server, Azurite, closes keep-alive
+#: connections after 5 s idle; Azure Storage after minutes)
+MAX_IDLE_SECONDS = 4.0
+
+
+def _dropped(conn: http.client.HTTPConnection) -> bool:
+    """The server closed (or wrote to) this idle connection: it is readable before we sent anything."""
+    sock = conn.sock
+    if sock is None:
+        return True
+    try:
+        readable, _, _ = select.select([sock], [], [], 0)
+    except (OSError, ValueError):
+        return True
+    return bool(readable)
+
+
 class _Pool:
-    """Keep-alive connections to one endpoint, reused LIFO by any thread."""
+    """Keep-alive connections to one endpoint, reused LIFO by any thread. An idle connection is checked before
+    reuse (closed by the server, or idle longer than :data:`MAX_IDLE_SECONDS`: dropped), as urllib3 does."""
 
     def __init__(self, scheme: str, host: str, port: Optional[int], timeout: float):
         self.scheme, self.host, self.port, self.timeout = scheme, host, port, timeout
-        self._idle: List[http.client.HTTPConnection] = []
+        self._idle: List[Tuple[http.client.HTTPConnection, float]] = []
         self._lock = threading.Lock()
 
-    def get(self) -> Tuple[http.client.HTTPConnection, bool]:
-        """A connection and whether it was reused."""
-        with self._lock:
-            if self._idle:
-                return self._idle.pop(), True
+    def get(self, fresh: bool = False) -> Tuple[http.client.HTTPConnection, bool]:
+        """A connection and whether it was reused (``fresh``: a new one)."""
+        while not fresh:
+            with self._lock:
+                if not self._idle:
+                    break
+                conn, since = self._idle.pop()
+            if time.monotonic() - since > MAX_IDLE_SECONDS or _dropped(conn):
+                conn.close()
+                continue
+            return conn, True
         cls = http.client.HTTPSConnection if self.scheme == "https" else http.client.HTTPConnection
         return cls(self.host, self.port, timeout=self.timeout), False
 
     def put(self, conn: http.client.HTTPConnection) -> None:
         with self._lock:
-            self._idle.append(conn)
+            self._idle.append((conn, time.monotonic()))
 
     def close(self) -> None:
         with self._lock:
             idle, self._idle = self._idle, []
-        for c in idle:
+        for c, _ in idle:
             c.close()
 
 
@@ -202,7 +229,7 @@ class QueueClient:
         if self.account.key is not None and not self.account.sas:
             headers["Authorization"] = self._shared_key(method, path, query, headers, len(body))
         for attempt in (1, 2):
-            conn, reused = self._pool.get()
+            conn, reused = self._pool.get(fresh=attempt > 1)
             try:
                 conn.request(method, url, body=body or None, headers=headers)
                 resp = conn.getresponse()
@@ -210,7 +237,7 @@ class QueueClient:
             except _RETRYABLE:
                 conn.close()
                 if reused and attempt == 1:
-                    continue  # the server had closed the idle connection
+                    continue  # the server closed the idle connection as we sent: once more on a new one
                 raise
             except BaseException:
                 conn.close()

@@ -56,3 +56,17 @@ def test_connection_strings():
     assert (sas.name, sas.sas, sas.key) == ("acme", "sv=2020&sig=x", None)
     with pytest.raises(ValueError):
         Account.from_connection_string("AccountName=acme")
+
+
+def test_connections_the_server_closed_are_not_reused(azurite):
+    storage = Storage()
+    q = storage.client(azurite, _name())
+    q.create_queue()
+    pool = q._pool
+    conn, _ = pool.get()
+    conn.connect()
+    conn.sock.shutdown(2)  # as if the server had closed the idle keep-alive connection
+    pool.put(conn)
+    q.send_message("after a dropped connection")  # neither fails nor reuses it
+    assert [m.content for m in q.receive_messages(1, 1)] == ["after a dropped connection"]
+    storage.close()
