@@ -37,6 +37,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -95,7 +96,12 @@ def _trigger_to_wire(value: Any) -> Any:
 def worker_main(conn: Connection, app_root: str, module: str, thread_count: int, number: int,
                 log_level: int) -> None:
     """Entry point of one worker process: import and index the app, then serve invocations until told to stop
-    or the host's end of the pipe closes."""
+    or the host's end of the pipe closes (the host died)."""
+    # The host owns the workers' lifetime: a SIGTERM/SIGINT sent to the whole process group (Ctrl-C, a process
+    # manager stopping the runner) must not kill them under the host's graceful stop, which drains the
+    # invocations in flight first and then stops them.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     logging.basicConfig(level=log_level, stream=sys.stderr,
                         format=f"[%(asctime)s] %(levelname)s %(name)s (worker {number}): %(message)s")
     logging.getLogger("azure").setLevel(logging.WARNING)

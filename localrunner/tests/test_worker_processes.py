@@ -109,3 +109,35 @@ def test_a_worker_that_exits_is_replaced_and_its_invocation_fails(azurite, helpe
 def test_worker_process_count_is_validated(azurite):
     with pytest.raises(ConfigError, match="FUNCTIONS_WORKER_PROCESS_COUNT"):
         Runner(APP, port=0, env_overrides=_env(azurite, FUNCTIONS_WORKER_PROCESS_COUNT="11")).start()
+
+
+def test_a_signal_to_the_process_group_leaves_the_workers_to_the_hosts_graceful_stop(azurite):
+    # Ctrl-C or a process manager signals the whole group: the workers ignore it, the host drains the invocation
+    # in flight (the HTTP call still gets its answer) and then stops them
+    import signal
+    import subprocess
+    import sys
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env = dict(os.environ, **_env(azurite, FUNCTIONS_WORKER_PROCESS_COUNT="2"))
+    p = subprocess.Popen([sys.executable, "-m", "localrunner", "--app-root", APP, "--port", "0"], cwd=repo, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        base = p.stdout.readline().strip().rsplit(" ", 1)[1]
+        results = {}
+        t = threading.Thread(target=lambda: results.update(r=requests.get(base + "/api/pid-sleep/1.5", timeout=15)))
+        t.start()
+        deadline = time.monotonic() + 10
+        while requests.get(base + "/admin/localrunner/stats", timeout=5).json()["functions"]["pid_sleep"][
+                "invocations"] == 0:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        os.killpg(p.pid, signal.SIGTERM)
+        t.join(15)
+        assert results["r"].status_code == 200
+        assert p.wait(15) == 0
+        err = p.stderr.read()
+        assert "exited unexpectedly" not in err and "localrunner stopped" in err
+    finally:
+        if p.poll() is None:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
