@@ -3,12 +3,13 @@
 Each handler is a pure function ``(message, state, context) -> Answer`` that may change the user's state
 (slots, handoff) and names the catalog text to answer with. Each built-in route is declared once, below its
 handler, in the route registry (:mod:`shared.routes`). :func:`handle` runs the route's handler inside one
-optimistic state update (ETag), records the answer in the turn together with the reply sender's send claim (one
-write: the claim is not a write of its own) and returns the :class:`~shared.models.ReplyMessage` for the reply
-queue (None: stay silent). The write is a partial update on the version the intent stage's admission left
-(carried in the routed message, sealed): no read on the happy path; when the document changed since, the update
-reads it and runs again (ETag). The reply carries the version this write returned, so that the reply sender
-sends and marks it sent without a read.
+optimistic state update (ETag), records the answer in the turn with the reply's send claim and returns the
+:class:`~shared.models.ReplyMessage` for the reply queue (None: stay silent). It decides on the version the intent
+stage's admission left (carried in the routed message, sealed): no read. For the first delivery of the message's
+chain (the admission took the reply's claim for it) it does not write either: the answer travels unwritten with
+the reply and the reply sender writes it with the "sent" mark (one write, see :func:`_deferred`); otherwise it
+writes (a PATCH conditional on the version's ETag; when the document changed since, the update reads it and runs
+again) and the reply carries the version that write returned.
 
 A message already answered (a queue redelivery) gets the recorded reply again without running the handler
 twice; the reply sender's sent records and ``dedup_id`` keep SendBird from showing it twice. Messages are
@@ -212,9 +213,10 @@ class BranchDeps:
 def handle(msg: RoutedMessage, deps: BranchDeps, *, clock: Callable[[], int] = now_ms) -> ReplyMessage | None:
     """Run ``msg.route``'s handler in one state update; return the reply to enqueue, or None.
 
-    - One write (a PATCH with ``If-Match`` on the admission's version carried by ``msg``, no read; else
-      read-modify-write): the answer, the state changes of the handler and the reply sender's send claim; the
-      returned reply carries the version after it (only when this write took the claim).
+    - The answer, the state changes of the handler and the reply's send claim are one state update: deferred to
+      the reply sender's write for the chain's first delivery (:func:`_deferred`), else written now (a PATCH with
+      ``If-Match`` on the admission's version carried by ``msg``, no read; else read-modify-write); the returned
+      reply carries the version (only when the reply holds the claim). A failure releases the chain's claim.
 
     - Idempotent: a turn already answered re-emits its recorded reply (same ``dedup_id``) instead of
       running the handler again; a silent turn stays silent. A turn that got an apology (its message

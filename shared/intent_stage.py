@@ -7,9 +7,11 @@ when the message must not be routed: the conversation is handed off to a human
 plus, for a message the bot did not understand well, a :class:`~shared.models.ReviewCapture`
 for the review inbox (:func:`run`; :mod:`shared.review` decides, with no I/O).
 Admission (duplicate check + per-user sequence number) is one ETag-guarded
-state update (one read, one write), so two deliveries racing each other cannot both be admitted. The routed
-message carries the document's version after it (:class:`~shared.state.StateVersion`): the handler writes on it
-without reading (:func:`shared.branch_handlers.handle`).
+state update (one read, one write), so two deliveries racing each other cannot both be admitted. A first
+delivery's admission also takes the reply's send claim for its chain (:func:`claim_for_chain`) and the routed
+message carries the document's version after it (:class:`~shared.state.StateVersion`): the handler decides on it
+without reading and defers its write to the reply sender's (:func:`shared.branch_handlers.handle`). A failed intent
+call releases that claim.
 A message longer than the intent service accepts is classified on an excerpt
 (:mod:`shared.utterance`); the routed message keeps the full text.
 Errors: :class:`~shared.errors.TransientError` / :class:`~shared.errors.PermanentError`

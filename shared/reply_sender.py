@@ -3,20 +3,22 @@
 Exactly-once visible delivery, built from two records in the user's state (ETag-guarded) and SendBird's
 ``dedup_id``:
 
-1. **claim**: the turn of the reply's ``message_id`` gets ``sending = {dedup_id, since_ms}``. For a real reply
-   the branch handler takes it in its own write (the answer and the claim are one write,
-   :func:`shared.branch_handlers.decide`) and hands the document's sealed version (:class:`~shared.state.StateVersion`)
-   on in the reply message; the first delivery of that message uses that claim without a read while it is younger
-   than half ``REPLY_SEND_LEASE_SECONDS`` (the other half is left for the send: nobody may take the claim before it
-   expires). Every other reply (a redelivery, an apology, a copy re-emitted by the handler, an older claim) claims
-   on a fresh read, :func:`claim`: if the turn's ``sent_dedup_ids`` already holds this ``dedup_id``, the reply was
-   sent before (a queue redelivery): nothing is sent; if another sender holds a live claim (younger than
-   ``REPLY_SEND_LEASE_SECONDS``), the reply is re-queued to look again after the claim expires; a redelivery of the
-   message the handler claimed for takes that claim over at once (the host hands a message out again only after
-   its previous invocation ended).
+1. **claim**: the turn of the reply's ``message_id`` gets ``sending = {dedup_id, since_ms}`` before the send.
+   For a real reply it is already there: taken by the intent stage's admission for the message's chain (short
+   lease, :func:`shared.intent_stage.claim_for_chain`) or by the branch handler's write; the reply message carries
+   the sealed :class:`~shared.state.StateVersion` showing it (and, when the handler deferred its write, the
+   handler's answer unwritten). The first delivery of that message uses the claim without a read while it is
+   younger than half its lease (the other half is left for the send: nobody may take the claim before it expires).
+   Every other reply (a redelivery, an apology, a copy re-emitted by the handler, an older claim) claims on a fresh
+   read, :func:`claim`: if the turn's ``sent_dedup_ids`` already holds this ``dedup_id``, the reply was sent before
+   (a queue redelivery): nothing is sent; if another sender holds a live claim, the reply is re-queued to look again
+   after the claim expires (an apology too while a chain's claim has no answer recorded: that chain may still
+   send); a redelivery of the message holding the claim takes it over at once (the host hands a message out again
+   only after its previous invocation ended).
 2. **send** with the ``dedup_id``.
-3. **mark sent**: ``dedup_id`` appended to ``sent_dedup_ids``, status ``sent``, claim cleared; written on the
-   version the claim's write returned (no read), or read-modify-write when the document changed since.
+3. **mark sent**: ``dedup_id`` appended to ``sent_dedup_ids``, status ``sent``, claim cleared, together with the
+   handler's deferred answer when there is one (:func:`record_answer`); written on the version the message carries
+   (no read), or read-modify-write when the document changed since.
 
 On the happy path this is one Cosmos DB write and no read (see README, "Cosmos DB work per message").
 A crash between 2 and 3 leaves a claim; the next delivery sends again with the same ``dedup_id``, which SendBird
