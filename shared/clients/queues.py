@@ -19,7 +19,11 @@ from __future__ import annotations
 import logging
 from typing import Literal
 
+import requests
 from azure.core.exceptions import AzureError, ResourceExistsError, ResourceNotFoundError
+from azure.core.pipeline.transport import RequestsTransport
+from requests.adapters import HTTPAdapter
+from urllib3.util.retry import Retry
 from azure.storage.queue import (
     QueueClient,
     QueueMessage,
@@ -36,6 +40,23 @@ log = logging.getLogger(__name__)
 
 #: The longest visibility delay Storage queues accept for a new message: 7 days, in seconds.
 MAX_VISIBILITY_DELAY_SECONDS = 7 * 24 * 3600
+#: Keep-alive connections to Storage per worker, like the intent client's. urllib3's default pool (10) is smaller
+#: than the stages' concurrency (up to 64 invocations per queue function): under load (ordering hold-backs,
+#: reschedules) it logged "Connection pool is full, discarding connection" and opened a new connection per call.
+POOL_SIZE = 64
+
+
+def _transport() -> RequestsTransport:
+    """azure-core's requests transport on a session with a :data:`POOL_SIZE` keep-alive pool, shared by every queue
+    client of the service client, with the Storage SDK's own default timeouts (connect 20 s, read 60 s; a transport
+    passed in does not get them); the SDK does its own retries."""
+    session = requests.Session()
+    session.trust_env = False  # no per-request proxy/netrc look-ups
+    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE,
+                          max_retries=Retry(total=False, redirect=False, raise_on_status=False))
+    session.mount("https://", adapter)
+    session.mount("http://", adapter)
+    return RequestsTransport(session=session, session_owner=False, connection_timeout=20, read_timeout=60)
 
 
 class QueueSender:
@@ -46,12 +67,13 @@ class QueueSender:
         """Connect with ``connection_string``, or when it is empty with a managed identity to
         ``https://{account_name}.queue.core.windows.net`` (the host's ``AzureWebJobsStorage__accountName``)."""
         if connection_string:
-            self._service = QueueServiceClient.from_connection_string(connection_string)
+            self._service = QueueServiceClient.from_connection_string(connection_string, transport=_transport())
         else:
             from azure.identity import DefaultAzureCredential
             self._service = QueueServiceClient(
                 f"https://{account_name}.queue.core.windows.net",
-                credential=DefaultAzureCredential(managed_identity_client_id=client_id or None))
+                credential=DefaultAzureCredential(managed_identity_client_id=client_id or None),
+                transport=_transport())
         self._encoding = encoding
         self._clients: dict[str, QueueClient] = {}
 
