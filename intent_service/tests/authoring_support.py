@@ -24,27 +24,8 @@ PREDICT_KEY = "predict-key-0123456789"
 
 
 def azurite_blob_class():
-    from devstack.stack import (AZURITE_ACCOUNT_KEY, AZURITE_ACCOUNT_NAME, NODE_MODULES, Azurite,
-                                node_binary)
-
-    class AzuriteBlob(Azurite):
-        """devstack's Azurite launcher, running the blob service (``azurite-blob``) instead."""
-
-        name = "azurite-blob"
-
-        def command(self) -> list:
-            return [node_binary(), str(NODE_MODULES / ".bin" / "azurite-blob"),
-                    "--skipApiVersionCheck", "--disableTelemetry", "--blobHost", self.host,
-                    "--blobPort", str(self.port), "--inMemoryPersistence", "--silent"]
-
-        @property
-        def blob_endpoint(self) -> str:
-            return f"http://{self.host}:{self.port}/{AZURITE_ACCOUNT_NAME}"
-
-        @property
-        def connection_string(self) -> str:
-            return (f"DefaultEndpointsProtocol=http;AccountName={AZURITE_ACCOUNT_NAME};"
-                    f"AccountKey={AZURITE_ACCOUNT_KEY};BlobEndpoint={self.blob_endpoint};")
+    """devstack's Azurite blob-service launcher (imported late: devstack is the gateway's tooling)."""
+    from devstack.stack import AzuriteBlob
 
     return AzuriteBlob
 
