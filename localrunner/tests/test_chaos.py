@@ -1,27 +1,9 @@
 """LOCALRUNNER_CHAOS_SKIP_DELETE_RATE: a function that succeeds but whose message is not deleted."""
-import base64
 
 import pytest
-from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 
+from localrunner.tests.queue_helpers import send as _send, contents as _contents
 from localrunner import ConfigError, Runner
-
-
-def _send(conn, name, text):
-    q = QueueClient.from_connection_string(conn, name, message_encode_policy=TextBase64EncodePolicy())
-    try:
-        q.create_queue()
-    except Exception:
-        pass
-    q.send_message(text)
-
-
-def _contents(conn, name):
-    try:
-        return [base64.b64decode(m.content).decode()
-                for m in QueueClient.from_connection_string(conn, name).peek_messages(max_messages=32)]
-    except Exception:
-        return []
 
 
 def test_skip_delete_redelivers_after_lease_with_outputs_flushed(azurite, helpers):

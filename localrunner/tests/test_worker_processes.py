@@ -1,39 +1,16 @@
 """FUNCTIONS_WORKER_PROCESS_COUNT: the runner's process is the host, invocations run in worker processes
 (restart_app/, functionTimeout 3 s). See workers.py for the host behaviours reproduced."""
-import base64
 import os
 import threading
 import time
 
 import pytest
 import requests
-from azure.storage.queue import QueueClient, TextBase64EncodePolicy
 
+from localrunner.tests.queue_helpers import restart_app_env as _env, send as _send, texts as _texts
 from localrunner import ConfigError, Runner
 
 APP = os.path.join(os.path.dirname(os.path.abspath(__file__)), "restart_app")
-
-
-def _env(azurite, **extra):
-    s = os.urandom(4).hex()
-    return {"AzureWebJobsStorage": azurite, "Q_WORK": f"t{s}-work", "Q_DONE": f"t{s}-done", **extra}
-
-
-def _send(conn, name, text):
-    q = QueueClient.from_connection_string(conn, name, message_encode_policy=TextBase64EncodePolicy())
-    try:
-        q.create_queue()
-    except Exception:
-        pass
-    q.send_message(text)
-
-
-def _texts(conn, name):
-    try:
-        return sorted(base64.b64decode(m.content).decode()
-                      for m in QueueClient.from_connection_string(conn, name).peek_messages(max_messages=32))
-    except Exception:
-        return []
 
 
 def _pids(r, n=4):
