@@ -15,7 +15,7 @@ import json
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -23,21 +23,12 @@ import requests
 
 from shared.clients.blobs import BlobStore
 from shared.review_export import blob_name
+from tests.support.polling import poll
 
 pytestmark = pytest.mark.stack
 
 SENTENCE = "waiting for ages for my kettle"  # the retail model answers None: fallback, captured for review
 
-
-def poll(fn: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")

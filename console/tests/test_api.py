@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import uuid
 
 from starlette.testclient import TestClient
@@ -20,6 +19,7 @@ from shared.models import INBOUND_QUEUE, PoisonRecord, ReviewCapture, RoutedMess
 from shared.review import ReviewDeps, record
 from shared.telemetry import Redactor
 from tests.support.messages import inbound
+from tests.support.polling import poll as wait_for
 
 JSON = {"Accept": "application/json"}
 
@@ -339,16 +339,6 @@ def test_operations_list_poison_with_reasons_replay_and_depths(world, operator):
 
 
 # --------------------------------------------------------------------------- training and models (real service)
-def wait_for(fn, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(0.2)
-
 
 def test_models_train_evaluate_deploy_try_swap_and_roll_back(world, lead, editor):
     models = lead.get("/models").json()

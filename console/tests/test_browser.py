@@ -21,12 +21,14 @@ import re
 import shutil
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+
+from tests.support.polling import poll
 
 pytestmark = pytest.mark.stack
 
@@ -37,16 +39,6 @@ NEW_GOODBYE = "Thanks for shopping with us, see you soon!"
 TIMINGS: dict[str, float] = {}
 SHIPPED = json.loads((ROOT / "shared" / "responses.json").read_text(encoding="utf-8"))
 
-
-def poll(fn: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = fn()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(interval)
 
 
 @pytest.fixture(scope="module")
