@@ -35,8 +35,39 @@ circuit is open. The version look-up (an HTTP call to the intent service) is bou
 made at most once per ``INTENT_CACHE_VERSION_TTL_SECONDS`` per worker. Errors of the intent service propagate
 unchanged (:class:`~shared.ports.IntentPort`).
 
-Telemetry: metric ``intent_cache_lookups`` with dimension ``outcome`` = ``hit`` / ``miss`` / ``error`` /
-``bypass`` (hit rate = hit / (hit + miss + error)), dependency ``redis`` (GET/SET) under the stage.
+**Concurrent misses are coalesced (single-flight, in one process).** While the intent service is answering a
+key's miss, other look-ups of the same key in the same worker process do not call it: they wait for that call
+(the *leader*) and answer with its prediction, with their own text as the query (exactly what a hit would give).
+Only a prediction that :func:`cacheable` accepts is shared this way, so a prediction with a free-text (possibly
+personal) entity never reaches another message, let alone another user: its followers each make their own call.
+Two more rules keep personal texts apart, and keep their followers from waiting twice (for the leader, then for
+their own call):
+
+- a text with a digit or an ``@`` (order, phone or card numbers, dates, e-mail addresses: what personal entities
+  are made of) is coalesced only with the same participant's look-ups (the flight is keyed by cache key and
+  participant id), never across users. Such a text's followers are then the same user's repeated sends, and
+  a personal text's answer time tells nobody whether someone else asked the same thing at the same time;
+- a key found not cacheable is remembered in the process (the key only, no text; at most
+  :data:`UNCACHEABLE_MEMORY` keys for ``INTENT_CACHE_TTL_SECONDS``): later look-ups of it are not coalesced and
+  call at once. The same model version and normalised text give the same prediction, so the memo is exact (the
+  version is part of the key). Only the first concurrent burst of a personal text without digits (a learned
+  name entity, say) waits for a leader it cannot use.
+
+A follower waits at most the intent client's own timeout (``INTENT_TIMEOUT_SECONDS``); if the leader fails, takes
+longer or answered with something not shareable, each follower **asks the intent service itself** (not the
+leader's error): a leader's transient failure (one timeout, one connection reset) then does not fail every
+message waiting for it, and a customer is answered whenever the service answers anyone. When the service is
+really down, the followers' own calls fail like any call (their own errors propagate; the intent client's breaker
+bounds the burst). Coalescing does not need Redis: it works too while the cache is down or its circuit is open.
+A version bypass (unknown version) is not coalesced. Cross-instance (or cross-process) coalescing is out of
+scope: two instances, or two worker processes, missing the same sentence at once still make one call each (a
+Redis lock would be needed for that).
+
+Telemetry: metric ``intent_cache_lookups``, one per analysed message, with dimension ``outcome`` = ``hit`` (from
+Redis), ``coalesced`` (answered by a concurrent call for the same key), ``miss`` / ``error`` (Redis said no / failed:
+the intent service was called, also by a follower whose leader could not share), or ``bypass`` (no version, no
+cache). Hit rate = hit / (hit + coalesced + miss + error); intent calls saved = (hit + coalesced) / all outcomes.
+Dependency ``redis`` (GET/SET) under the stage; a coalesced message has a ``redis`` GET and no ``intent`` call.
 """
 
 from __future__ import annotations
@@ -46,7 +77,11 @@ import hmac
 import json
 import logging
 import re
+import threading
+import time
 import unicodedata
+from collections import OrderedDict
+from collections.abc import Callable
 
 from pydantic import ValidationError
 
@@ -62,9 +97,13 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "intent:v1:"
 #: The metric of every look-up, with its ``outcome``.
 LOOKUP_METRIC = "intent_cache_lookups"
-HIT, MISS, ERROR, BYPASS = OUTCOMES = ("hit", "miss", "error", "bypass")
+HIT, MISS, ERROR, BYPASS, COALESCED = OUTCOMES = ("hit", "miss", "error", "bypass", "coalesced")
+#: How many keys found not cacheable a process remembers (their look-ups are not coalesced).
+UNCACHEABLE_MEMORY = 4096
 
 _SPACES = re.compile(r"\s+")
+#: What personal entities are made of: texts with these are coalesced per participant only.
+_MAYBE_PERSONAL = re.compile(r"[\d@]")
 
 
 def normalise(text: str) -> str:
@@ -107,32 +146,96 @@ def decode(raw: str, query: str, key_version: str) -> IntentPrediction | None:
         return None
 
 
+class _Flight:
+    """One key's call in progress: its leader sets :attr:`result` (a shareable prediction, or None) and then
+    :attr:`done`."""
+
+    __slots__ = ("done", "result", "followers")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: IntentPrediction | None = None
+        self.followers = 0
+
+
+class SingleFlight:
+    """The calls in progress in this process, one per key (thread-safe). Holds only keys being answered now:
+    at most one per thread of the pool."""
+
+    def __init__(self) -> None:
+        self._changed = threading.Condition()
+        self._flights: dict[str, _Flight] = {}
+
+    def join(self, key: str) -> tuple[_Flight, bool]:
+        """The flight of ``key`` and whether the caller leads it (no flight was in progress: the caller must
+        :meth:`land` it, also when its call fails)."""
+        with self._changed:
+            flight = self._flights.get(key)
+            if flight is None:
+                flight = self._flights[key] = _Flight()
+                return flight, True
+            flight.followers += 1
+            self._changed.notify_all()
+            return flight, False
+
+    def land(self, key: str, flight: _Flight, result: IntentPrediction | None) -> None:
+        """End ``flight``: later look-ups of ``key`` start a new one; its followers get ``result`` (None: they call
+        themselves)."""
+        with self._changed:
+            if self._flights.get(key) is flight:
+                del self._flights[key]
+            flight.result = result
+            flight.done.set()
+            self._changed.notify_all()
+
+    def wait_for_followers(self, count: int, timeout: float) -> bool:
+        """Whether, within ``timeout`` seconds, the flights in progress have ``count`` followers in all (tests)."""
+        with self._changed:
+            return self._changed.wait_for(lambda: sum(f.followers for f in self._flights.values()) >= count,
+                                          timeout)
+
+    def __len__(self) -> int:
+        with self._changed:
+            return len(self._flights)
+
+
 class CachedIntent:
-    """:class:`~shared.ports.IntentPort` answering from ``cache`` when it can, else from ``inner``.
+    """:class:`~shared.ports.IntentPort` answering from ``cache`` when it can, else from ``inner``, with concurrent
+    misses of one key coalesced into one call of ``inner`` (see module docstring).
 
     ``versions``: the deployment's current model version; ``settings``: ``INTENT_CACHE_HASH_KEY``,
-    ``INTENT_CACHE_TTL_SECONDS`` and the intent service's endpoint, project and deployment.
+    ``INTENT_CACHE_TTL_SECONDS``, ``INTENT_TIMEOUT_SECONDS`` (a follower's longest wait, unless ``wait_seconds``)
+    and the intent service's endpoint, project and deployment; ``clock``: monotonic seconds (the memo of keys
+    found not cacheable).
     """
 
     def __init__(self, inner: IntentPort, cache: PredictionCache, versions: ModelVersions, settings: Settings,
-                 telemetry: TelemetryPort = DISABLED):
+                 telemetry: TelemetryPort = DISABLED, *, wait_seconds: float | None = None,
+                 clock: Callable[[], float] = time.monotonic):
         self.inner, self.cache, self.versions = inner, cache, versions
         self._telemetry = telemetry
         self._secret = settings.intent_cache_hash_key
         self._ttl = settings.intent_cache_ttl_seconds
         self._scope = {"endpoint": settings.intent_endpoint.host or "", "project": settings.intent_project_name,
                        "deployment": settings.intent_deployment_name}
+        self.wait_seconds = settings.intent_timeout_seconds if wait_seconds is None else wait_seconds
+        self.flights = SingleFlight()
+        self._clock = clock
+        self._uncacheable: OrderedDict[str, float] = OrderedDict()   # key -> until (monotonic)
+        self._memo_lock = threading.Lock()
 
     def analyze(self, text: str, language: str, participant_id: str, item_id: str,
                 request_id: str | None = None) -> IntentPrediction:
-        """:meth:`shared.ports.IntentPort.analyze`, from the cache on a hit (see module docstring)."""
+        """:meth:`shared.ports.IntentPort.analyze`, from the cache on a hit, from a concurrent call for the same
+        key when one is in progress in this process (see module docstring)."""
         version = self.versions.current()
         if version is None:
             self._count(BYPASS)
             return self.inner.analyze(text, language, participant_id, item_id, request_id)
+        key = self._key(version, language, text)
         cache_healthy = True
         try:
-            raw = self.cache.get(self._key(version, language, text))
+            raw = self.cache.get(key)
         except TransientError as exc:
             log.info("prediction cache unavailable, asking the intent service: %s", exc)
             raw, cache_healthy = None, False
@@ -140,12 +243,57 @@ class CachedIntent:
         if hit is not None:
             self._count(HIT)
             return hit
-        self._count(MISS if cache_healthy else ERROR)
+        missed = MISS if cache_healthy else ERROR
+        if self._known_uncacheable(key):
+            self._count(missed)
+            return self._ask(key, version, text, language, participant_id, item_id, request_id, cache_healthy)
+        flight_key = f"{key}\n{participant_id}" if _MAYBE_PERSONAL.search(normalise(text)) else key
+        flight, leader = self.flights.join(flight_key)
+        if leader:
+            self._count(missed)
+            shared: IntentPrediction | None = None
+            try:
+                prediction = self._ask(key, version, text, language, participant_id, item_id, request_id,
+                                       cache_healthy)
+                shared = prediction if cacheable(prediction) else None
+            finally:
+                self.flights.land(flight_key, flight, shared)
+            return prediction
+        if flight.done.wait(self.wait_seconds) and flight.result is not None:
+            self._count(COALESCED)
+            return flight.result.model_copy(update={"query": text}, deep=True)
+        log.info("coalesced intent call %s; asking the intent service",
+                 "could not be shared" if flight.done.is_set() else f"still running after {self.wait_seconds} s")
+        self._count(missed)
+        return self._ask(key, version, text, language, participant_id, item_id, request_id, cache_healthy)
+
+    def _ask(self, key: str, version: str, text: str, language: str, participant_id: str, item_id: str,
+             request_id: str | None, cache_healthy: bool) -> IntentPrediction:
+        """The intent service's prediction, stored when it may be (a key found not cacheable is remembered)."""
         prediction = self.inner.analyze(text, language, participant_id, item_id, request_id)
         self.versions.observe(prediction.model_version)
-        if cache_healthy and cacheable(prediction):
+        if not cacheable(prediction):
+            self._remember_uncacheable(key)
+        elif cache_healthy:
             self._store(prediction, prediction.model_version or version, language, text)
         return prediction
+
+    def _known_uncacheable(self, key: str) -> bool:
+        with self._memo_lock:
+            until = self._uncacheable.get(key)
+            if until is None:
+                return False
+            if until <= self._clock():
+                del self._uncacheable[key]
+                return False
+            return True
+
+    def _remember_uncacheable(self, key: str) -> None:
+        with self._memo_lock:
+            self._uncacheable[key] = self._clock() + self._ttl
+            self._uncacheable.move_to_end(key)
+            while len(self._uncacheable) > UNCACHEABLE_MEMORY:
+                self._uncacheable.popitem(last=False)
 
     def _key(self, version: str, language: str, text: str) -> str:
         return cache_key(self._secret, model_version=version, language=language, text=text, **self._scope)
@@ -159,4 +307,4 @@ class CachedIntent:
             log.info("prediction cache write failed: %s", exc)
 
     def _count(self, outcome: str) -> None:
-        self._telemetry.metric("intent_cache_lookups", 1, outcome=outcome)
+        self._telemetry.metric(LOOKUP_METRIC, 1, outcome=outcome)

@@ -225,6 +225,212 @@ def test_errors_of_the_intent_service_propagate(parts):
         ask(cached)
 
 
+# ------------------------------------------------------------------------------------------------ single-flight
+class GatedIntent(VersionedIntent):
+    """:class:`VersionedIntent` whose first call waits in the model until the test sets ``release`` (``entered`` is
+    set once it is there) and then raises ``fail_first`` if given; with ``barrier``, every call first waits for the
+    barrier's other parties (proves calls were in the model at the same time). ``returned``: participant ->
+    the prediction the model gave that participant's call."""
+
+    def __init__(self):
+        super().__init__()
+        self.entered, self.release = threading.Event(), threading.Event()
+        self.fail_first: Exception | None = None
+        self.barrier: threading.Barrier | None = None
+        self.participants: list[str] = []
+        self.returned: dict[str, IntentPrediction] = {}
+        self._lock = threading.Lock()
+
+    def analyze(self, text, language, participant_id, item_id, request_id=None):
+        with self._lock:
+            first = not self.participants
+            self.participants.append(participant_id)
+        if self.barrier is not None:
+            self.barrier.wait(5)
+        if first:
+            self.entered.set()
+            assert self.release.wait(5), "the test never released the first call"
+            if self.fail_first is not None:
+                raise self.fail_first
+        prediction = super().analyze(text, language, participant_id, item_id, request_id)
+        self.returned[participant_id] = prediction
+        return prediction
+
+
+class Call(threading.Thread):
+    """``cached.analyze(text, ...)`` for ``participant`` on its own thread; :meth:`outcome` joins it and gives the
+    prediction (or raises what the call raised)."""
+
+    def __init__(self, cached, text, participant, language="en"):
+        super().__init__(daemon=True)
+        self.cached, self.text, self.participant, self.language = cached, text, participant, language
+        self.value: IntentPrediction | None = None
+        self.error: BaseException | None = None
+        self.start()
+
+    def run(self):
+        try:
+            self.value = self.cached.analyze(self.text, self.language, participant_id=self.participant, item_id="1",
+                                             request_id=f"c-{self.participant}")
+        except BaseException as exc:  # re-raised by outcome()
+            self.error = exc
+
+    def outcome(self) -> IntentPrediction:
+        self.join(5)
+        assert not self.is_alive(), "the call did not finish"
+        if self.error is not None:
+            raise self.error
+        assert self.value is not None
+        return self.value
+
+
+@pytest.fixture
+def gated(parts):
+    cached, _inner, cache, versions, outcomes, now = parts
+    inner = GatedIntent()
+    cached.inner = inner
+    return cached, inner, cache, outcomes
+
+
+def lead_and_follow(cached, inner, texts_by_participant: dict[str, str]):
+    """The first participant's call enters the model and waits there; the others look up while it does, and the
+    function returns once they all wait for it (the model is not released)."""
+    (leader, text), *others = texts_by_participant.items()
+    calls = {leader: Call(cached, text, leader)}
+    assert inner.entered.wait(5)
+    calls.update({p: Call(cached, t, p) for p, t in others})
+    assert cached.flights.wait_for_followers(len(others), 5)
+    return calls
+
+
+def test_concurrent_misses_of_one_sentence_make_one_intent_call(gated):
+    cached, inner, cache, outcomes = gated
+    calls = lead_and_follow(cached, inner, {"u1": "Hello there", "u2": "hello   THERE", "u3": "Hello there",
+                                            "u4": " HELLO there "})
+    inner.release.set()
+    got = {p: c.outcome() for p, c in calls.items()}
+    assert inner.participants == ["u1"] and inner.calls == ["Hello there"]
+    assert sorted(outcomes) == ["coalesced"] * 3 + ["miss"]
+    assert got["u1"] is inner.returned["u1"]
+    for p, c in calls.items():                          # each with its own text, otherwise what a hit would give
+        assert got[p].query == c.text
+        assert got[p].model_dump(exclude={"query"}) == got["u1"].model_dump(exclude={"query"})
+    assert got["u2"].intents is not got["u1"].intents   # copies: a handler changing one changes no other
+    assert len(cache.values) == 1 and len(cached.flights) == 0
+    assert ask(cached, "Hello there").top_intent == "Greeting" and outcomes[-1] == "hit"
+
+
+def test_different_sentences_or_languages_are_not_coalesced(gated):
+    cached, inner, _cache, outcomes = gated
+    inner.barrier = threading.Barrier(3)                # all three calls must be in the model at once
+    inner.release.set()
+    calls = [Call(cached, "Hello there", "u1"), Call(cached, "Hello there!", "u2"),
+             Call(cached, "Hello there", "u3", language="ko")]
+    for c in calls:
+        c.outcome()
+    assert sorted(inner.participants) == ["u1", "u2", "u3"] and outcomes == ["miss"] * 3
+
+
+def test_a_prediction_with_a_personal_entity_is_never_shared_with_a_waiting_message(gated):
+    cached, inner, cache, outcomes = gated
+    text = "please call me Alice Kim"                    # a learned name entity: no digit gives it away
+    inner.entities[text] = [Entity(category="PersonName", text="Alice Kim", offset=15, length=9)]
+    calls = lead_and_follow(cached, inner, {"alice": text, "bob": text, "carol": text})
+    inner.release.set()
+    got = {p: c.outcome() for p, c in calls.items()}
+    # the waiting messages asked the service themselves: each got the prediction of its own call
+    assert sorted(inner.participants) == ["alice", "bob", "carol"] and inner.participants[0] == "alice"
+    assert all(got[p] is inner.returned[p] for p in got)
+    assert outcomes == ["miss"] * 3 and cache.values == {} and len(cached.flights) == 0
+    # the key is now known not to be shareable: concurrent look-ups call at once, nobody waits
+    inner.barrier = threading.Barrier(2)
+    again = [Call(cached, text, "dave"), Call(cached, text, "erin")]
+    assert [c.outcome().query for c in again] == [text, text]
+    assert sorted(inner.participants[3:]) == ["dave", "erin"] and outcomes == ["miss"] * 5
+
+
+def test_texts_with_digits_are_coalesced_only_within_one_participant(gated):
+    cached, inner, cache, outcomes = gated
+    text = "where is 20261119-0042"
+    inner.entities[text] = [Entity(category="OrderNumber", text="20261119-0042", offset=9, length=13)]
+    inner.barrier = threading.Barrier(3)                 # three users: three calls in the model at the same time
+    inner.release.set()
+    calls = {p: Call(cached, text, p) for p in ("alice", "bob", "carol")}
+    assert all(c.outcome() is inner.returned[p] for p, c in calls.items())
+    assert outcomes == ["miss"] * 3 and cache.values == {}
+    # the same user sending a text with a digit twice at once: one call when its prediction may be shared
+    inner2 = GatedIntent()
+    cached2 = ic.CachedIntent(inner2, InMemoryPredictionCache(), FixedModelVersions("model-v1"), cache_settings())
+    twice = {"u1": Call(cached2, "I want 2 pairs of sneakers", "u1")}
+    assert inner2.entered.wait(5)
+    twice["again"] = Call(cached2, "I want 2 pairs of sneakers", "u1")
+    assert cached2.flights.wait_for_followers(1, 5)
+    other = Call(cached2, "I want 2 pairs of sneakers", "u2")   # another user: not coalesced, its own call
+    other.outcome()
+    inner2.release.set()
+    assert twice["u1"].outcome().top_intent == twice["again"].outcome().top_intent == "Greeting"
+    assert sorted(inner2.participants) == ["u1", "u2"]
+
+
+def test_the_memo_of_unshareable_sentences_expires_with_the_cache_ttl(parts):
+    cached, inner, _cache, _versions, _outcomes, _now = parts
+    now = [0.0]
+    cached = ic.CachedIntent(inner, InMemoryPredictionCache(), FixedModelVersions("model-v1"), cache_settings(),
+                             clock=lambda: now[0])
+    inner.entities["order 1234"] = [Entity(category="OrderNumber", text="1234", offset=6, length=4)]
+    ask(cached, "order 1234")
+    k = cached._key("model-v1", "en", "order 1234")
+    assert cached._known_uncacheable(k)
+    now[0] = 3600
+    assert not cached._known_uncacheable(k)
+
+
+def test_if_the_leader_fails_each_waiting_message_asks_the_service_itself(gated):
+    cached, inner, _cache, outcomes = gated
+    inner.fail_first = TransientError("intent service reset the connection")
+    calls = lead_and_follow(cached, inner, {"u1": "Hello there", "u2": "Hello there", "u3": "hello there"})
+    inner.release.set()
+    with pytest.raises(TransientError, match="reset the connection"):
+        calls["u1"].outcome()
+    assert calls["u2"].outcome().top_intent == "Greeting" and calls["u3"].outcome().query == "hello there"
+    assert sorted(inner.participants) == ["u1", "u2", "u3"] and outcomes == ["miss"] * 3
+    assert len(cached.flights) == 0
+    assert ask(cached).top_intent == "Greeting" and outcomes[-1] == "hit"   # a follower's answer was stored
+
+
+def test_a_waiting_message_waits_at_most_the_intent_timeout_then_asks_itself(gated):
+    cached, inner, _cache, outcomes = gated
+    assert cached.wait_seconds == cache_settings().intent_timeout_seconds   # the default bound
+    cached.wait_seconds = 0.05
+    leader = Call(cached, "Hello there", "u1")
+    assert inner.entered.wait(5)
+    follower = Call(cached, "Hello there", "u2")
+    assert follower.outcome().top_intent == "Greeting"   # answered while the leader is still in the model
+    assert leader.is_alive() and inner.participants == ["u1", "u2"]
+    inner.release.set()
+    assert leader.outcome().top_intent == "Greeting"
+    assert outcomes == ["miss", "miss"] and len(cached.flights) == 0
+
+
+def test_misses_are_coalesced_while_the_cache_is_down(gated):
+    cached, inner, cache, outcomes = gated
+    cache.fail_with = TransientError("redis down")
+    calls = lead_and_follow(cached, inner, {"u1": "Hello there", "u2": "Hello there"})
+    inner.release.set()
+    assert [c.outcome().top_intent for c in calls.values()] == ["Greeting", "Greeting"]
+    assert inner.participants == ["u1"] and sorted(outcomes) == ["coalesced", "error"] and cache.values == {}
+
+
+def test_an_unknown_version_is_not_coalesced(gated):
+    cached, inner, _cache, outcomes = gated
+    cached.versions.version = None
+    inner.barrier = threading.Barrier(2)
+    inner.release.set()
+    for c in [Call(cached, "Hello there", "u1"), Call(cached, "Hello there", "u2")]:
+        c.outcome()
+    assert sorted(inner.participants) == ["u1", "u2"] and outcomes == ["bypass", "bypass"]
+
+
 # ------------------------------------------------------------------------------------------------ real adapter
 class SilentServer:
     """Accepts TCP connections and never answers (a hung Redis); counts connections."""
