@@ -1320,6 +1320,8 @@ def test_deploy_script_is_valid_bash(bicep):
             "functionPackageBlob", "functionStagingPackageBlob"} | SECRET_PARAMS <= passed
     # the hash key is generated once (when the vault has none), never per deployment
     assert "secret_exists telemetry-pii-hash-key" in text and "openssl rand -hex 32" in text
+    # so is the prediction cache's (with intentCache): test_deploy_script_generates_the_cache_hash_key_once_...
+    assert "intentCacheHashKey" in passed and "secret_exists intent-cache-hash-key" in text
 
 
 def test_infra_readme_covers_deploy_costs_rotation_and_rollback():
@@ -1372,3 +1374,86 @@ def test_the_prediction_cache_is_redis_over_tls_with_entra_id_and_no_key_in_a_se
     assert bicep.params["intentCacheHashKey"]["default"] == "''"
     assert bicep.resources["intentCacheHashKeySecret"]["condition"] == "!empty(intentCacheHashKey)"
     assert "scope: intentCacheHashKeySecretRef" in bicep.resources["functionIntentCacheKeyUser"]["body"]
+
+
+FAKE_AZ = r'''#!/usr/bin/env bash
+# az stand-in for deploy_infra.sh: a vault FAKE_KV_ID holding the secrets named in FAKE_SECRETS (space-separated),
+# no apps; the deployment's arguments are written to $FAKE_AZ_LOG, one per line.
+case "$1 $2" in
+  "keyvault list") [[ -n "${FAKE_KV_ID:-}" ]] && echo "$FAKE_KV_ID"; exit 0 ;;
+  "resource show")
+    name="${4##*/}"
+    [[ " ${FAKE_SECRETS:-} " == *" $name "* ]] && exit 0
+    echo "ERROR: (SecretNotFound)" >&2; exit 3 ;;
+  "deployment group") printf '%s\n' "$@" > "$FAKE_AZ_LOG"; echo "{}"; exit 0 ;;
+esac
+exit 0
+'''
+
+
+def _run_deploy_script(tmp_path: Path, *args: str, secrets: str = "", cache_in_params: bool = False,
+                       env: dict[str, str] | None = None) -> tuple[subprocess.CompletedProcess, dict[str, str]]:
+    """deploy_infra.sh (a copy, beside main.parameters.json, with ``intentCache`` true there if asked) against the
+    az stand-in; returns the run and the deployment's ``name=value`` parameters."""
+    infra = tmp_path / "infra"
+    (infra / "scripts").mkdir(parents=True)
+    shutil.copy(INFRA / "scripts" / "deploy_infra.sh", infra / "scripts" / "deploy_infra.sh")
+    params = json.loads(PARAMS.read_text(encoding="utf-8"))
+    if cache_in_params:
+        params["parameters"]["intentCache"] = {"value": True}
+    (infra / "main.parameters.json").write_text(json.dumps(params, indent=2), encoding="utf-8")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "az").write_text(FAKE_AZ, encoding="utf-8")
+    (bin_dir / "az").chmod(0o755)
+    log = tmp_path / "az-deployment.txt"
+    run_env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}", "HOME": str(tmp_path),
+               "FAKE_AZ_LOG": str(log), "FAKE_SECRETS": secrets,
+               "FAKE_KV_ID": "/subscriptions/0/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv-x" if secrets
+               else "", **(env or {})}
+    out = subprocess.run(["bash", str(infra / "scripts" / "deploy_infra.sh"), "rg-chatbot", "westeurope", *args],
+                         capture_output=True, text=True, env=run_env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    passed = dict(a.split("=", 1) for a in log.read_text(encoding="utf-8").splitlines() if "=" in a)
+    return out, passed
+
+
+STORED = "sendbird-api-token intent-api-key telemetry-pii-hash-key"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="deploy_infra.sh generates keys with openssl")
+def test_deploy_script_generates_the_cache_hash_key_once_and_never_prints_it(tmp_path):
+    # first deployment with the cache: the vault has no intent-cache-hash-key yet -> 32 random bytes, hex
+    out, passed = _run_deploy_script(tmp_path / "first", "intentCache=true", secrets=STORED)
+    key = passed["intentCacheHashKey"]
+    assert re.fullmatch(r"[0-9a-f]{64}", key), "32 random bytes as hex"
+    assert key not in out.stdout and key not in out.stderr, "a generated key is never printed"
+    assert "generated INTENT_CACHE_HASH_KEY (stored in Key Vault as intent-cache-hash-key)" in out.stderr
+    assert passed["intentCache"] == "true" and passed["telemetryPiiHashKey"] == ""
+    # another first deployment gets another key
+    _, again = _run_deploy_script(tmp_path / "other", "intentCache=true", secrets=STORED)
+    assert re.fullmatch(r"[0-9a-f]{64}", again["intentCacheHashKey"]) and again["intentCacheHashKey"] != key
+    # later deployments: the vault has it -> empty parameter, the stored secret stays
+    out, passed = _run_deploy_script(tmp_path / "later", "intentCache=true",
+                                     secrets=STORED + " intent-cache-hash-key")
+    assert passed["intentCacheHashKey"] == "" and "INTENT_CACHE_HASH_KEY" not in out.stderr
+    # intentCache in the parameter file counts too
+    _, passed = _run_deploy_script(tmp_path / "file", secrets=STORED, cache_in_params=True)
+    assert re.fullmatch(r"[0-9a-f]{64}", passed["intentCacheHashKey"])
+    # a key given by the operator is passed as given
+    _, passed = _run_deploy_script(tmp_path / "given", "intentCache=true", secrets=STORED,
+                                   env={"INTENT_CACHE_HASH_KEY": "operator-chosen-key-0123456789"})
+    assert passed["intentCacheHashKey"] == "operator-chosen-key-0123456789"
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="deploy_infra.sh generates keys with openssl")
+def test_deploy_script_generates_no_cache_key_without_the_cache(tmp_path):
+    out, passed = _run_deploy_script(tmp_path / "off", secrets=STORED)
+    assert passed["intentCacheHashKey"] == "" and "INTENT_CACHE_HASH_KEY" not in out.stderr
+    # an extra parameter wins over the parameter file
+    out, passed = _run_deploy_script(tmp_path / "override", "intentCache=false", secrets=STORED,
+                                     cache_in_params=True)
+    assert passed["intentCacheHashKey"] == "" and passed["intentCache"] == "false"
+    # the first deployment of all (no vault): the telemetry key is generated, the cache key is not
+    out, passed = _run_deploy_script(tmp_path / "new", env={"SENDBIRD_API_TOKEN": "t" * 40, "INTENT_API_KEY": "k" * 32})
+    assert re.fullmatch(r"[0-9a-f]{64}", passed["telemetryPiiHashKey"]) and passed["intentCacheHashKey"] == ""

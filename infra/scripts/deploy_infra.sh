@@ -9,10 +9,12 @@
 #     infra/scripts/deploy_infra.sh rg-chatbot koreacentral githubRepository=my-org/chatbot
 # Later deployments need no secrets (the Key Vault keeps them; an empty parameter leaves them as they are).
 # TELEMETRY_PII_HASH_KEY is generated here when the vault has none yet, and never replaced afterwards.
+# With the prediction cache on (intentCache=true as an extra parameter or in main.parameters.json), so is
+# INTENT_CACHE_HASH_KEY (32 random bytes, hex; Key Vault secret intent-cache-hash-key). Generated keys are never printed.
 set -euo pipefail
 
 if [[ $# -lt 2 ]]; then
-  sed -n '2,11p' "$0" >&2
+  sed -n '2,13p' "$0" >&2
   exit 2
 fi
 RG="$1"; LOCATION="$2"; shift 2
@@ -45,6 +47,23 @@ done
 if [[ -z "${TELEMETRY_PII_HASH_KEY:-}" ]] && ! secret_exists telemetry-pii-hash-key; then
   TELEMETRY_PII_HASH_KEY="$(openssl rand -hex 32)"
   echo "generated TELEMETRY_PII_HASH_KEY (stored in Key Vault as telemetry-pii-hash-key)" >&2
+fi
+# The prediction cache (intentCache): an extra parameter intentCache=... wins over main.parameters.json.
+INTENT_CACHE=false
+if tr -d ' \t\r\n' < "$HERE/main.parameters.json" | grep -q '"intentCache":{"value":true}'; then
+  INTENT_CACHE=true
+fi
+for arg in "$@"; do
+  case "$arg" in
+    intentCache=true|intentCache=True) INTENT_CACHE=true ;;
+    intentCache=*) INTENT_CACHE=false ;;
+  esac
+done
+# Its role assignment needs the secret: generated once, when the vault has none, and kept afterwards (a new key
+# only makes every cached prediction a miss, but there is no reason to replace it on each deployment).
+if [[ "$INTENT_CACHE" == true && -z "${INTENT_CACHE_HASH_KEY:-}" ]] && ! secret_exists intent-cache-hash-key; then
+  INTENT_CACHE_HASH_KEY="$(openssl rand -hex 32)"
+  echo "generated INTENT_CACHE_HASH_KEY (stored in Key Vault as intent-cache-hash-key)" >&2
 fi
 
 # A re-deployment must not reset what the pipeline deployed: pass what runs now.
@@ -84,6 +103,6 @@ az deployment group create \
                intentModelSha256="$MODEL_SHA256" intentStagingModelSha256="$STAGING_MODEL_SHA256" \
                functionPackageBlob="$PACKAGE" functionStagingPackageBlob="$STAGING_PACKAGE" \
                sendbirdApiToken="${SENDBIRD_API_TOKEN:-}" intentApiKey="${INTENT_API_KEY:-}" \
-               telemetryPiiHashKey="${TELEMETRY_PII_HASH_KEY:-}" \
+               telemetryPiiHashKey="${TELEMETRY_PII_HASH_KEY:-}" intentCacheHashKey="${INTENT_CACHE_HASH_KEY:-}" \
   --parameters "$@" \
   --query properties.outputs -o json
