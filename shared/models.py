@@ -15,6 +15,45 @@ Queue flow::
     intent stage (fallback / low confidence) -> review-capture (ReviewCapture) -> review inbox (Cosmos DB)
     any stage -> <queue>-poison-records (PoisonRecord)
     host (last attempt crashed / timed out) -> <queue>-poison (raw) -> poison trigger -> <queue>-poison-records
+
+Rolling upgrades and message versions
+-------------------------------------
+Two builds of the app read each other's messages: during a deployment slot swap (production's slot settings,
+which enable the queue triggers, are applied to the incoming build before the outgoing one stops; both share the
+queues), after a rollback swap, when a staging smoke test with a user message (``--accept-user-id``) enqueues
+through the staging intake, and whenever a message waits in a queue (re-queued, rescheduled, invisible after a
+terminated invocation) or in a poison record (kept for replay) while a release goes out. So every message type
+follows one rule:
+
+1. **Readers ignore what they do not know.** The queue message models and the models nested in them (:class:`Hop`,
+   :class:`IntentScore`, :class:`Entity`, the ``state_version`` object) ignore unknown fields
+   (``extra="ignore"``): an older reader processes a newer writer's message of the same ``version`` as it always
+   did. Known fields are validated exactly as before. An ignored field is *dropped*, not carried along: a decoded
+   message re-serialised by this build (an order-wait re-queue, a 429 reschedule, the next stage's message) holds
+   only the fields this build knows. That is deliberate: a field is only ever written by code that understands it,
+   so an older build cannot forward a value it could not keep consistent with its own changes (e.g. a document
+   version after it wrote the document); the newer reader then sees an older writer's message, which it must
+   accept anyway (rule 2). Nothing relies on refusing unknown fields: a field only has an effect when this build
+   reads it, and the sealed ``state_version`` is trusted only when its HMAC verifies. Replaying a poison record
+   re-sends its ``original`` body as it was written (unknown fields included); :class:`PoisonRecord` itself ignores
+   unknown fields too, so older ops tooling still finds a newer record's ``original``, ``reason`` and ids instead
+   of mistaking the record for a raw body and replaying the record itself.
+2. **Within a version, only optional additions.** A new field has a default that means what an older writer's
+   message (without it) always meant, and is safe to ignore: an older reader drops it and must still do the right
+   thing. Removing a field, making one required, changing what a field accepts (type, constraints, allowed
+   values, default) or adding a required field is a breaking change: it needs a new ``version``, and readers must
+   accept the new version one release before writers produce it (and keep reading the old one while messages of
+   it can still exist, poison records included). :func:`decode` reads one version per type today, so that release
+   also teaches it the second one. The schema cannot tell whether a field is safe to ignore: a field a reader
+   must act on is a change of meaning, however optional. ``state_version`` is one: it proves the send claim and,
+   after a deferred handler write, holds the answer not written yet, so a reply sender that dropped it would wait
+   for the claim and then refuse the reply as not recorded. Such a field needs a version, or writers may fill it
+   only once every reader knows it.
+3. ``tests/test_message_compat.py`` holds each type's current version to this: it compares the models' JSON
+   schemas with the snapshots in ``tests/data/message_schemas/<type>-v<version>.json`` and decodes messages as a
+   newer build (an unknown field added) and an older build (the optional fields left out) would write them.
+   After a compatible change, regenerate the snapshots with
+   ``.venv/bin/python -m tests.test_message_compat --write`` and commit them.
 """
 
 from __future__ import annotations
@@ -23,7 +62,7 @@ import json
 import time
 from typing import Any, ClassVar, Literal, Type, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from shared.errors import PermanentError
 from shared.state import StateVersion
@@ -72,10 +111,23 @@ def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
+def known_state_version_fields(value: Any) -> Any:
+    """A ``state_version`` object as this build knows it: the keys :class:`~shared.state.StateVersion` declares.
+
+    StateVersion itself (``shared/state.py``) refuses unknown fields, so without this a newer build's addition to
+    it would make this build poison the whole routed or reply message. Dropping the keys is safe: the seal is
+    checked over the fields this build knows (``etag``, ``doc``, ``indexes``, ``unwritten``), as before; a version
+    this build cannot verify is not trusted and the document is read, as for a message without one.
+    """
+    if isinstance(value, dict):
+        return {k: v for k, v in value.items() if k in StateVersion.model_fields}
+    return value
+
+
 class Hop(BaseModel):
     """Timing of one stage this conversation turn went through (all in ms)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)  # rolling upgrades: see the module docstring
     stage: str = Field(description="the queue the stage consumed, or 'intake'")
     queue_wait_ms: int = Field(ge=0, description="from enqueue to the stage's start")
     duration_ms: int = Field(ge=0, description="from the stage's start to its next message")
@@ -87,9 +139,12 @@ QM = TypeVar("QM", bound="QueueMessageBase")
 
 
 class QueueMessageBase(BaseModel):
-    """Fields every queue message carries. Subclasses fix ``type`` and ``version``."""
+    """Fields every queue message carries. Subclasses fix ``type`` and ``version``.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Unknown fields are ignored (and not carried along when the message is re-serialised): a newer build may add
+    optional fields within a version (module docstring, "Rolling upgrades and message versions")."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     TYPE: ClassVar[str]
     VERSION: ClassVar[int]
@@ -212,6 +267,11 @@ class RoutedMessage(QueueMessageBase):
     state_version: StateVersion | None = Field(default=None, description="the user's document as the intent "
                                                "stage's admission left it (the handler writes on it without a read)")
 
+    @field_validator("state_version", mode="before")
+    @classmethod
+    def _state_version_known_fields(cls, value: Any) -> Any:
+        return known_state_version_fields(value)
+
     def entity(self, category: str) -> Entity | None:
         """The first entity of ``category``, or None."""
         return next((e for e in self.entities if e.category == category), None)
@@ -236,6 +296,11 @@ class ReplyMessage(QueueMessageBase):
     reschedules: int = Field(default=0, ge=0, description="times rescheduled after a SendBird 429")
     state_version: StateVersion | None = Field(default=None, description="the user's document as the handler's "
                                                "write (answer + send claim) left it: the reply sender's fast path")
+
+    @field_validator("state_version", mode="before")
+    @classmethod
+    def _state_version_known_fields(cls, value: Any) -> Any:
+        return known_state_version_fields(value)
 
 
 class ReviewCapture(QueueMessageBase):
@@ -262,9 +327,15 @@ class ReviewCapture(QueueMessageBase):
 
 
 class PoisonRecord(BaseModel):
-    """What the app writes to ``<queue>-poison``: the original message plus why it failed."""
+    """What the app writes to ``<queue>-poison``: the original message plus why it failed.
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    Read by the poison trigger and the ops tooling (``api/ops/poison``, ``python -m tools.poison``), which tell a
+    record from a raw body by validating it as a record. Unknown fields are ignored so that tooling one release
+    older still reads a newer record (and replays its ``original``) rather than treating the whole record as a raw
+    body; a raw queue message never passes for a record (its ``type`` is not ``poison`` and it lacks the record's
+    required fields)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
     TYPE: ClassVar[str] = "poison"
     VERSION: ClassVar[int] = 1
     type: Literal["poison"] = "poison"

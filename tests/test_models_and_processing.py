@@ -42,10 +42,17 @@ def test_decode_refuses_with_a_reason(body, fragment):
     assert fragment in err.value.reason
 
 
-def test_unknown_fields_are_refused():
-    data = json.loads(inbound().to_queue_text())
-    data["surprise"] = 1
-    with pytest.raises(PermanentError, match="surprise"):
+def test_unknown_fields_are_ignored_and_not_carried_along():
+    """A newer build may add optional fields within a version (shared/models.py, "Rolling upgrades and message
+    versions"; tests/test_message_compat.py): this build reads the message as it always did and drops the field."""
+    m = inbound()
+    decoded = decode(json.dumps({**json.loads(m.to_queue_text()), "surprise": 1}), InboundMessage)
+    assert decoded == m and "surprise" not in decoded.to_queue_text()
+
+
+def test_known_fields_are_still_validated_beside_unknown_ones():
+    data = {**json.loads(inbound().to_queue_text()), "surprise": 1, "message_type": "VIDEO"}
+    with pytest.raises(PermanentError, match="message_type"):
         decode(json.dumps(data), InboundMessage)
 
 
