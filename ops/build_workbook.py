@@ -65,6 +65,13 @@ SECTION_NOTES = {
     "Dependencies": (
         "Dependency `success` reflects exceptions only (timeouts, connection errors); HTTP error answers such as "
         "SendBird 429 or intent service 503 are recorded as events and metrics, not as failed dependencies."),
+    "Prediction cache": (
+        "Repeated utterances answered without the intent service (`shared/intent_cache.py`, on when `INTENT_CACHE_URL` "
+        "is set): from Redis (**hits**) or from a concurrent call for the same sentence in the same worker process "
+        "(**coalesced**). One `intent_cache_lookups` point per analysed message; *looked up* excludes `bypass` (the "
+        "model version was unknown, the cache was not used). `error` and `breaker_open` are messages answered by the "
+        "intent service because Redis failed or its circuit was open: they cost at most one cache timeout (50 ms) "
+        "each, nothing once the circuit is open."),
     "Telemetry pipeline": (
         "`telemetry_export_failures` is reported by a worker after an export to Application Insights failed; "
         "if a worker's metric points stop arriving, its exports are failing right now."),

@@ -64,10 +64,13 @@ scope: two instances, or two worker processes, missing the same sentence at once
 Redis lock would be needed for that).
 
 Telemetry: metric ``intent_cache_lookups``, one per analysed message, with dimension ``outcome`` = ``hit`` (from
-Redis), ``coalesced`` (answered by a concurrent call for the same key), ``miss`` / ``error`` (Redis said no / failed:
-the intent service was called, also by a follower whose leader could not share), or ``bypass`` (no version, no
-cache). Hit rate = hit / (hit + coalesced + miss + error); intent calls saved = (hit + coalesced) / all outcomes.
-Dependency ``redis`` (GET/SET) under the stage; a coalesced message has a ``redis`` GET and no ``intent`` call.
+Redis), ``coalesced`` (answered by a concurrent call for the same key; this wins over how Redis answered),
+``miss`` (not in Redis), ``error`` (Redis failed: timeout, refused, error), ``breaker_open`` (Redis skipped: the
+adapter's circuit is open), each of the last three meaning the intent service was called (also by a follower whose
+leader could not share), or ``bypass`` (no version, no cache). Looked up = every outcome but bypass; hit rate =
+hit / looked up; intent calls saved = (hit + coalesced) / all outcomes. Dependency ``redis`` (GET/SET) under the
+stage; a coalesced message has a ``redis`` GET (unless the circuit is open) and no ``intent`` call. The ops
+workbook's prediction cache panel (``ops/queries/24_prediction_cache.kql``) shows these.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
-from shared.errors import TransientError
+from shared.errors import RateLimited, TransientError
 from shared.models import Entity, IntentPrediction, IntentScore
 from shared.ports import IntentPort, ModelVersions, PredictionCache, TelemetryPort
 from shared.settings import Settings
@@ -97,7 +100,8 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "intent:v1:"
 #: The metric of every look-up, with its ``outcome``.
 LOOKUP_METRIC = "intent_cache_lookups"
-HIT, MISS, ERROR, BYPASS, COALESCED = OUTCOMES = ("hit", "miss", "error", "bypass", "coalesced")
+HIT, MISS, ERROR, BREAKER_OPEN, BYPASS, COALESCED = OUTCOMES = (
+    "hit", "miss", "error", "breaker_open", "bypass", "coalesced")
 #: How many keys found not cacheable a process remembers (their look-ups are not coalesced).
 UNCACHEABLE_MEMORY = 4096
 
@@ -233,17 +237,17 @@ class CachedIntent:
             self._count(BYPASS)
             return self.inner.analyze(text, language, participant_id, item_id, request_id)
         key = self._key(version, language, text)
-        cache_healthy = True
+        cache_healthy, missed = True, MISS
         try:
             raw = self.cache.get(key)
         except TransientError as exc:
             log.info("prediction cache unavailable, asking the intent service: %s", exc)
             raw, cache_healthy = None, False
+            missed = BREAKER_OPEN if isinstance(exc, RateLimited) else ERROR
         hit = decode(raw, text, version) if raw is not None else None
         if hit is not None:
             self._count(HIT)
             return hit
-        missed = MISS if cache_healthy else ERROR
         if self._known_uncacheable(key):
             self._count(missed)
             return self._ask(key, version, text, language, participant_id, item_id, request_id, cache_healthy)
@@ -307,4 +311,4 @@ class CachedIntent:
             log.info("prediction cache write failed: %s", exc)
 
     def _count(self, outcome: str) -> None:
-        self._telemetry.metric(LOOKUP_METRIC, 1, outcome=outcome)
+        self._telemetry.metric("intent_cache_lookups", 1, outcome=outcome)  # a literal: tests/test_ops_queries.py

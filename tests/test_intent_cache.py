@@ -14,9 +14,10 @@ from shared import intent_cache as ic
 from shared.bootstrap import intent_port
 from shared.clients.clu import IntentClient
 from shared.clients.prediction_cache import DeploymentVersionProbe, EntraIdCredentialProvider, RedisPredictionCache
-from shared.errors import TransientError
+from shared.errors import RateLimited, TransientError
 from shared.models import Entity, IntentPrediction, IntentScore
 from shared.settings import SettingsError, load_settings
+from shared.telemetry import NullTelemetry
 from tests.support.fakes import FixedModelVersions, InMemoryPredictionCache
 from tests.support.samples import sample_values
 
@@ -54,18 +55,19 @@ class Metrics:
         self.outcomes.append(dims["outcome"])
 
 
+class Telemetry(NullTelemetry):
+    """Telemetry off, but the cache's look-up outcomes recorded (``metrics.outcomes``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.metrics = Metrics()
+
+    def metric(self, name, value, **dims):
+        self.metrics.metric(name, value, **dims)
+
+
 @pytest.fixture
 def parts():
-    from shared.telemetry import NullTelemetry
-
-    class Telemetry(NullTelemetry):
-        def __init__(self):
-            super().__init__()
-            self.metrics = Metrics()
-
-        def metric(self, name, value, **dims):
-            self.metrics.metric(name, value, **dims)
-
     now = [1000.0]
     cache = InMemoryPredictionCache(clock=lambda: now[0])
     inner, versions, telemetry = VersionedIntent(), FixedModelVersions("model-v1"), Telemetry()
@@ -466,8 +468,8 @@ def silent_redis():
 def test_a_hung_redis_delays_a_message_by_one_timeout_then_the_circuit_skips_it(silent_redis):
     adapter = RedisPredictionCache(f"redis://127.0.0.1:{silent_redis.port}/0", timeout_seconds=0.05,
                                    breaker_failures=3, breaker_reset_seconds=60)
-    inner = VersionedIntent()
-    cached = ic.CachedIntent(inner, adapter, FixedModelVersions("model-v1"), cache_settings())
+    inner, telemetry = VersionedIntent(), Telemetry()
+    cached = ic.CachedIntent(inner, adapter, FixedModelVersions("model-v1"), cache_settings(), telemetry)
     took = []
     for _ in range(5):
         t0 = time.perf_counter()
@@ -478,8 +480,10 @@ def test_a_hung_redis_delays_a_message_by_one_timeout_then_the_circuit_skips_it(
     assert all(t >= 0.04 for t in took[:3]), took         # they did wait for Redis (then gave up)
     assert adapter.breaker.opened                          # 3 failures opened the circuit:
     assert len(silent_redis.accepted) <= 3                 # the last two messages did not touch the network
-    with pytest.raises(TransientError, match="circuit open"):
+    assert telemetry.metrics.outcomes == ["error"] * 3 + ["breaker_open"] * 2   # counted apart
+    with pytest.raises(RateLimited, match="circuit open") as raised:
         adapter.get("k")
+    assert 1 <= raised.value.retry_after_seconds <= 60
     adapter.close()
 
 
@@ -638,3 +642,17 @@ def test_the_entra_id_token_is_renewed_in_the_background():
     thread.join(5)
     assert not thread.is_alive()
     assert provider.get_credentials() == ("oid", "t1") and Credential.calls == 1   # no call on the connection path
+
+
+def test_the_ops_queries_know_every_outcome_and_no_other():
+    import re
+    from pathlib import Path
+
+    queries = sorted((Path(__file__).resolve().parents[1] / "ops" / "queries").glob("*prediction_cache*.kql"))
+    text = "\n".join(q.read_text(encoding="utf-8") for q in queries)
+    assert "intent_cache_lookups" in text
+    compared = set(re.findall(r'outcome == "(\w+)"', text))
+    for group in re.findall(r"outcome in \(([^)]*)\)", text):
+        compared |= set(re.findall(r'"(\w+)"', group))
+    assert compared <= set(ic.OUTCOMES), compared - set(ic.OUTCOMES)
+    assert set(ic.OUTCOMES) - {"miss"} <= compared   # misses are what is left

@@ -14,7 +14,9 @@ Managed Redis; TLS is required outside loopback):
   :data:`BREAKER_FAILURES` failures in a row: for :data:`BREAKER_RESET_SECONDS` the cache is skipped without a
   network call, so a dead or hung Redis costs a message at most one timeout until the breaker opens, then nothing;
 - every failure (timeout, refused connection, open circuit, a Redis error, a failed Entra ID token request)
-  raises :class:`~shared.errors.TransientError`; the caller treats it as a miss.
+  raises :class:`~shared.errors.TransientError`; the caller treats it as a miss. An open circuit raises its
+  subclass :class:`~shared.errors.RateLimited` (retry after the circuit's remaining open time, as the intent
+  client's breaker does), so that the caller can count it apart (``outcome=breaker_open``).
 
 Authentication: a password in the URL (local stack, or a Key Vault reference holding the whole URL), or, for
 Azure Managed Redis / Azure Cache for Redis with Microsoft Entra ID, no password and ``INTENT_CACHE_PRINCIPAL_ID``
@@ -53,7 +55,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from shared import timing
-from shared.errors import TransientError
+from shared.errors import RateLimited, TransientError
 from shared.ports import TelemetryPort
 from shared.settings import Settings
 from shared.telemetry import DISABLED
@@ -121,7 +123,8 @@ class RedisPredictionCache:
 
     ``url``: ``redis://`` or ``rediss://`` URL (``/db`` optional); ``timeout_seconds``: connect and socket timeout
     of every operation; ``credential_provider``: redis-py credentials (Entra ID) when the URL has no password.
-    Errors: :class:`~shared.errors.TransientError` for every failure, including an open circuit.
+    Errors: :class:`~shared.errors.TransientError` for every failure; an open circuit:
+    :class:`~shared.errors.RateLimited`, a subclass.
     """
 
     def __init__(self, url: str, *, timeout_seconds: float = 0.05, telemetry: TelemetryPort = DISABLED,
@@ -158,8 +161,9 @@ class RedisPredictionCache:
         try:
             return self._guarded(operation, call)
         except CircuitBreakerError as exc:
-            raise TransientError(f"prediction cache circuit open for {self.breaker.open_remaining:.0f} s "
-                                 f"after {self.breaker.failure_count} failures") from exc
+            remaining = self.breaker.open_remaining
+            raise RateLimited(f"prediction cache circuit open for {remaining:.0f} s "
+                              f"after {self.breaker.failure_count} failures", max(1.0, remaining)) from exc
 
     def _call(self, operation: str, call: Callable[[], Any]) -> Any:
         try:
