@@ -50,7 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--name", default=None, help="results file stem (default: 'results', or 'smoke')")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--profile", action="store_true",
-                   help="py-spy the chain runner during each chain run; top functions go into the JSON")
+                   help="py-spy the chain runner and its worker processes during each chain run (Python CPU: samples of the "
+                        "thread holding the GIL); top functions per process group go into the JSON")
     p.add_argument("--smoke", action="store_true", help="quick check: 2 msg/s for 2 s, both modes, intent +0 ms")
     p.add_argument("--workers", type=int, default=None,
                    help="FUNCTIONS_WORKER_PROCESS_COUNT of each runner (default: unset, the worker runs in the "
@@ -89,38 +90,42 @@ def _profile_start(pid: int, out: Path, duration: float) -> subprocess.Popen | N
     if not exe.exists():
         return None
     return subprocess.Popen([str(exe), "record", "-p", str(pid), "-d", str(int(duration)), "-r", "50",
-                             "-f", "raw", "-o", str(out), "--nonblocking"],
+                             "-f", "raw", "-o", str(out), "--nonblocking", "--subprocesses", "--gil"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def top_functions(raw: Path, n: int = 15) -> dict:
-    """From py-spy's collapsed stacks: the functions with most samples (inclusive and self), as % of samples."""
-    inclusive: dict[str, int] = {}
-    self_: dict[str, int] = {}
-    total = 0
-    idle_markers = ("wait (threading.py", "_wait_for_tstate_lock", "select (selectors.py", "get (queue.py",
-                    "poll (selectors.py", "accept (socket.py", "_worker (concurrent/futures/thread.py")
-    active = 0
+    """From py-spy's collapsed stacks (``--subprocesses --gil``: samples of the thread holding the GIL, i.e. Python
+    CPU, in the runner and in each worker process): per process (``host`` = the runner's own process, ``worker``
+    = the worker processes together), the functions with most samples, inclusive and self, as % of that process
+    group's samples."""
+    samples: dict[str, int] = {}
+    self_: dict[str, dict[str, int]] = {}
+    inclusive: dict[str, dict[str, int]] = {}
     for line in raw.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
         c = int(count)
-        total += c
         frames = stack.split(";")
-        leaf = frames[-1]
-        if any(m in leaf for m in idle_markers):
-            continue
-        active += c
-        self_[leaf] = self_.get(leaf, 0) + c
+        procs = [i for i, f in enumerate(frames) if f.startswith("process ")]
+        group = "worker" if len(procs) > 1 else "host"  # a worker's stack starts with the runner's process
+        frames = frames[procs[-1] + 1:] if procs else frames
+        frames = frames or ["?"]
+        samples[group] = samples.get(group, 0) + c
+        own, incl = self_.setdefault(group, {}), inclusive.setdefault(group, {})
+        own[frames[-1]] = own.get(frames[-1], 0) + c
         for f in set(frames):
-            inclusive[f] = inclusive.get(f, 0) + c
+            incl[f] = incl.get(f, 0) + c
 
-    def top(d: dict[str, int]) -> list[list]:
-        return [[k, round(100 * v / max(1, active), 1)] for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:n]]
+    def top(d: dict[str, int], total: int) -> list[list]:
+        return [[k, round(100 * v / max(1, total), 1)] for k, v in sorted(d.items(), key=lambda kv: -kv[1])[:n]]
 
-    return {"samples": total, "active_samples": active, "self_pct_of_active": top(self_),
-            "inclusive_pct_of_active": top(inclusive)}
+    out: dict = {"sampled": "the thread holding the GIL (Python CPU), 50 Hz"}
+    for group, total in sorted(samples.items()):
+        out[group] = {"samples": total, "self_pct": top(self_[group], total),
+                      "inclusive_pct": top(inclusive[group], total)}
+    return out
 
 
 def run(a: argparse.Namespace) -> dict:
