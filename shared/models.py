@@ -62,7 +62,7 @@ import json
 import time
 from typing import Any, ClassVar, Literal, Type, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from shared.errors import PermanentError
 from shared.state import StateVersion
@@ -109,19 +109,6 @@ ROUTE_NAME_PATTERN = r"^[a-z][a-z0-9_]{0,39}$"
 def now_ms() -> int:
     """Current time, epoch milliseconds."""
     return time.time_ns() // 1_000_000
-
-
-def known_state_version_fields(value: Any) -> Any:
-    """A ``state_version`` object as this build knows it: the keys :class:`~shared.state.StateVersion` declares.
-
-    StateVersion itself (``shared/state.py``) refuses unknown fields, so without this a newer build's addition to
-    it would make this build poison the whole routed or reply message. Dropping the keys is safe: the seal is
-    checked over the fields this build knows (``etag``, ``doc``, ``indexes``, ``unwritten``), as before; a version
-    this build cannot verify is not trusted and the document is read, as for a message without one.
-    """
-    if isinstance(value, dict):
-        return {k: v for k, v in value.items() if k in StateVersion.model_fields}
-    return value
 
 
 class Hop(BaseModel):
@@ -267,11 +254,6 @@ class RoutedMessage(QueueMessageBase):
     state_version: StateVersion | None = Field(default=None, description="the user's document as the intent "
                                                "stage's admission left it (the handler writes on it without a read)")
 
-    @field_validator("state_version", mode="before")
-    @classmethod
-    def _state_version_known_fields(cls, value: Any) -> Any:
-        return known_state_version_fields(value)
-
     def entity(self, category: str) -> Entity | None:
         """The first entity of ``category``, or None."""
         return next((e for e in self.entities if e.category == category), None)
@@ -296,11 +278,6 @@ class ReplyMessage(QueueMessageBase):
     reschedules: int = Field(default=0, ge=0, description="times rescheduled after a SendBird 429")
     state_version: StateVersion | None = Field(default=None, description="the user's document as the handler's "
                                                "write (answer + send claim) left it: the reply sender's fast path")
-
-    @field_validator("state_version", mode="before")
-    @classmethod
-    def _state_version_known_fields(cls, value: Any) -> Any:
-        return known_state_version_fields(value)
 
 
 class ReviewCapture(QueueMessageBase):

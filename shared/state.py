@@ -191,7 +191,9 @@ class StateVersion(BaseModel):
     412) and the store reads the document as it always did. Size: about 0.5-3 KB (one to a few turns).
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # rolling upgrades (shared/models.py): a newer build's addition is ignored; the seal covers the fields this build
+    # knows, so a version it cannot verify is not trusted and the document is read instead
+    model_config = ConfigDict(extra="ignore", frozen=True)
     etag: str = Field(min_length=1, max_length=128)
     doc: dict[str, Any]
     indexes: list[int] = Field(max_length=200)
