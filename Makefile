@@ -56,9 +56,9 @@ $(MODEL): $(VENV)/.installed $(MODEL_DEPS)
 demo: install
 	$(BIN)/python -m tools.demo $(ARGS)
 
-## Leave the local stack up for manual curl calls (Ctrl-C stops it).
+## Leave the local stack up for manual curl calls (Ctrl-C stops it), prediction cache on (a redis-server); ARGS=--no-cache without it.
 run: install
-	$(BIN)/python -m tools.demo run
+	$(BIN)/python -m tools.demo run $(ARGS)
 
 ## Every test: lint and type check, then unit, contract, integration and end-to-end (starts the local services it needs).
 test: install lint

@@ -143,8 +143,9 @@ class DemoRun:
                 assert st is not None, f"{m.group(1)} (pid {pid}) is not running:\n{self.output}"
                 self.services[m.group(1)] = {"port": int(m.group(2)), "pid": pid, "started": st[1]}
         assert set(self.services) == {"azurite", "azurite_blob", "cosmos", "sendbird", "intent", "telemetry",
-                                      "functions", "console"}, self.output
-        # what was printed is what runs: the demo's children are exactly the eight services
+                                      "redis", "functions", "console"}, self.output
+        assert any(ln.startswith("Prediction cache: on (INTENT_CACHE_URL=redis://127.0.0.1:") for ln in self.lines)
+        # what was printed is what runs: the demo's children are exactly the nine services
         assert sorted(_children(self.proc.pid)) == sorted(s["pid"] for s in self.services.values())
 
     def signal_and_wait(self, sig: int) -> float:

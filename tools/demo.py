@@ -6,6 +6,12 @@ Usage (from the repository root, after ``make install``; ``make demo`` does both
     python -m tools.demo --payload FILE   # post your own webhook file (signed with the local token)
     python -m tools.demo run              # leave the stack up for manual curl calls (Ctrl-C stops it)
     python -m tools.demo run --free-ports # the same on free ports (tests, or when the defaults are taken)
+    python -m tools.demo run --no-cache   # without the prediction cache
+
+``run`` starts the stack with the prediction cache on (a ``redis-server`` on a free loopback port, memory only,
+and the gateway's ``INTENT_CACHE_URL`` pointed at it: :mod:`shared.intent_cache`), so a repeated utterance is
+answered without the intent service; ``--no-cache`` leaves Redis out. The scripted conversation runs without it
+unless given ``--cache``. Either way the stack says whether the cache is on.
 
 For each user message it prints the intent, confidence score, route, the bot's
 reply as the SendBird stand-in received it, the intake's answer time and the
@@ -296,12 +302,29 @@ class StopSignals:
         return self.signum is not None
 
 
-def main(argv: list[str] | None = None) -> int:
+def cache_line(stack) -> str:
+    """Whether the gateway's prediction cache is on in ``stack``, and where."""
+    if "redis" in stack:
+        return (f"Prediction cache: on (INTENT_CACHE_URL={stack['redis'].url}, memory only; "
+                "--no-cache turns it off)")
+    return "Prediction cache: off (--cache turns it on)"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m tools.demo", description=__doc__.split("\n")[0])
     parser.add_argument("mode", nargs="?", choices=["demo", "run"], default="demo")
     parser.add_argument("--payload", type=Path, help="post this webhook file instead of the scripted conversation")
     parser.add_argument("--free-ports", action="store_true", help="use free ports instead of the default ones")
+    parser.add_argument("--cache", action=argparse.BooleanOptionalAction, default=None,
+                        help="prediction cache (a redis-server in the stack): on for run, off for the scripted demo")
     args = parser.parse_args(argv)
+    if args.cache is None:
+        args.cache = args.mode == "run"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     with StopSignals() as signals:
         return _run(args, signals)
 
@@ -311,10 +334,10 @@ def _run(args: argparse.Namespace, signals: StopSignals) -> int:
     def stopped_status() -> int:
         return 0 if args.mode == "run" else 128 + signals.signum
 
-    stack = build_stack(StackOptions(free_ports=args.free_ports, telemetry=True, console=True))
+    stack = build_stack(StackOptions(free_ports=args.free_ports, telemetry=True, console=True, cache=args.cache))
     print("starting the local stack (Azurite queues and blobs, Cosmos DB stand-in, SendBird stand-in, intent "
-          "service with its authoring API, Application Insights ingestion sink, functions runner, console)...",
-          flush=True)
+          "service with its authoring API, Application Insights ingestion sink, "
+          f"{'redis-server, ' if args.cache else ''}functions runner, console)...", flush=True)
     t0 = time.monotonic()
     try:
         stack.start(cancel=lambda: signals.signum is not None)  # on failure it stops what it started
@@ -327,6 +350,7 @@ def _run(args: argparse.Namespace, signals: StopSignals) -> int:
         print(f"stack ready in {time.monotonic() - t0:.1f} s:")
         for key, info in stack.describe().items():
             print(f"  {key:10} port {info['port']:5}  pid {info['pid']}  log {info['log']}")
+        print(cache_line(stack), flush=True)
         if args.mode == "run":
             url = stack["functions"].base_url + webhooks.WEBHOOK_PATH
             logins = ", ".join(f"{u} / {pw} ({r})" for u, (r, pw) in stack["console"].credentials().items())
