@@ -28,7 +28,8 @@ def functions():
         module = importlib.import_module("function_app")
         yield [json.loads(f.get_function_json())
                | {"name": f.get_function_name(),
-                  "params": set(inspect.signature(inspect.unwrap(f.get_user_function())).parameters)}
+                  "params": set(inspect.signature(inspect.unwrap(f.get_user_function())).parameters),
+                  "user_function": inspect.unwrap(f.get_user_function())}
                for f in module.app.get_functions()]
     finally:
         os.environ.clear()
@@ -112,3 +113,17 @@ def test_binding_names_are_ones_the_host_accepts(functions):
         for b in f["bindings"]:
             assert b["name"] == "$return" or re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", b["name"]), (f["name"], b["name"])
             assert "__" not in b["name"], (f["name"], b["name"])
+
+
+def test_the_webhook_intake_runs_on_the_workers_event_loop(functions):
+    """The worker awaits an ``async def`` function on its event loop and runs a plain one on the thread pool the
+    queue functions share (functions/intake.py says why): the intake must stay async, and must never suspend
+    (no ``await``: it would let another invocation interleave on the loop, and nothing in it waits on I/O)."""
+    [hook] = [f for f in functions if f["name"] == "sendbird_webhook"]
+    fn = hook["user_function"]
+    assert inspect.iscoroutinefunction(fn)
+    source = inspect.getsource(fn)
+    assert "await " not in source and "async with" not in source and "async for" not in source
+    others = [f["name"] for f in functions
+              if f["name"] != "sendbird_webhook" and inspect.iscoroutinefunction(f["user_function"])]
+    assert others == [], f"{others}: an async function's blocking I/O would stall the worker's event loop"

@@ -7,6 +7,7 @@ on the composition root built with in-memory fakes (``bootstrap.install``).
 
 from __future__ import annotations
 
+import asyncio
 import json
 
 import azure.functions as func
@@ -52,10 +53,15 @@ def webhook(body: bytes, signature: str | None = None) -> func.HttpRequest:
     return func.HttpRequest("POST", "http://localhost/api/sendbird/webhook", body=body, headers=headers)
 
 
+def call_intake(req: func.HttpRequest, out: Out) -> func.HttpResponse:
+    """The webhook intake is ``async def``: awaited on an event loop, as the worker runs it."""
+    return asyncio.run(intake_fn.sendbird_webhook(req, out))
+
+
 def test_webhook_enqueues_and_answers_json(wired):
     out = Out()
     from tools.send_webhook import refresh_created_at
-    resp = intake_fn.sendbird_webhook(webhook(refresh_created_at(payload("message_send_ko.json"))), out)
+    resp = call_intake(webhook(refresh_created_at(payload("message_send_ko.json"))), out)
     assert resp.status_code == 200 and resp.mimetype == "application/json"
     body = json.loads(resp.get_body())
     assert body["status"] == "accepted" and body["message_id"] == 1758211234568
@@ -64,7 +70,7 @@ def test_webhook_enqueues_and_answers_json(wired):
 
 def test_webhook_rejection_sets_no_output(wired):
     out = Out()
-    resp = intake_fn.sendbird_webhook(webhook(payload("message_send_en.json"), signature="bad"), out)
+    resp = call_intake(webhook(payload("message_send_en.json"), signature="bad"), out)
     assert resp.status_code == 401 and json.loads(resp.get_body())["error"]["code"] == "invalid_signature"
     assert out.get() is None
 
@@ -177,7 +183,7 @@ def test_the_webhook_intake_does_not_depend_on_cosmos_db_being_reachable():
     bootstrap.install(services)
     try:
         out = Out()
-        resp = intake_fn.sendbird_webhook(webhook(refresh_created_at(payload("message_send_en.json"))), out)
+        resp = call_intake(webhook(refresh_created_at(payload("message_send_en.json"))), out)
         assert resp.status_code == 200 and json.loads(resp.get_body())["status"] == "accepted"
         assert decode(out.get(), InboundMessage).message_id == 1758211234567
         with pytest.raises(TransientError):
