@@ -97,15 +97,26 @@ def parse_entry(source_queue: str, storage_id: str, content: str) -> PoisonEntry
         r = PoisonRecord.model_validate_json(content)
         return PoisonEntry(storage_id, source_queue, "app", r.reason, r.error_type, r.dequeue_count,
                            r.correlation_id, r.message_id, r.poisoned_at_ms, r.original)
-    except ValidationError:
-        pass
+    except ValidationError as exc:
+        invalid_record = exc
     correlation_id = message_id = None
     try:
         data = json.loads(content)
         if isinstance(data, dict):
             correlation_id, message_id = data.get("correlation_id"), data.get("message_id")
     except (ValueError, RecursionError):
-        pass
+        data = None
+    if isinstance(data, dict) and data.get("type") == PoisonRecord.TYPE and isinstance(data.get("original"), str):
+        # a record this build cannot read (a newer version, say): still the app's record, so a replay re-sends the
+        # message it holds, never the record itself (rolling upgrades: shared/models.py)
+        errors = invalid_record.errors()
+        why = f"{'.'.join(str(p) for p in errors[0]['loc'])}: {errors[0]['msg']}" if errors else "invalid"
+        return PoisonEntry(storage_id, source_queue, "app",
+                           f"a poison record this build cannot read (version {data.get('version')!r}, {why}); "
+                           f"its reason: {str(data.get('reason', ''))[:500]}",
+                           None, None, correlation_id if isinstance(correlation_id, str) else None,
+                           message_id if type(message_id) is int else None, None,  # noqa: E721 - not bool
+                           data["original"])
     return PoisonEntry(storage_id, source_queue, "host",
                        "moved by the Functions host after maxDequeueCount (worker died or timed out; no reason "
                        "recorded)", None, None, correlation_id, message_id, None, content)

@@ -156,3 +156,23 @@ def test_a_deeply_nested_body_in_a_poison_queue_does_not_break_the_listing(sende
     entries = list_poison(sender).entries
     assert sorted(e.recorded_by for e in entries) == ["app", "host"]
     assert [e.message_id for e in entries if e.recorded_by == "app"] == [81]
+
+
+def test_a_record_of_a_version_this_build_cannot_read_is_listed_as_a_record_and_replays_its_original():
+    """Rolling upgrades (shared/models.py): a newer build's record with a version this build does not read is still
+    the app's record; its replay must re-send the message it holds, never the record itself."""
+    import json
+
+    from shared.poison_admin import parse_entry
+
+    msg = inbound("hi", 51)
+    newer = {**json.loads(record(msg).model_dump_json()), "version": 2, "reason": "why, as a newer build says it"}
+    entry = parse_entry(INBOUND_QUEUE, "id-1", json.dumps(newer))
+    assert entry.recorded_by == "app" and entry.original == msg.to_queue_text()
+    assert (entry.message_id, entry.correlation_id) == (51, msg.correlation_id)
+    assert "cannot read (version 2" in entry.reason and "why, as a newer build says it" in entry.reason
+    # a raw message is still a raw message, and a body that only says "poison" without an original too
+    raw = parse_entry(INBOUND_QUEUE, "id-2", msg.to_queue_text())
+    assert raw.recorded_by == "host" and raw.original == msg.to_queue_text()
+    bogus = parse_entry(INBOUND_QUEUE, "id-3", '{"type": "poison", "version": 2}')
+    assert bogus.recorded_by == "host"
