@@ -268,9 +268,10 @@ class RunFigures:
 
 def cache_figures(replies: dict[str, list[dict]]) -> dict[str, Any]:
     """The prediction cache's effect, from each reply's intent-stage hop (``chat-inbound``): a hop that called
-    Redis looked the utterance up; one that called Redis and not the intent service was answered from the cache.
-    ``intent_calls`` counts hops that called the intent service (with or without a cache)."""
-    lookups = hits = intent_calls = messages = 0
+    Redis looked the utterance up; one that called Redis and not the intent service was answered from the cache,
+    or (``coalesced``, it waited for a concurrent look-up's call: ``intent_coalesced`` in its hop) by another
+    message's model call. ``hits`` counts both; ``intent_calls`` counts hops that called the intent service."""
+    lookups = hits = coalesced = intent_calls = messages = 0
     for msgs in replies.values():
         timings = json.loads(msgs[0].get("data") or "{}").get("timings", {})
         for hop in timings.get("hops", []):
@@ -281,7 +282,9 @@ def cache_figures(replies: dict[str, list[dict]]) -> dict[str, Any]:
             intent_calls += "intent" in deps
             lookups += "redis" in deps
             hits += "redis" in deps and "intent" not in deps
-    return {"messages": messages, "lookups": lookups, "hits": hits, "intent_calls": intent_calls,
+            coalesced += "intent_coalesced" in deps and "intent" not in deps
+    return {"messages": messages, "lookups": lookups, "hits": hits, "coalesced": coalesced,
+            "intent_calls": intent_calls,
             "hit_rate": round(hits / lookups, 3) if lookups else None,
             "intent_calls_saved": round(hits / messages, 3) if messages else None}
 
@@ -338,8 +341,11 @@ def compute_figures(plan: list[Sent], replies: dict[str, list[dict]], counters: 
         for hop in timings.get("hops", []):
             waits.setdefault(hop["stage"], []).append(hop["queue_wait_ms"])
             durations.setdefault(hop["stage"], []).append(hop["duration_ms"])
+            hop_deps = hop.get("dependency_ms", {})
             for k in dep:
-                dep[k] += float(hop.get("dependency_ms", {}).get(k, 0) or 0)
+                dep[k] += float(hop_deps.get(k, 0) or 0)
+            # a coalesced look-up's wait for another message's model call is model time, not gateway overhead
+            dep["intent"] += float(hop_deps.get("intent_coalesced", 0) or 0)
         if "reply_queue_wait_ms" in timings:
             waits.setdefault("chat-reply", []).append(timings["reply_queue_wait_ms"])
         intent_ms.append(dep["intent"])

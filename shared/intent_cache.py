@@ -88,6 +88,7 @@ from collections.abc import Callable
 
 from pydantic import ValidationError
 
+from shared import timing
 from shared.errors import RateLimited, TransientError
 from shared.models import Entity, IntentPrediction, IntentScore
 from shared.ports import IntentPort, ModelVersions, PredictionCache, TelemetryPort
@@ -263,7 +264,9 @@ class CachedIntent:
             finally:
                 self.flights.land(flight_key, flight, shared)
             return prediction
-        if flight.done.wait(self.wait_seconds) and flight.result is not None:
+        with timing.waiting(timing.INTENT_COALESCED):  # model time in the hop, not gateway overhead
+            landed = flight.done.wait(self.wait_seconds)
+        if landed and flight.result is not None:
             self._count(COALESCED)
             return flight.result.model_copy(update={"query": text}, deep=True)
         log.info("coalesced intent call %s; asking the intent service",

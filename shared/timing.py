@@ -47,3 +47,21 @@ def dependency(telemetry: TelemetryPort, name: str, operation: str = "", target:
         totals = _current.get()
         if totals is not None:
             totals[name] += (time.perf_counter() - start) * 1000
+
+
+#: The ``dependency_ms`` name of the time a look-up waited for a concurrent look-up's intent call (the prediction
+#: cache's coalesced misses, :mod:`shared.intent_cache`): model time, spent by another invocation's call.
+INTENT_COALESCED = "intent_coalesced"
+
+
+@contextmanager
+def waiting(name: str) -> Iterator[None]:
+    """Add the wall time of the ``with`` block (ms) to ``name`` in the current scope, if any, without reporting a
+    dependency (nothing is called: the invocation waits for another one's call)."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        totals = _current.get()
+        if totals is not None:
+            totals[name] += (time.perf_counter() - start) * 1000

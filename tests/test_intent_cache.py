@@ -3,6 +3,7 @@ versions, and a cache that is down or hung never failing or delaying a message b
 
 from __future__ import annotations
 
+import json
 import socket
 import threading
 import time
@@ -656,3 +657,43 @@ def test_the_ops_queries_know_every_outcome_and_no_other():
         compared |= set(re.findall(r'"(\w+)"', group))
     assert compared <= set(ic.OUTCOMES), compared - set(ic.OUTCOMES)
     assert set(ic.OUTCOMES) - {"miss"} <= compared   # misses are what is left
+
+
+class TimedCall(Call):
+    """A :class:`Call` inside a stage's timing scope (:func:`shared.timing.scope`), as the intent stage runs it."""
+
+    def run(self):
+        from shared import timing
+
+        with timing.scope() as totals:
+            super().run()
+        self.totals = dict(totals)
+
+
+def test_a_coalesced_look_up_s_wait_is_timed_as_model_time_not_as_an_intent_call(gated):
+    """The hop of a message answered by another message's call records the wait under ``intent_coalesced`` (the
+    benchmark counts it as model time, not gateway overhead) and no ``intent`` call of its own."""
+    from shared import timing
+
+    cached, inner, _cache, outcomes = gated
+    leader = TimedCall(cached, "Hello there", "u1")
+    assert inner.entered.wait(5), "the leader did not reach the model"
+    follower = TimedCall(cached, "Hello there", "u2")
+    assert cached.flights.wait_for_followers(1, 5), "the follower did not join the leader's call"
+    inner.release.set()
+    leader.outcome(), follower.outcome()
+    assert sorted(outcomes) == ["coalesced", "miss"]
+    assert timing.INTENT_COALESCED in follower.totals and follower.totals[timing.INTENT_COALESCED] >= 0
+    assert timing.INTENT_COALESCED not in leader.totals
+
+
+def test_the_benchmark_counts_coalesced_look_ups_apart():
+    from bench.harness import cache_figures
+
+    def reply(deps):
+        return [{"data": json.dumps({"timings": {"hops": [{"stage": "chat-inbound", "dependency_ms": deps}]}})}]
+
+    figures = cache_figures({"a": reply({"redis": 1, "intent": 5}), "b": reply({"redis": 1}),
+                             "c": reply({"redis": 1, "intent_coalesced": 40}), "d": reply({"intent": 5})})
+    assert (figures["messages"], figures["lookups"], figures["hits"], figures["coalesced"],
+            figures["intent_calls"]) == (4, 3, 2, 1, 2)
