@@ -96,11 +96,22 @@ def open_container(client: CosmosClient, settings: Settings, name: str, partitio
     ``COSMOS_CREATE_IF_MISSING`` is set, the local stack; on Azure the infrastructure creates it). The user-state
     container is created with :data:`STATE_INDEXING_POLICY`."""
     if settings.cosmos_create_if_missing:
-        db = client.create_database_if_not_exists(settings.cosmos_database)
+        db = _created_concurrently_too(lambda: client.create_database_if_not_exists(settings.cosmos_database))
         policy = STATE_INDEXING_POLICY if name == settings.cosmos_state_container else None
-        return db.create_container_if_not_exists(name, partition_key=PartitionKey(path=partition_key_path),
-                                                 indexing_policy=policy)
+        return _created_concurrently_too(lambda: db.create_container_if_not_exists(
+            name, partition_key=PartitionKey(path=partition_key_path), indexing_policy=policy))
     return client.get_database_client(settings.cosmos_database).get_container_client(name)
+
+
+def _created_concurrently_too(create_if_not_exists: Callable[[], T]) -> T:
+    """``create_if_not_exists()``, once more when it raised 409: the SDK's ``create_*_if_not_exists`` reads, then
+    creates on a 404, so another process (worker processes, instances) creating the same database or container in
+    between makes it raise ``CosmosResourceExistsError``; the second call finds it. (Seen in the two-instance fault
+    suite: the first message of a run was poisoned with that 409.)"""
+    try:
+        return create_if_not_exists()
+    except cosmos_errors.CosmosResourceExistsError:
+        return create_if_not_exists()
 
 
 class LazyContainer:
