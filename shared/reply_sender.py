@@ -32,8 +32,10 @@ other reply is refused with :class:`~shared.errors.PermanentError` (poisoned wit
 no turn created). Outcomes:
 
 - ``"sent"``; ``"duplicate"`` (sent before, nothing done); ``"superseded"``: the real reply and the
-  apology of one message exclude each other (an apology after the real answer, or a real answer after an
-  apology unless the message is an operator's replay), so the user sees one answer;
+  apology of one message exclude each other (an apology after the real answer was sent, or a real answer after an
+  apology unless the message is an operator's replay), so the user sees one answer. An apology that finds the real
+  answer recorded but nobody sending it (no live claim: its reply message was lost) sends that answer instead
+  (``reply-<message_id>``; a late copy of the real reply is then a duplicate): never silence;
 - ``"rescheduled"``: SendBird 429 (re-queued invisible for ``X-RateLimit-RetryAfter`` seconds,
   ``reschedules`` + 1, at most ``REPLY_MAX_RESCHEDULES``) or a live claim elsewhere;
 - 5xx / timeouts: :class:`~shared.errors.TransientError` propagates (host retry), claim released;
@@ -123,7 +125,8 @@ def claim(reply: ReplyMessage, state: UserState, *, settings: Settings, catalog:
           now: int, owner_since: int | None = None) -> tuple[str, int]:
     """Take the send claim on ``reply``'s turn (pure; runs in the ETag-guarded update). Returns ``(verdict,
     wait_ms)``: ``claimed``; ``duplicate`` (sent before); ``superseded`` (the message has its one answer);
-    ``busy`` with the ms until another sender's claim expires.
+    ``busy`` with the ms until another sender's claim expires; ``answer`` (an apology for a message whose real
+    answer is recorded and unsent, nobody claiming it: the claim is taken for the real reply, to be sent instead).
 
     ``owner_since``: the ``since_ms`` of the claim the branch handler took for this very queue message (its
     first delivery, see :func:`deliver`); a claim still carrying it is this sender's own, renewed whatever its age."""
@@ -133,20 +136,22 @@ def claim(reply: ReplyMessage, state: UserState, *, settings: Settings, catalog:
     if reply.dedup_id in turn.sent_dedup_ids:
         return "duplicate", 0
     # One visible answer per message: the real reply and the apology exclude each other.
-    if apology and (turn.answered or reply_dedup_id(reply.message_id) in turn.sent_dedup_ids):
+    if apology and reply_dedup_id(reply.message_id) in turn.sent_dedup_ids:
         return "superseded", 0
     if not apology and turn.apologized and not reply.replayed:
         return "superseded", 0
     own = turn.sending is not None and owner_since is not None and \
         (turn.sending.dedup_id, turn.sending.since_ms) == (reply.dedup_id, owner_since)
     if turn.sending and now < turn.sending.until_ms(lease_ms) and not own:
-        if turn.sending.dedup_id == reply.dedup_id or not apology:
-            return "busy", turn.sending.until_ms(lease_ms) - now
-        if turn.answered:
-            return "superseded", 0  # an apology while the real reply is being sent
-        # the claim of a chain whose answer is not recorded yet (taken at admission): it may still send, or may
-        # have died before answering; wait for it to be sent (then superseded) or to expire (then the apology)
+        # another sender holds a live claim: the same reply's, the apology's, or (for an apology) the real reply's,
+        # answer recorded or not: wait for it to be sent (then duplicate / superseded) or to expire
         return "busy", turn.sending.until_ms(lease_ms) - now
+    if apology and turn.answered:
+        # the real answer is recorded and nobody is sending it: its reply message was lost (the handler's invocation
+        # died after its write and before the host wrote its output binding, on its last attempt). The user gets
+        # that answer, under its own dedup_id, rather than an apology or nothing (:func:`deliver`).
+        turn.sending = SendClaim(dedup_id=reply_dedup_id(reply.message_id), since_ms=now)
+        return "answer", 0
     turn.sending = SendClaim(dedup_id=reply.dedup_id, since_ms=now)
     return "claimed", 0
 
@@ -186,12 +191,24 @@ def deliver(reply: ReplyMessage, deps: ReplyDeps, *, clock: Callable[[], int] = 
         lease = held.until_ms(s.reply_send_lease_seconds * 1000) - held.since_ms
         if clock() - held.since_ms < lease * FAST_PATH_LEASE_SHARE:
             return _send(reply, deps, clock, base=reply.state_version)
+    recorded: list[tuple[str, str]] = []  # the turn's recorded answer (text, response key) when claim says "answer"
+
     def take(state: UserState) -> tuple[str, int]:
         if owned is not None:
             record_answer(reply, state)
-        return claim(reply, state, settings=s, catalog=deps.catalog, now=clock(), owner_since=owned)
+        verdict = claim(reply, state, settings=s, catalog=deps.catalog, now=clock(), owner_since=owned)
+        turn = state.turn_for(reply.message_id)
+        recorded[:] = [(turn.reply_text or "", turn.reply_key or "")] if verdict[0] == "answer" and turn else []
+        return verdict
 
     verdict, wait_ms = store.update(reply.user_id, reply.channel_url, take)
+    if verdict == "answer" and recorded:
+        (text, key), = recorded
+        log.warning("message_id=%s: its answer was recorded but its reply message was lost; sending that answer "
+                    "instead of an apology", reply.message_id)
+        answer = reply.model_copy(update={"text": text, "reply_key": key, "state_version": None,
+                                          "dedup_id": reply_dedup_id(reply.message_id)})
+        return _send(answer, deps, clock, base=None)
     if verdict in ("duplicate", "superseded"):
         log.info("reply %s for message_id=%s not sent: %s", reply.dedup_id, reply.message_id,
                  "sent before" if verdict == "duplicate" else "the message already has its answer")

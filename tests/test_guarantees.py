@@ -288,3 +288,32 @@ def test_a_message_id_evicted_from_the_history_is_still_a_duplicate_within_the_r
     assert "1" in state.recent_message_ids
     classify(inbound("hi", 5), small, clock=lambda: later)
     assert "1" not in store.get_or_create("u-1", "ch-1").recent_message_ids  # forgotten after the window
+
+
+def test_a_recorded_answer_whose_reply_message_was_lost_is_sent_instead_of_an_apology(chain, catalog, settings,
+                                                                                       sendbird, store):
+    """The handler wrote its answer (and its send claim), then its invocation died before the host wrote the reply
+    message, on its last attempt: the routed message is poisoned and its apology comes. Nobody will send the real
+    reply, so the apology must not be superseded by it (silence, seen in the `hung` fault preset): once the
+    handler's claim expires, the recorded answer goes out under its own dedup_id; a late real reply is a duplicate."""
+    from shared.state import SendClaim, reply_dedup_id
+
+    routed = chain.route(inbound("hi", 1))
+    t0 = now_ms()
+
+    def handler_wrote(state):  # what a handler's own write records (not deferred), its reply message then lost
+        turn = state.turn_for(1)
+        turn.status, turn.reply_key, turn.reply_text = "answered", "greeting.hello", "Hello!"
+        turn.sending = SendClaim(dedup_id=reply_dedup_id(1), since_ms=t0)
+    store.update("u-1", "ch-1", handler_wrote)
+    apology = apology_reply(routed, catalog, settings)
+    assert chain.send(apology, clock=lambda: t0 + 1_000) == "rescheduled"   # the handler's claim is live: wait
+    assert sendbird.messages == []
+    lease_ms = settings.reply_send_lease_seconds * 1000
+    assert chain.send(apology, clock=lambda: t0 + lease_ms + 1) == "sent"    # expired, nobody sent it: the answer
+    assert [(m["dedup_id"], m["message"]) for m in sendbird.messages] == [("reply-1", "Hello!")]
+    assert chain.turn(1).status == "sent" and chain.turn(1).reply_key == "greeting.hello"
+    late = ReplyMessage.following(routed, text="Hello!", language="en", route="greeting", reply_key="greeting.hello",
+                                  dedup_id=reply_dedup_id(1), seq=routed.seq)
+    assert chain.send(late) == "duplicate" and chain.send(apology) == "superseded"
+    assert len(sendbird.messages) == 1
