@@ -191,23 +191,16 @@ def deliver(reply: ReplyMessage, deps: ReplyDeps, *, clock: Callable[[], int] = 
         lease = held.until_ms(s.reply_send_lease_seconds * 1000) - held.since_ms
         if clock() - held.since_ms < lease * FAST_PATH_LEASE_SHARE:
             return _send(reply, deps, clock, base=reply.state_version)
-    recorded: list[tuple[str, str]] = []  # the turn's recorded answer (text, response key) when claim says "answer"
-
-    def take(state: UserState) -> tuple[str, int]:
+    def take(state: UserState) -> tuple[str, int, ReplyMessage | None]:
         if owned is not None:
             record_answer(reply, state)
-        verdict = claim(reply, state, settings=s, catalog=deps.catalog, now=clock(), owner_since=owned)
-        turn = state.turn_for(reply.message_id)
-        recorded[:] = [(turn.reply_text or "", turn.reply_key or "")] if verdict[0] == "answer" and turn else []
-        return verdict
+        verdict, wait = claim(reply, state, settings=s, catalog=deps.catalog, now=clock(), owner_since=owned)
+        return verdict, wait, (_recorded_reply(reply, state) if verdict == "answer" else None)
 
-    verdict, wait_ms = store.update(reply.user_id, reply.channel_url, take)
-    if verdict == "answer" and recorded:
-        (text, key), = recorded
+    verdict, wait_ms, answer = store.update(reply.user_id, reply.channel_url, take)
+    if answer is not None:
         log.warning("message_id=%s: its answer was recorded but its reply message was lost; sending that answer "
                     "instead of an apology", reply.message_id)
-        answer = reply.model_copy(update={"text": text, "reply_key": key, "state_version": None,
-                                          "dedup_id": reply_dedup_id(reply.message_id)})
         return _send(answer, deps, clock, base=None)
     if verdict in ("duplicate", "superseded"):
         log.info("reply %s for message_id=%s not sent: %s", reply.dedup_id, reply.message_id,
@@ -217,6 +210,14 @@ def deliver(reply: ReplyMessage, deps: ReplyDeps, *, clock: Callable[[], int] = 
     if verdict == "busy":
         return _reschedule(reply, deps.queues, s, max(1.0, wait_ms / 1000), "another sender holds the claim")
     return _send(reply, deps, clock, base=None)
+
+
+def _recorded_reply(apology: ReplyMessage, state: UserState) -> ReplyMessage:
+    """The real reply the handler recorded for ``apology``'s message (its text and response key, ``reply-<id>``)."""
+    turn = state.turn_for(apology.message_id)
+    assert turn is not None and turn.reply_text and turn.reply_key  # claim() said "answer": the turn is answered
+    return apology.model_copy(update={"text": turn.reply_text, "reply_key": turn.reply_key, "state_version": None,
+                                      "dedup_id": reply_dedup_id(apology.message_id)})
 
 
 def _handler_claim(reply: ReplyMessage, deps: ReplyDeps) -> SendClaim | None:

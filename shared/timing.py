@@ -39,14 +39,8 @@ def dependency(telemetry: TelemetryPort, name: str, operation: str = "", target:
     """Add the wall time of the ``with`` block (ms) to ``name`` in the current scope, if any, and report it
     through ``telemetry`` as a dependency (``operation`` on ``target``) of the current stage.
     Yields the dependency span (``set_status_code`` for HTTP answers)."""
-    start = time.perf_counter()
-    try:
-        with telemetry.dependency(name, operation or name, target, dependency_type) as span:
-            yield span
-    finally:
-        totals = _current.get()
-        if totals is not None:
-            totals[name] += (time.perf_counter() - start) * 1000
+    with waiting(name), telemetry.dependency(name, operation or name, target, dependency_type) as span:
+        yield span
 
 
 #: The ``dependency_ms`` name of the time a look-up waited for a concurrent look-up's intent call (the prediction
@@ -56,8 +50,9 @@ INTENT_COALESCED = "intent_coalesced"
 
 @contextmanager
 def waiting(name: str) -> Iterator[None]:
-    """Add the wall time of the ``with`` block (ms) to ``name`` in the current scope, if any, without reporting a
-    dependency (nothing is called: the invocation waits for another one's call)."""
+    """Add the wall time of the ``with`` block (ms) to ``name`` in the current scope, if any. Alone: time spent
+    without a call of one's own (waiting for another invocation's call), reported as no dependency; under
+    :func:`dependency`, the call's time."""
     start = time.perf_counter()
     try:
         yield
