@@ -87,7 +87,8 @@ def test_a_relabelled_file_assigns_dismisses_skips_and_says_what_changed(world, 
 
 def test_one_invalid_line_refuses_the_whole_file_with_every_reason(world, editor):
     a, b = new_items(world, f"my order is late {uuid.uuid4().hex[:8]}", f"hello there {uuid.uuid4().hex[:8]}")
-    good = {**exported(world)[0], "label": "OrderStatus"}
+    # a's line, by id: the export lists the open items newest first, and a and b may be recorded in the same ms
+    good = {**next(x for x in exported(world) if x["id"] == a.id), "label": "OrderStatus"}
     lines = [json.dumps(good), "{not json", json.dumps({**good, "id": b.id, "label": "NoSuchIntent"}),
              json.dumps({**good, "schema": "review-export@9", "id": b.id}), json.dumps(good), "",
              json.dumps({"schema": "review-export@1", "id": "../../etc", "label": "dismiss"})]
